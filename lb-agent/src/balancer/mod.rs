@@ -1,0 +1,4 @@
+//! Pool logic without I/O: Maglev tables and the desired state of the data plane.
+
+pub mod desired;
+pub mod maglev;

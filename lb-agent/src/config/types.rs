@@ -1,0 +1,165 @@
+//! Value types of the configuration, each parsed from a string with a clear error.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+/// Deserializes any `FromStr` type from a TOML string, reporting its error at the value.
+fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(D::Error::custom)
+}
+
+/// A duration written as `"1s"`, `"200ms"`, `"1m30s"`, `"50us"` or `"0"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DurationStr(pub Duration);
+
+impl FromStr for DurationStr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid duration {s:?}: expected e.g. \"1s\", \"200ms\", \"1m30s\"");
+        let s = s.trim();
+        if s == "0" {
+            return Ok(DurationStr(Duration::ZERO));
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = s;
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+            if digits == 0 {
+                return Err(bad());
+            }
+            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let part = match &rest[..unit_len] {
+                "h" => n.checked_mul(3600).map(Duration::from_secs),
+                "m" => n.checked_mul(60).map(Duration::from_secs),
+                "s" => Some(Duration::from_secs(n)),
+                "ms" => Some(Duration::from_millis(n)),
+                "us" => Some(Duration::from_micros(n)),
+                _ => None,
+            }
+            .ok_or_else(bad)?;
+            total = total.checked_add(part).ok_or_else(bad)?;
+            rest = &rest[unit_len..];
+        }
+        Ok(DurationStr(total))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d)
+    }
+}
+
+/// An Ethernet address, `"02:00:5e:00:01:33"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid MAC address {s:?}: expected six hex octets like 02:00:5e:00:01:33");
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for o in &mut out {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            o[0], o[1], o[2], o[3], o[4], o[5]
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => xdp_ebpf::maps::PROTO_TCP,
+            Protocol::Udp => xdp_ebpf::maps::PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// How to attach the XDP program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Driver (native) mode, falling back to skb (generic) mode with a log line.
+    #[default]
+    Auto,
+    Driver,
+    Skb,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for (s, ms) in [("1s", 1000), ("200ms", 200), ("1m30s", 90_000), ("0", 0), ("2h", 7_200_000)] {
+            assert_eq!(s.parse::<DurationStr>().unwrap().0, Duration::from_millis(ms), "{s}");
+        }
+        for s in ["", "s", "1", "1x", "-1s", "1.5s", "99999999999999999999h"] {
+            assert!(s.parse::<DurationStr>().is_err(), "{s:?} should fail");
+        }
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!("02:00:5e:00:01:33".parse::<Mac>().unwrap().0, [2, 0, 0x5e, 0, 1, 0x33]);
+        assert_eq!("02-00-5E-00-01-33".parse::<Mac>().unwrap().0, [2, 0, 0x5e, 0, 1, 0x33]);
+        for s in ["", "02:00:5e:00:01", "02:00:5e:00:01:33:44", "0g:00:00:00:00:00", "2:0:0:0:0:0"] {
+            assert!(s.parse::<Mac>().is_err(), "{s:?} should fail");
+        }
+        assert_eq!(Mac([2, 0, 0x5e, 0, 1, 0x33]).to_string(), "02:00:5e:00:01:33");
+    }
+}

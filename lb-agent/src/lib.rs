@@ -1,0 +1,11 @@
+//! `lb-agent`: the control plane of an XDP direct-routing load balancer.
+//!
+//! - `config`: the TOML schema and its validation;
+//! - `balancer`: pure logic of pools (Maglev tables) and the desired data-plane state;
+//! - `dataplane`: the embedded XDP object, loading/attaching, and writing the maps;
+//! - `netlink`: what the kernel knows (interfaces, local addresses, neighbours).
+
+pub mod balancer;
+pub mod config;
+pub mod dataplane;
+pub mod netlink;

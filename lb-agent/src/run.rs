@@ -1,0 +1,155 @@
+//! The daemon, in start-up order: config, privileges, interface, logging, data plane, maps,
+//! then a loop that follows neighbour changes until SIGINT/SIGTERM, then a clean detach.
+
+use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use lb_agent::{
+    balancer::desired::{self, DesiredState, RealInfo},
+    config::{Config, XdpModeSetting},
+    dataplane::{AttachMode, Dataplane, Sizes},
+    netlink,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How often neighbours are re-read (MAC changes, late resolution).
+const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
+
+pub fn run(config_path: &Path) -> Result<()> {
+    // 1. Configuration: an unreadable or invalid file stops here, before anything changes.
+    let cfg = Config::load(config_path)?;
+    // 2. Privileges.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("lb-agent run must be started as root (it loads XDP programs and maps)");
+    }
+    // 3. The interface.
+    let iface = cfg.dataplane.interface.clone();
+    netlink::if_index(&iface)?;
+    // 4. Logging: one line per event, no colours (journald).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(serve(cfg, iface))
+}
+
+async fn serve(cfg: Config, iface: String) -> Result<()> {
+    let handle = netlink::connect()?;
+    let iface_mac = netlink::iface_mac(&handle, &iface).await?;
+    let index = netlink::if_index(&iface)?;
+
+    // 5. The data plane: load (verifier), fill the maps, then attach, so that the first frame
+    //    already sees the full configuration.
+    let mut dp = Dataplane::load(&Sizes::default())?;
+    let mut state = resolve(&handle, &cfg, &iface, index, iface_mac, true).await?;
+    dp.maps().apply(&state)?;
+    report(&state);
+    let mode = match cfg.dataplane.xdp_mode {
+        XdpModeSetting::Auto => None,
+        XdpModeSetting::Driver => Some(AttachMode::Driver),
+        XdpModeSetting::Skb => Some(AttachMode::Skb),
+    };
+    let got = dp.attach(&iface, mode)?;
+    if let Err(e) = dp.pin_maps(&cfg.dataplane.pin_dir) {
+        tracing::warn!(error = %format!("{e:#}"), "maps not pinned (bpftool can still find them by id)");
+    }
+    tracing::info!(interface = %iface, mode = ?got, services = state.services.len(), reals = state.reals.len(), "data plane attached");
+
+    // 6. Run until told to stop.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(NEIGHBOUR_POLL);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {
+                match resolve(&handle, &cfg, &iface, index, iface_mac, false).await {
+                    Ok(next) if changed(&state, &next) => {
+                        dp.maps().apply(&next)?;
+                        report(&next);
+                        tracing::info!("real servers changed, maps updated");
+                        state = next;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading neighbours"),
+                }
+            }
+        }
+    }
+
+    // 7. Clean exit: detach and unpin.
+    tracing::info!("stopping: detaching the data plane");
+    dp.detach()?;
+    Ok(())
+}
+
+/// Whether the real servers' MACs or flags differ (the only inputs that change at run time
+/// for now).
+fn changed(a: &DesiredState, b: &DesiredState) -> bool {
+    a.reals != b.reals
+}
+
+fn report(state: &DesiredState) {
+    for w in &state.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Reads local addresses and neighbours and computes the desired state. With `wait`, missing
+/// neighbours are probed and waited for (bounded: 1 s).
+async fn resolve(
+    handle: &rtnetlink::Handle,
+    cfg: &Config,
+    iface: &str,
+    index: u32,
+    iface_mac: [u8; 6],
+    wait: bool,
+) -> Result<DesiredState> {
+    let local = netlink::local_addresses(handle).await?;
+    let configured: HashMap<IpAddr, Option<[u8; 6]>> = cfg
+        .virtual_servers
+        .iter()
+        .flat_map(|vs| {
+            let vs = vs.get_ref();
+            vs.real_servers.iter().chain(vs.sorry_server.iter()).map(|r| (r.address, r.mac.map(|m| m.0)))
+        })
+        .collect();
+    let mut neigh = netlink::neighbours(handle, index).await?;
+    let missing = |neigh: &HashMap<IpAddr, [u8; 6]>| -> Vec<IpAddr> {
+        configured
+            .iter()
+            .filter(|(a, m)| m.is_none() && !local.contains(a) && !neigh.contains_key(a))
+            .map(|(a, _)| *a)
+            .collect()
+    };
+    let todo = missing(&neigh);
+    if !todo.is_empty() {
+        for a in &todo {
+            if let Err(e) = netlink::probe(iface, *a) {
+                tracing::warn!(real = %a, error = %e, "neighbour probe failed");
+            }
+        }
+        if wait {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                neigh = netlink::neighbours(handle, index).await?;
+                if missing(&neigh).is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    desired::compute(cfg, iface_mac, |a| RealInfo {
+        mac: configured.get(a).copied().flatten().or_else(|| neigh.get(a).copied()),
+        local: local.contains(a),
+    })
+    .map_err(anyhow::Error::msg)
+    .context("computing the data-plane state")
+}

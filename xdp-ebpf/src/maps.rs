@@ -1,0 +1,444 @@
+//! Map names, sizes, keys and values: the contract between the XDP program and `lb-agent`.
+//!
+//! Who writes what:
+//! - `lb-agent` writes `LB_CONFIG`, `LB_SERVICES`, `LB_VIP_FILTER`, `LB_MAGLEV`, `LB_REALS`;
+//! - the XDP program writes `LB_CONNS`, `LB_PERSIST`, `LB_FRAGS`, `LB_PEERS` and all the
+//!   counters (`LB_SVC_STATS`, `LB_REAL_STATS`, `LB_PASS_STATS`); userspace only reads them
+//!   (and may clear `LB_CONNS` entries).
+//!
+//! Map names are at most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
+
+/// The XDP program's name in the object file.
+pub const PROGRAM_NAME: &str = "lb_xdp";
+
+pub const MAP_CONFIG: &str = "LB_CONFIG";
+pub const MAP_SERVICES: &str = "LB_SERVICES";
+pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
+pub const MAP_MAGLEV: &str = "LB_MAGLEV";
+pub const MAP_REALS: &str = "LB_REALS";
+pub const MAP_CONNS: &str = "LB_CONNS";
+pub const MAP_PERSIST: &str = "LB_PERSIST";
+pub const MAP_FRAGS: &str = "LB_FRAGS";
+pub const MAP_PEERS: &str = "LB_PEERS";
+pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
+pub const MAP_REAL_STATS: &str = "LB_REAL_STATS";
+pub const MAP_PASS_STATS: &str = "LB_PASS_STATS";
+
+/// Every map, for pinning and inspection.
+pub const ALL_MAPS: [&str; 12] = [
+    MAP_CONFIG,
+    MAP_SERVICES,
+    MAP_VIP_FILTER,
+    MAP_MAGLEV,
+    MAP_REALS,
+    MAP_CONNS,
+    MAP_PERSIST,
+    MAP_FRAGS,
+    MAP_PEERS,
+    MAP_SVC_STATS,
+    MAP_REAL_STATS,
+    MAP_PASS_STATS,
+];
+
+/// Services (VIP, port, protocol) the data plane knows; also the bound of service ids.
+pub const MAX_SERVICES: u32 = 1024;
+/// Real servers (including sorry servers) over all services; also the bound of real ids.
+pub const MAX_REALS: u32 = 4096;
+/// Slots of one Maglev table. Prime, as Maglev requires, and large against the pool size
+/// (≥ 100 × the servers of a pool keeps the weight error under 1 %).
+pub const MAGLEV_RING: u32 = 4093;
+/// Two tables per service: the active one and the one userspace is rewriting.
+pub const MAGLEV_TABLES: u32 = MAX_SERVICES * 2;
+/// Tracked connections (LRU: the oldest idle flows go first).
+pub const MAX_CONNS: u32 = 1 << 20;
+/// Client-affinity entries for services with a persistence timeout.
+pub const MAX_PERSIST: u32 = 1 << 18;
+/// Fragmented datagrams in flight.
+pub const MAX_FRAGS: u32 = 1 << 14;
+/// Slots of the VIP pre-filter, a power of two.
+pub const VIP_FILTER_SIZE: u32 = 1 << 16;
+/// MAC addresses in each list of `Config`, and learned peers in `Peers`.
+pub const MAX_MACS: usize = 8;
+
+/// A Maglev slot that points at no real server (the pool is empty).
+pub const NO_REAL: u32 = u32::MAX;
+
+/// Index of a service's table (0 or 1) in `LB_MAGLEV`.
+#[inline(always)]
+pub const fn maglev_index(service_id: u32, table: u32) -> u32 {
+    service_id * 2 + (table & 1)
+}
+
+/// `LB_MAGLEV` value: one whole Maglev table, so that userspace replaces a table with one
+/// map update (not thousands), and the data plane reads a slot with one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevTable {
+    /// Real ids; `NO_REAL` where the pool is empty.
+    pub slots: [u32; MAGLEV_RING as usize],
+}
+
+impl Default for MaglevTable {
+    fn default() -> Self {
+        Self { slots: [NO_REAL; MAGLEV_RING as usize] }
+    }
+}
+
+/// An Ethernet address, padded to 8 bytes and 8-aligned so that the data plane compares it as
+/// one `u64` (octets in memory order, i.e. little-endian, with the padding zero).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacAddr {
+    pub octets: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl MacAddr {
+    pub const fn new(octets: [u8; 6]) -> Self {
+        Self { octets, _pad: [0; 2] }
+    }
+    pub const fn is_zero(&self) -> bool {
+        self.as_u64() == 0
+    }
+    /// The address as the data plane compares it: octets in memory order, little-endian.
+    /// One aligned 8-byte load: this is on the data plane's hot path.
+    #[inline(always)]
+    pub const fn as_u64(&self) -> u64 {
+        // SAFETY: `MacAddr` is 8 bytes, 8-aligned, and any bit pattern is a valid u64.
+        let word = unsafe { *(self as *const Self as *const u64) };
+        u64::from_le(word) & 0xffff_ffff_ffff
+    }
+}
+
+/// `LB_CONFIG[0]`: per-interface settings, written once by the agent at attach time (and on
+/// VRRP or config changes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Source MAC of forwarded frames: the interface's own address.
+    pub iface_mac: MacAddr,
+    /// Destination MACs that mean "this host": the interface MAC and VRRP virtual MACs.
+    /// Frames to any other MAC (flooded, or for a neighbour) pass untouched.
+    pub local_macs: [MacAddr; MAX_MACS],
+    /// Source MACs of peer load balancers (configured). A frame they sent was already
+    /// balanced: it is delivered locally and never forwarded again.
+    pub peer_macs: [MacAddr; MAX_MACS],
+    pub n_local_macs: u32,
+    pub n_peer_macs: u32,
+    /// Bitmap of our VRRP router ids: the source MAC of an advert for one of them is a peer
+    /// load balancer, learned into `LB_PEERS`. Adverts of other routers teach nothing.
+    pub vrid_bitmap: [u32; 8],
+}
+
+impl Config {
+    pub const fn has_vrid(&self, vrid: u8) -> bool {
+        self.vrid_bitmap[(vrid >> 5) as usize] & (1 << (vrid & 31)) != 0
+    }
+    pub fn set_vrid(&mut self, vrid: u8) {
+        self.vrid_bitmap[(vrid >> 5) as usize] |= 1 << (vrid & 31);
+    }
+}
+
+/// `LB_PEERS[0]`: peer load balancers learned from VRRP adverts (written by the XDP program).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Peers {
+    pub macs: [MacAddr; MAX_MACS],
+}
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `LB_SERVICES` key: a virtual service. `port` 0 means every port of the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// VIP, network byte order; IPv4 in word 0.
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// The service is forwarded by this host (VRRP master). When clear, the tables stay warm but
+/// every frame passes to the local stack, so that a takeover is a single flag flip.
+pub const SERVICE_ACTIVE: u32 = 1;
+
+/// `LB_SERVICES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index of the service's tables and counters, `< MAX_SERVICES`.
+    pub id: u32,
+    pub flags: u32,
+    /// Which of the two Maglev tables is live (0 or 1). Userspace writes the other one, then
+    /// flips this: an atomic swap of the whole pool.
+    pub active_table: u32,
+    /// IPVS `persistence_timeout` in seconds; 0 = no client affinity.
+    pub persistence_timeout_s: u32,
+}
+
+/// `LB_VIP_FILTER` bits: a cheap pre-filter before the service hash lookup, so that traffic to
+/// non-VIP addresses costs one inlined array read. Slot = `vip_filter_slot(addr)`.
+pub const VIP_FILTER_ANY: u32 = 1;
+/// Some service in this slot has port 0 (all ports): look it up after an exact-port miss.
+pub const VIP_FILTER_ALL_PORTS: u32 = 2;
+
+/// The real server can be forwarded to: its MAC is resolved.
+pub const REAL_VALID: u32 = 1;
+/// The real server is this host: frames for it pass to the local stack.
+pub const REAL_LOCAL: u32 = 2;
+
+/// `LB_REALS[real_id]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    pub mac: MacAddr,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// `LB_CONNS` key: one direction of a flow as the client sends it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// An IPv4 flow; ports in host order (converted here).
+    pub const fn v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> Self {
+        Self {
+            src: [u32::from_ne_bytes(src), 0, 0, 0],
+            dst: [u32::from_ne_bytes(dst), 0, 0, 0],
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `LB_CONNS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    pub real: u32,
+    pub service: u32,
+}
+
+/// `LB_PERSIST` key: client-IP affinity per service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKey {
+    pub service: u32,
+    pub client: [u32; 4],
+}
+
+/// `LB_PERSIST` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Persist {
+    pub real: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` of the last connection start (refreshed at most once a second).
+    pub last_seen_ns: u64,
+}
+
+/// `LB_FRAGS` key: one fragmented datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// IPv4 identification (16 bits, network order) or IPv6 fragment identification.
+    pub id: u32,
+    pub proto: u32,
+}
+
+/// `LB_FRAGS` value: where the first fragment went, so that the others follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frag {
+    pub service: u32,
+    pub real: u32,
+}
+
+/// `LB_SVC_STATS[service_id]`, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Frames forwarded to a real server (XDP_TX) or passed to the local real server.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that took a new Maglev (or persistence) decision.
+    pub new_flows: u64,
+    /// Frames of this service passed to the local stack because the chosen real is local.
+    pub passed_local: u64,
+    /// Frames passed because the service is inactive (this host is VRRP backup).
+    pub passed_inactive: u64,
+    /// Frames passed because a peer load balancer already forwarded them.
+    pub passed_peer: u64,
+    /// Frames passed because the pool is empty or the chosen real is unresolved.
+    pub no_real: u64,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" forwarded to a flow's owner.
+    pub icmp_too_big: u64,
+    /// Fragments forwarded (first and later ones).
+    pub fragments: u64,
+}
+
+impl ServiceStats {
+    pub fn add(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+        self.passed_local += o.passed_local;
+        self.passed_inactive += o.passed_inactive;
+        self.passed_peer += o.passed_peer;
+        self.no_real += o.no_real;
+        self.icmp_too_big += o.icmp_too_big;
+        self.fragments += o.fragments;
+    }
+}
+
+/// `LB_REAL_STATS[real_id]`, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl RealStats {
+    pub fn add(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+    }
+}
+
+/// Why a frame got `XDP_PASS`: the index into `LB_PASS_STATS` (per CPU, `u64`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassReason {
+    /// Destination MAC is neither ours nor a VRRP virtual MAC.
+    NotOurMac = 0,
+    /// Not IPv4/IPv6 (ARP, LLDP, ...), or more than one VLAN tag.
+    NotIp = 1,
+    /// Truncated or inconsistent headers.
+    Malformed = 2,
+    /// Destination is not a configured service.
+    NoService = 3,
+    /// The service is inactive (VRRP backup).
+    Inactive = 4,
+    /// Sent by a peer load balancer: delivered locally, never forwarded twice.
+    FromPeer = 5,
+    /// The chosen real server is this host.
+    LocalReal = 6,
+    /// Empty pool, or the chosen real server's MAC is unresolved.
+    NoReal = 7,
+    /// A later fragment whose first fragment was not seen.
+    FragUnknown = 8,
+    /// A protocol or ICMP type the data plane does not balance.
+    Unsupported = 9,
+}
+
+pub const PASS_REASONS: u32 = 10;
+
+impl PassReason {
+    pub const ALL: [PassReason; PASS_REASONS as usize] = [
+        PassReason::NotOurMac,
+        PassReason::NotIp,
+        PassReason::Malformed,
+        PassReason::NoService,
+        PassReason::Inactive,
+        PassReason::FromPeer,
+        PassReason::LocalReal,
+        PassReason::NoReal,
+        PassReason::FragUnknown,
+        PassReason::Unsupported,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            PassReason::NotOurMac => "not_our_mac",
+            PassReason::NotIp => "not_ip",
+            PassReason::Malformed => "malformed",
+            PassReason::NoService => "no_service",
+            PassReason::Inactive => "inactive",
+            PassReason::FromPeer => "from_peer",
+            PassReason::LocalReal => "local_real",
+            PassReason::NoReal => "no_real",
+            PassReason::FragUnknown => "frag_unknown",
+            PassReason::Unsupported => "unsupported",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have
+    // no implicit padding (explicit `_pad` fields fill every gap).
+    unsafe impl aya::Pod for super::MacAddr {}
+    unsafe impl aya::Pod for super::MaglevTable {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Peers {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::Real {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Conn {}
+    unsafe impl aya::Pod for super::PersistKey {}
+    unsafe impl aya::Pod for super::Persist {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::Frag {}
+    unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::RealStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<MacAddr>(), 8);
+        assert_eq!(size_of::<Config>(), 8 + 8 * 8 * 2 + 4 + 4 + 32);
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<Real>(), 16);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<PersistKey>(), 20);
+        assert_eq!(size_of::<Persist>(), 16);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<ServiceStats>(), 9 * 8);
+    }
+
+    #[test]
+    fn maglev_index_stays_in_the_map() {
+        assert_eq!(maglev_index(0, 0), 0);
+        assert_eq!(maglev_index(0, 1), 1);
+        assert_eq!(maglev_index(0, 3), 1);
+        assert_eq!(maglev_index(MAX_SERVICES - 1, 1), MAGLEV_TABLES - 1);
+    }
+
+    #[test]
+    fn vrid_bitmap() {
+        let mut c = Config::default();
+        c.set_vrid(51);
+        c.set_vrid(255);
+        assert!(c.has_vrid(51) && c.has_vrid(255) && !c.has_vrid(50) && !c.has_vrid(0));
+    }
+}

@@ -1,0 +1,121 @@
+//! Choosing the real server: service lookup, connection table, persistence, Maglev.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use xdp_ebpf::{
+    flow_hash,
+    hash::client_hash,
+    maps::{
+        Conn, FlowKey, MAGLEV_RING, NO_REAL, PassReason, Persist, PersistKey, REAL_VALID, Real,
+        Service, ServiceKey, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, maglev_index,
+    },
+    vip_filter_slot,
+};
+
+use crate::maps::{LB_CONNS, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_VIP_FILTER};
+
+/// Refresh a persistence entry's timestamp at most this often (a map write per packet would
+/// cost more than the affinity is worth).
+const PERSIST_REFRESH_NS: u64 = 1_000_000_000;
+
+/// The service for (VIP, port, protocol), falling back to the VIP's port-0 service.
+#[inline(always)]
+pub fn service(family: u8, addr: &[u32; 4], port: u16, proto: u8) -> Result<Service, PassReason> {
+    let filter = LB_VIP_FILTER
+        .get(vip_filter_slot(addr))
+        .copied()
+        .unwrap_or(0);
+    if filter & VIP_FILTER_ANY == 0 {
+        return Err(PassReason::NoService);
+    }
+    let mut key = ServiceKey { addr: *addr, port, proto, family };
+    // SAFETY: the value is copied out at once; hash map values may be replaced concurrently.
+    if let Some(s) = unsafe { LB_SERVICES.get(&key) } {
+        return Ok(*s);
+    }
+    if filter & VIP_FILTER_ALL_PORTS != 0 {
+        key.port = 0;
+        if let Some(s) = unsafe { LB_SERVICES.get(&key) } {
+            return Ok(*s);
+        }
+    }
+    Err(PassReason::NoService)
+}
+
+/// A real server that can take traffic, by id.
+#[inline(always)]
+pub fn usable_real(id: u32) -> Option<Real> {
+    let real = *LB_REALS.get(id)?;
+    if real.flags & REAL_VALID != 0 { Some(real) } else { None }
+}
+
+/// The Maglev table's choice for `hash`, or `NO_REAL`.
+#[inline(always)]
+fn maglev(svc: &Service, hash: u32) -> u32 {
+    let Some(table) = LB_MAGLEV.get(maglev_index(svc.id, svc.active_table)) else {
+        return NO_REAL;
+    };
+    // LLVM turns `% MAGLEV_RING` into multiply-and-shift, whose range the verifier cannot
+    // follow, and then drops the bound check as redundant: launder the slot through a
+    // volatile read so that the check stays.
+    let slot = hash % MAGLEV_RING;
+    let slot = unsafe { core::ptr::read_volatile(&slot) };
+    table.slots.get(slot as usize).copied().unwrap_or(NO_REAL)
+}
+
+/// The outcome of selection.
+pub struct Choice {
+    pub real_id: u32,
+    pub real: Real,
+    /// A new decision (not a connection-table hit): counted as a new flow.
+    pub new_flow: bool,
+}
+
+/// Chooses the real server for `flow` of `svc`. With `track`, a new decision is remembered in
+/// the connection table (not for ICMP errors, which must not create flows).
+#[inline(always)]
+pub fn choose(svc: &Service, flow: &FlowKey, track: bool) -> Result<Choice, PassReason> {
+    // An established flow stays where it is, as long as that server is still usable.
+    // SAFETY: copied out at once.
+    if let Some(conn) = unsafe { LB_CONNS.get(flow) }.copied()
+        && let Some(real) = usable_real(conn.real)
+    {
+        return Ok(Choice { real_id: conn.real, real, new_flow: false });
+    }
+    let real_id = if svc.persistence_timeout_s != 0 {
+        persistent_choice(svc, &flow.src)
+    } else {
+        maglev(svc, flow_hash(flow))
+    };
+    let Some(real) = usable_real(real_id) else {
+        return Err(PassReason::NoReal);
+    };
+    if track {
+        let _ = LB_CONNS.insert(flow, Conn { real: real_id, service: svc.id }, 0);
+    }
+    Ok(Choice { real_id, real, new_flow: true })
+}
+
+/// IPVS persistence: one client, one real server, until the client has been idle for the
+/// timeout. The first choice comes from Maglev on the client address alone, so both load
+/// balancers agree on it.
+#[inline(always)]
+fn persistent_choice(svc: &Service, client: &[u32; 4]) -> u32 {
+    let key = PersistKey { service: svc.id, client: *client };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let timeout_ns = svc.persistence_timeout_s as u64 * 1_000_000_000;
+    if let Some(p) = LB_PERSIST.get_ptr_mut(&key) {
+        // SAFETY: a valid map value; a concurrent update only races on the timestamp.
+        let p = unsafe { &mut *p };
+        if now.wrapping_sub(p.last_seen_ns) < timeout_ns && usable_real(p.real).is_some() {
+            if now.wrapping_sub(p.last_seen_ns) > PERSIST_REFRESH_NS {
+                p.last_seen_ns = now;
+            }
+            return p.real;
+        }
+    }
+    let real = maglev(svc, client_hash(client));
+    if real != NO_REAL {
+        let _ = LB_PERSIST.insert(&key, Persist { real, _pad: 0, last_seen_ns: now }, 0);
+    }
+    real
+}

@@ -1,0 +1,154 @@
+//! `cargo xtask`: build, test, demo and benchmark tasks. Each task installs what it needs
+//! (apt packages, the nightly `rust-src` component, `bpf-linker`) when it is missing, and says
+//! so.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the XDP programs (nightly, build-std, bpf-linker) into target/bpf/.
+    BuildEbpf,
+    /// Build everything (XDP object first, then the host workspace in release mode).
+    Build,
+    /// Build everything and run every test: fmt, clippy (host and BPF), unit tests, the XDP
+    /// fixture table in the kernel, and the namespace end-to-end test.
+    Test,
+    /// Bring up the demo in network namespaces (client, LB with XDP, two real servers) and show
+    /// it working.
+    Lab,
+    /// Data-plane benchmarks (BPF_PROG_TEST_RUN): prints ns/packet per case.
+    Bench,
+}
+
+/// The XDP binaries built by `build-ebpf`, copied to `target/bpf/<name>.o`.
+const BPF_BINS: [&str; 2] = ["lb-xdp", "xdp-floor"];
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.task {
+        Task::BuildEbpf => build_ebpf(&root),
+        Task::Build => build(&root),
+        Task::Test => test(&root),
+        Task::Lab => lab(&root),
+        Task::Bench => bench(&root),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Runs a command, echoing it, and fails when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", show(cmd));
+    let status = cmd.status().with_context(|| format!("starting {}", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// `cargo +nightly ...` through the rustup proxy (the `CARGO` that runs xtask is the stable
+/// toolchain's own binary, which does not understand `+toolchain`).
+fn nightly_cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.arg("+nightly").env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC");
+    c
+}
+
+fn build_ebpf(root: &Path) -> Result<()> {
+    setup::rust_src()?;
+    setup::bpf_linker()?;
+    let mut cmd = nightly_cargo();
+    cmd.args(["build", "--locked", "--release", "-p", "xdp-ebpf"])
+        .args(["--features", "bpf-program", "-Z", "build-std=core"])
+        .args(["--target", "bpfel-unknown-none"])
+        // BTF for typed `bpftool map dump` output and for the kernel's map checks.
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        // Host-side settings must not leak into the BPF build.
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    for bin in BPF_BINS {
+        cmd.args(["--bin", bin]);
+    }
+    run(&mut cmd)?;
+    let out = root.join("target/bpf");
+    std::fs::create_dir_all(&out)?;
+    for bin in BPF_BINS {
+        let from = root.join("target/bpfel-unknown-none/release").join(bin);
+        let to = out.join(format!("{bin}.o"));
+        std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+        eprintln!("built {}", to.display());
+    }
+    Ok(())
+}
+
+fn build(root: &Path) -> Result<()> {
+    build_ebpf(root)?;
+    run(cargo().args(["build", "--locked", "--release", "--workspace", "--all-targets"]))
+}
+
+fn test(root: &Path) -> Result<()> {
+    setup::require_root("the tests load XDP programs and create network namespaces")?;
+    setup::apt(&[("ip", "iproute2"), ("ethtool", "ethtool"), ("bpftool", "bpftool")])?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    build(root)?;
+    run(cargo()
+        .args(["clippy", "--locked", "--release", "--workspace", "--all-targets"])
+        .args(["--", "-D", "warnings"]))?;
+    run(nightly_cargo()
+        .args(["clippy", "--locked", "--release", "-p", "xdp-ebpf"])
+        .args(["--features", "bpf-program", "-Z", "build-std=core"])
+        .args(["--target", "bpfel-unknown-none", "--", "-D", "warnings"])
+        .env_remove("RUSTFLAGS"))?;
+    // Namespace tests share the host's bridge-less network state: run them one at a time.
+    run(cargo()
+        .args(["test", "--locked", "--release", "--workspace"])
+        .args(["--", "--test-threads=1"]))?;
+    eprintln!("all tests passed");
+    Ok(())
+}
+
+fn lab(root: &Path) -> Result<()> {
+    setup::require_root("the lab creates network namespaces and attaches XDP")?;
+    setup::apt(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
+    build(root)?;
+    run(cargo()
+        .args(["test", "--locked", "--release", "-p", "lb-agent", "--test", "dr_namespaces"])
+        .args(["--", "--nocapture", "--test-threads=1"]))
+}
+
+fn bench(root: &Path) -> Result<()> {
+    setup::require_root("the benchmarks run XDP programs in the kernel")?;
+    build_ebpf(root)?;
+    run(cargo().args(["run", "--locked", "--release", "-p", "bpf-tests", "--bin", "xdp-bench"]))
+}
