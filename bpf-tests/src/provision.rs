@@ -286,6 +286,28 @@ impl Harness {
         self.counters().passes.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n).unwrap_or(0)
     }
 
+    /// Replaces a service's pool with `members` (address, weight), through the agent's atomic
+    /// table flip. Returns the new table.
+    pub fn set_pool(&mut self, service: &str, members: &[(&str, u32)]) -> Box<MaglevTable> {
+        use lb_agent::balancer::maglev::{self, Backend, backend_key};
+        let backends: Vec<Backend> = members
+            .iter()
+            .map(|(a, w)| Backend {
+                id: self.real_id(a),
+                key: backend_key(&a.parse().unwrap(), u16::from_be(self.service(service).key.port)),
+                weight: *w,
+            })
+            .collect();
+        let mut table = Box::<MaglevTable>::default();
+        table.slots.copy_from_slice(&maglev::build(&backends, MAGLEV_RING));
+        let s = self.service(service).clone();
+        let svc = Service { id: s.id, flags: s.flags, active_table: 0, persistence_timeout_s: s.persistence_timeout_s };
+        self.dp.maps().set_service(&s.key, svc, &table).expect("replacing the pool");
+        let entry = self.state.services.iter_mut().find(|x| x.name == service).unwrap();
+        entry.table = table.clone();
+        table
+    }
+
     /// The real id that Maglev gives a hash in a service's live table (the userspace model of
     /// the data plane's choice).
     pub fn predicted(&self, service: &str, hash: u32) -> u32 {

@@ -1,0 +1,207 @@
+//! Multi-frame behaviour of the XDP program in the kernel: stickiness across pool changes,
+//! persistence, weights, fragments, ICMP errors after a pool change, learned peers, counters.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use bpf_tests::{
+    builder::*,
+    fixtures::{flow, frames::*},
+    provision::*,
+};
+use xdp_ebpf::{flow_hash, maps::PassReason};
+
+fn client(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i)
+}
+
+/// Sends a SYN of flow `i` to `vip:3306` and returns the real id it went to.
+fn send(h: &Harness, vip: Ipv4Addr, i: u32) -> u32 {
+    let frame = tcp4(client(i), vip, 10_000 + (i % 50_000) as u16, 3306).bytes();
+    let (action, out) = h.run(&frame);
+    assert_eq!(action, XDP_TX, "flow {i} not forwarded");
+    h.real_of_mac(&out).expect("forwarded to a known real")
+}
+
+#[test]
+fn established_flows_stay_when_a_server_is_added_or_removed() {
+    let mut h = Harness::new();
+    h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)]);
+    let before: Vec<u32> = (0..600).map(|i| send(&h, VIP_TCP, i)).collect();
+    let r3 = h.real_id("10.0.1.3");
+    assert!(before.contains(&r3), "the third server got no flows");
+
+    // Remove 10.0.1.3 from the pool: its established flows stay on it (IPVS keeps
+    // connections to a quiesced server), and nobody else moves.
+    h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1)]);
+    let after_remove: Vec<u32> = (0..600).map(|i| send(&h, VIP_TCP, i)).collect();
+    assert_eq!(before, after_remove, "established flows moved after a removal");
+    // New flows no longer reach it.
+    for i in 1000..1300 {
+        assert_ne!(send(&h, VIP_TCP, i), r3, "a new flow reached the removed server");
+    }
+
+    // Add 10.0.1.3 back with weight 2: established flows stay, new flows reach it.
+    h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 2)]);
+    let after_add: Vec<u32> = (0..600).map(|i| send(&h, VIP_TCP, i)).collect();
+    assert_eq!(before, after_add, "established flows moved after an addition");
+    let new: Vec<u32> = (2000..2400).map(|i| send(&h, VIP_TCP, i)).collect();
+    assert!(new.iter().filter(|&&r| r == r3).count() > 100, "new flows do not reach the added server");
+}
+
+#[test]
+fn a_flow_on_an_unusable_server_is_rebalanced() {
+    let mut h = Harness::new();
+    let first = send(&h, VIP_TCP, 7);
+    // The server's MAC becomes unresolved (left out, flags cleared): the flow must move.
+    let mut real = h.state.reals[&first].1;
+    real.flags = 0;
+    h.dp.maps().set_real(first, &real).unwrap();
+    let other = if h.state.reals[&first].0.to_string() == "10.0.1.1" { "10.0.1.2" } else { "10.0.1.1" };
+    h.set_pool("tcp", &[(other, 1)]);
+    assert_eq!(send(&h, VIP_TCP, 7), h.real_id(other));
+}
+
+#[test]
+fn persistence_keeps_a_client_on_one_server() {
+    let h = Harness::new();
+    let mut per_client: HashMap<u32, u32> = HashMap::new();
+    for c in 0..40u32 {
+        for port in 0..10u16 {
+            let frame = tcp4(client(c), VIP_PERSIST, 20_000 + port, 3306).bytes();
+            let (action, out) = h.run(&frame);
+            assert_eq!(action, XDP_TX);
+            let real = h.real_of_mac(&out).unwrap();
+            let first = *per_client.entry(c).or_insert(real);
+            assert_eq!(first, real, "client {c} port {port} left its server");
+        }
+    }
+    let spread: std::collections::HashSet<u32> = per_client.values().copied().collect();
+    assert_eq!(spread.len(), 2, "persistent clients all landed on one server");
+    // The choice is Maglev's on the client address, so a second LB agrees.
+    for (c, real) in &per_client {
+        let hash = xdp_ebpf::hash::client_hash(&bpf_tests::fixtures::words(IpAddr::V4(client(*c))));
+        assert_eq!(h.predicted("persistent", hash), *real);
+    }
+}
+
+#[test]
+fn weights_hold_over_ten_thousand_flows() {
+    let h = Harness::new();
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    let n = 10_000u32;
+    for i in 0..n {
+        *counts.entry(send(&h, VIP_WEIGHTED, i)).or_default() += 1;
+    }
+    for (addr, weight) in [("10.0.1.1", 1.0), ("10.0.1.2", 2.0), ("10.0.1.3", 3.0)] {
+        let share = counts.get(&h.real_id(addr)).copied().unwrap_or(0) as f64 / n as f64;
+        let want = weight / 6.0;
+        println!("{addr}: weight {weight}, share {share:.4}, want {want:.4}");
+        assert!((share - want).abs() <= 0.02, "{addr}: share {share:.4}, want {want:.4} ± 0.02");
+    }
+}
+
+#[test]
+fn fragments_follow_the_first() {
+    let h = Harness::new();
+    for id in 0..50u16 {
+        let (first, second) = udp4_fragments(client(id as u32), VIP_TCP, 7000 + id, 53, 0x1000 + id);
+        let (a1, o1) = h.run(&first.bytes());
+        let (a2, o2) = h.run(&second.bytes());
+        assert_eq!((a1, a2), (XDP_TX, XDP_TX), "fragment {id}");
+        assert_eq!(o1[..6], o2[..6], "fragments of datagram {id} went to different servers");
+    }
+    for id in 0..20u32 {
+        let (first, second) = udp6_fragments(CLIENT6, VIP6, 7000 + id as u16, 53, 0x2000 + id);
+        let (a1, o1) = h.run(&first.bytes());
+        let (a2, o2) = h.run(&second.bytes());
+        assert_eq!((a1, a2), (XDP_TX, XDP_TX), "v6 fragment {id}");
+        assert_eq!(o1[..6], o2[..6], "v6 fragments of datagram {id} went to different servers");
+    }
+}
+
+#[test]
+fn icmp_too_big_follows_the_connection_after_a_pool_change() {
+    let mut h = Harness::new();
+    // Find flows whose owner changes when the pool grows, then check the ICMP error still
+    // reaches the owner (from the connection table), not the new Maglev choice.
+    let owners: Vec<(u32, u32)> = (0..200).map(|i| (i, send(&h, VIP_TCP, i))).collect();
+    h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 5)]);
+    let mut checked = 0;
+    for (i, owner) in owners {
+        let key = flow(IpAddr::V4(client(i)), IpAddr::V4(VIP_TCP), 10_000 + i as u16, 3306, 6);
+        if h.predicted("tcp", flow_hash(&key)) == owner {
+            continue;
+        }
+        let err = icmp4_frag_needed(Ipv4Addr::new(192, 0, 2, 254), VIP_TCP, 3306, client(i), 10_000 + i as u16);
+        let (action, out) = h.run(&err.bytes());
+        assert_eq!(action, XDP_TX);
+        assert_eq!(h.real_of_mac(&out), Some(owner), "ICMP error for flow {i} missed its owner");
+        checked += 1;
+    }
+    assert!(checked > 20, "too few flows changed owner to test ({checked})");
+}
+
+#[test]
+fn a_learned_peer_is_never_forwarded_again() {
+    let mut h = Harness::new();
+    let peer = [0x02, 0, 0, 0, 0, 0x2f];
+    let from_peer = Frame { src: peer, ..tcp4(CLIENT4, VIP_TCP, 40000, 3306) }.bytes();
+    assert_eq!(h.run(&from_peer).0, XDP_TX, "an unknown MAC is a client");
+
+    // A VRRP advert for another router id teaches nothing.
+    let advert = |vrid: u8, ttl: u8| Frame {
+        dst: [0x01, 0, 0x5e, 0, 0, 0x12],
+        src: peer,
+        vlan: None,
+        ethertype: ETH_IPV4,
+        payload: V4 { ttl, ..V4::new(Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(224, 0, 0, 18), 112) }
+            .packet(&vrrp_advert(vrid, 150, VIP_TCP)),
+    };
+    h.run(&advert(52, 255).bytes());
+    h.run(&advert(51, 64).bytes());
+    assert_eq!(h.run(&from_peer).0, XDP_TX, "learned from a foreign VRID or a routed advert");
+
+    // An advert of our VRID does.
+    assert_eq!(h.run(&advert(51, 255).bytes()).0, XDP_PASS);
+    assert_eq!(h.dp.maps().learned_peers().unwrap().len(), 1);
+    let (action, out) = h.run(&from_peer);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, from_peer);
+    assert_eq!(h.pass_count(PassReason::FromPeer), 1);
+}
+
+#[test]
+fn counters_count_per_service_and_real() {
+    let mut h = Harness::new();
+    let frame = tcp4(CLIENT4, VIP_TCP, 40000, 3306).bytes();
+    for _ in 0..5 {
+        assert_eq!(h.run(&frame).0, XDP_TX);
+    }
+    let c = h.counters();
+    let id = h.service("tcp").id;
+    let s = c.services.iter().find(|(i, _)| *i == id).unwrap().1;
+    assert_eq!((s.packets, s.new_flows, s.bytes), (5, 1, 5 * frame.len() as u64));
+    let real_packets: u64 = c.reals.iter().map(|(_, r)| r.packets).sum();
+    assert_eq!(real_packets, 5);
+}
+
+#[test]
+fn the_table_flip_is_whole() {
+    // After a flip, every flow follows the new table: no slot is read from a half-written one.
+    let mut h = Harness::new();
+    let only_1 = h.set_pool("udp", &[("10.0.1.1", 1)]);
+    assert!(only_1.slots.iter().all(|&r| r == h.real_id("10.0.1.1")));
+    for i in 0..200u32 {
+        let (a, out) = h.run(&udp4(client(i), VIP_TCP, 1000 + i as u16, 53).bytes());
+        assert_eq!(a, XDP_TX);
+        assert_eq!(h.real_of_mac(&out), Some(h.real_id("10.0.1.1")));
+    }
+    h.set_pool("udp", &[("10.0.1.2", 1)]);
+    for i in 200..400u32 {
+        let (_, out) = h.run(&udp4(client(i), VIP_TCP, 1000 + i as u16, 53).bytes());
+        assert_eq!(h.real_of_mac(&out), Some(h.real_id("10.0.1.2")));
+    }
+}
