@@ -120,6 +120,27 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The dotted key defined on the line at `offset`, with the table header above it
+/// (`virtual_server.real_server.weight`); empty when the line defines no key.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let Some((key, _)) = line.split_once('=') else {
+        return String::new();
+    };
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match table {
+        Some(t) => format!("{t}.{}", key.trim()),
+        None => key.trim().to_string(),
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
@@ -145,7 +166,7 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError {
             file: path.into(),
             line: e.span().map(|s| line_of(text, s.start)),
-            key: String::new(),
+            key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
             message: e.message().trim_end().to_string(),
         })?;
         config.validate(path, text)?;
@@ -289,10 +310,10 @@ address = "10.1.1.162"
     #[test]
     fn bad_values_name_line_and_key() {
         for (from, to, line, needle) in [
-            ("\"50s\"", "\"fifty\"", 9, "duration"),
-            ("02:00:00:00:00:02", "02:00:00:00:02", 4, "MAC"),
-            ("\"10.1.1.161\"", "\"10.1.1\"", 12, "address"),
-            ("port = 3306", "port = 70000", 8, "port"),
+            ("\"50s\"", "\"fifty\"", 10, "`virtual_server.persistence_timeout`: invalid duration"),
+            ("02:00:00:00:00:02", "02:00:00:00:02", 4, "`dataplane.peer_macs`: invalid MAC"),
+            ("\"10.1.1.161\"", "\"10.1.1\"", 12, "`virtual_server.real_server.address`"),
+            ("port = 3306", "port = 70000", 9, "`virtual_server.port`"),
         ] {
             let e = parse(&GOOD.replace(from, to)).unwrap_err();
             assert_eq!(e.line, Some(line), "{from}->{to}: {e}");
