@@ -197,6 +197,7 @@ pub fn test_sizes() -> Sizes {
         max_entries: vec![
             (MAP_MAGLEV, 64),
             (MAP_SERVICES, 32),
+            (MAP_SVC_INFO, 32),
             (MAP_REALS, 64),
             (MAP_CONNS, 1 << 16),
             (MAP_PERSIST, 1024),

@@ -1,7 +1,8 @@
 //! Map names, sizes, keys and values: the contract between the XDP program and `lb-agent`.
 //!
 //! Who writes what:
-//! - `lb-agent` writes `LB_CONFIG`, `LB_SERVICES`, `LB_VIP_FILTER`, `LB_MAGLEV`, `LB_REALS`;
+//! - `lb-agent` writes `LB_CONFIG`, `LB_SERVICES`, `LB_SVC_INFO`, `LB_VIP_FILTER`, `LB_MAGLEV`,
+//!   `LB_REALS`;
 //! - the XDP program writes `LB_CONNS`, `LB_PERSIST`, `LB_FRAGS`, `LB_PEERS` and all the
 //!   counters (`LB_SVC_STATS`, `LB_REAL_STATS`, `LB_PASS_STATS`); userspace only reads them
 //!   (and may clear `LB_CONNS` entries).
@@ -13,6 +14,7 @@ pub const PROGRAM_NAME: &str = "lb_xdp";
 
 pub const MAP_CONFIG: &str = "LB_CONFIG";
 pub const MAP_SERVICES: &str = "LB_SERVICES";
+pub const MAP_SVC_INFO: &str = "LB_SVC_INFO";
 pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_MAGLEV: &str = "LB_MAGLEV";
 pub const MAP_REALS: &str = "LB_REALS";
@@ -25,9 +27,10 @@ pub const MAP_REAL_STATS: &str = "LB_REAL_STATS";
 pub const MAP_PASS_STATS: &str = "LB_PASS_STATS";
 
 /// Every map, for pinning and inspection.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_SERVICES,
+    MAP_SVC_INFO,
     MAP_VIP_FILTER,
     MAP_MAGLEV,
     MAP_REALS,
@@ -167,7 +170,9 @@ pub struct ServiceKey {
 /// every frame passes to the local stack, so that a takeover is a single flag flip.
 pub const SERVICE_ACTIVE: u32 = 1;
 
-/// `LB_SERVICES` value.
+/// `LB_SVC_INFO[id]` (`LB_SERVICES` maps a `ServiceKey` to the id). An array, so that an
+/// established flow, which finds its service id in the connection table, reads its service
+/// without a hash lookup, and so that flipping `active_table` is one aligned word.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
@@ -229,7 +234,8 @@ impl FlowKey {
     }
 }
 
-/// `LB_CONNS` value.
+/// `LB_CONNS` value: the flow's real server and its service (for the activity check and the
+/// counters).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conn {

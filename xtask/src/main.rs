@@ -36,7 +36,7 @@ enum Task {
 }
 
 /// The XDP binaries built by `build-ebpf`, copied to `target/bpf/<name>.o`.
-const BPF_BINS: [&str; 2] = ["lb-xdp", "xdp-floor"];
+const BPF_BINS: [&str; 3] = ["lb-xdp", "xdp-floor", "xdp-pass"];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();

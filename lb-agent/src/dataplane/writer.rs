@@ -45,7 +45,7 @@ impl<'a> MapWriter<'a> {
         PerCpuArray::try_from(map(self.ebpf, name)?).with_context(|| format!("opening {name}"))
     }
 
-    fn services(&mut self) -> Result<HashMap<&mut MapData, ServiceKey, Service>> {
+    fn services(&mut self) -> Result<HashMap<&mut MapData, ServiceKey, u32>> {
         HashMap::try_from(map(self.ebpf, MAP_SERVICES)?).context("opening LB_SERVICES")
     }
 
@@ -59,20 +59,23 @@ impl<'a> MapWriter<'a> {
             .with_context(|| format!("writing real {id}"))
     }
 
-    /// Installs or replaces a service and its pool (atomic table flip).
+    /// Installs or replaces a service and its pool: the inactive table is written first, then
+    /// `active_table` flips in one word, then the key is mapped to the id.
     pub fn set_service(&mut self, key: &ServiceKey, svc: Service, table: &MaglevTable) -> Result<()> {
-        let current = self.services()?.get(key, 0).ok();
-        let next = match current {
-            Some(c) => (c.active_table ^ 1) & 1,
-            None => 0,
+        let next = match self.service(key)? {
+            Some(c) if c.id == svc.id => (c.active_table ^ 1) & 1,
+            _ => 0,
         };
         self.array::<MaglevTable>(MAP_MAGLEV)?
             .set(maglev_index(svc.id, next), table, 0)
             .with_context(|| format!("writing the Maglev table of service {}", svc.id))?;
         let svc = Service { active_table: next, ..svc };
-        self.services()?
-            .insert(key, svc, 0)
+        self.array::<Service>(MAP_SVC_INFO)?
+            .set(svc.id, svc, 0)
             .with_context(|| format!("writing service {}", svc.id))?;
+        self.services()?
+            .insert(key, svc.id, 0)
+            .with_context(|| format!("writing the key of service {}", svc.id))?;
         let slot = vip_filter_slot(&key.addr);
         let mut filter = self.array::<u32>(MAP_VIP_FILTER)?;
         let bits = filter.get(&slot, 0).unwrap_or(0)
@@ -83,7 +86,10 @@ impl<'a> MapWriter<'a> {
 
     /// Reads a service entry back.
     pub fn service(&mut self, key: &ServiceKey) -> Result<Option<Service>> {
-        Ok(self.services()?.get(key, 0).ok())
+        let Ok(id) = self.services()?.get(key, 0) else {
+            return Ok(None);
+        };
+        Ok(Some(self.array::<Service>(MAP_SVC_INFO)?.get(&id, 0)?))
     }
 
     /// Writes a whole desired state (start-up).

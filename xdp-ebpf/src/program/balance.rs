@@ -58,8 +58,8 @@ fn try_balance(ctx: &XdpContext) -> Result<Verdict, PassReason> {
             later_fragment(ctx, cfg, &ip, eth.src, bytes)
         }
         IPPROTO_TCP | IPPROTO_UDP => {
+            let filter = select::vip_filter(&ip.dst)?;
             let (sport, dport) = parse::ports(ctx, ip.proto, ip.l4_off)?;
-            let svc = select::service(ip.family, &ip.dst, dport, ip.proto)?;
             let flow = FlowKey {
                 src: ip.src,
                 dst: ip.dst,
@@ -68,7 +68,7 @@ fn try_balance(ctx: &XdpContext) -> Result<Verdict, PassReason> {
                 proto: ip.proto,
                 _pad: [0; 3],
             };
-            let choice = decide(cfg, &svc, &flow, eth.src, true)?;
+            let (svc, choice) = route(cfg, filter, ip.family, &flow, eth.src, true)?;
             if ip.frag.is_fragment {
                 // The first fragment: the others (no ports) follow it through LB_FRAGS.
                 let key = frag_key(&ip);
@@ -82,15 +82,33 @@ fn try_balance(ctx: &XdpContext) -> Result<Verdict, PassReason> {
     }
 }
 
-/// Checks activity and the peer rule, then chooses.
+/// The service and real server of a client flow: the connection table first (an established
+/// flow costs one hash lookup), then the service and Maglev. With `track`, a new decision is
+/// remembered (not for ICMP errors, which must not create flows).
 #[inline(always)]
-fn decide(
+fn route(
     cfg: &Config,
-    svc: &Service,
+    filter: u32,
+    family: u8,
     flow: &FlowKey,
     src_mac: u64,
     track: bool,
-) -> Result<Choice, PassReason> {
+) -> Result<(Service, Choice), PassReason> {
+    if let Some((conn, real)) = select::established(flow) {
+        let svc = select::service_info(conn.service)?;
+        admit(cfg, &svc, src_mac)?;
+        return Ok((svc, Choice { real_id: conn.real, real, new_flow: false }));
+    }
+    let svc = select::service(filter, family, &flow.dst, flow.dport, flow.proto)?;
+    admit(cfg, &svc, src_mac)?;
+    let choice = select::choose(&svc, flow, track)
+        .inspect_err(|_| stats::service(svc.id, |s| s.no_real += 1))?;
+    Ok((svc, choice))
+}
+
+/// Whether this host forwards for `svc` a frame from `src_mac`.
+#[inline(always)]
+fn admit(cfg: &Config, svc: &Service, src_mac: u64) -> Result<(), PassReason> {
     if svc.flags & xdp_ebpf::maps::SERVICE_ACTIVE == 0 {
         stats::service(svc.id, |s| s.passed_inactive += 1);
         return Err(PassReason::Inactive);
@@ -101,7 +119,7 @@ fn decide(
         stats::service(svc.id, |s| s.passed_peer += 1);
         return Err(PassReason::FromPeer);
     }
-    select::choose(svc, flow, track).inspect_err(|_| stats::service(svc.id, |s| s.no_real += 1))
+    Ok(())
 }
 
 /// Rewrites and transmits, or passes when the chosen real server is this host.
@@ -147,13 +165,9 @@ fn later_fragment(
     let frag = unsafe { LB_FRAGS.get(&frag_key(ip)) }
         .copied()
         .ok_or(PassReason::FragUnknown)?;
-    if from_peer(cfg, src_mac) {
-        return Err(PassReason::FromPeer);
-    }
+    let svc = select::service_info(frag.service)?;
+    admit(cfg, &svc, src_mac)?;
     let real = select::usable_real(frag.real).ok_or(PassReason::NoReal)?;
-    // The first fragment found the service active moments ago; look it up again only for its
-    // counters' id, which the entry carries.
-    let svc = Service { id: frag.service, flags: 0, active_table: 0, persistence_timeout_s: 0 };
     stats::service(svc.id, |s| s.fragments += 1);
     forward(ctx, cfg, &svc, Choice { real_id: frag.real, real, new_flow: false }, bytes)
 }
@@ -183,7 +197,7 @@ fn too_big(
     if inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP {
         return Err(PassReason::Unsupported);
     }
-    let svc = select::service(ip.family, &inner.src, inner.sport, inner.proto)?;
+    let filter = select::vip_filter(&inner.src)?;
     // The client's direction of the flow, as the connection table holds it.
     let flow = FlowKey {
         src: inner.dst,
@@ -193,7 +207,7 @@ fn too_big(
         proto: inner.proto,
         _pad: [0; 3],
     };
-    let choice = decide(cfg, &svc, &flow, src_mac, false)?;
+    let (svc, choice) = route(cfg, filter, ip.family, &flow, src_mac, false)?;
     stats::service(svc.id, |s| s.icmp_too_big += 1);
     forward(ctx, cfg, &svc, Choice { new_flow: false, ..choice }, bytes)
 }

@@ -16,9 +16,13 @@ pub static LB_CONFIG: Array<Config, 1> = Array::new();
 #[btf_map]
 pub static LB_PEERS: Array<Peers, 1> = Array::new();
 
-/// (VIP, port, protocol) → service id, flags, live table, persistence timeout.
+/// (VIP, port, protocol) → service id.
 #[btf_map]
-pub static LB_SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICES as usize }> = HashMap::new();
+pub static LB_SERVICES: HashMap<ServiceKey, u32, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// Service id → flags, live table, persistence timeout.
+#[btf_map]
+pub static LB_SVC_INFO: Array<Service, { MAX_SERVICES as usize }> = Array::new();
 
 /// Pre-filter of VIP addresses (see `VIP_FILTER_*`), indexed by `vip_filter_slot`.
 #[btf_map]

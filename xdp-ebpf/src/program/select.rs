@@ -11,34 +11,52 @@ use xdp_ebpf::{
     vip_filter_slot,
 };
 
-use crate::maps::{LB_CONNS, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_VIP_FILTER};
+use crate::maps::{LB_CONNS, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_SVC_INFO, LB_VIP_FILTER};
 
 /// Refresh a persistence entry's timestamp at most this often (a map write per packet would
 /// cost more than the affinity is worth).
 const PERSIST_REFRESH_NS: u64 = 1_000_000_000;
 
-/// The service for (VIP, port, protocol), falling back to the VIP's port-0 service.
+/// Whether `addr` may be a VIP: one inlined array read that keeps non-VIP traffic off the
+/// hash maps. Returns the filter bits.
 #[inline(always)]
-pub fn service(family: u8, addr: &[u32; 4], port: u16, proto: u8) -> Result<Service, PassReason> {
-    let filter = LB_VIP_FILTER
-        .get(vip_filter_slot(addr))
-        .copied()
-        .unwrap_or(0);
-    if filter & VIP_FILTER_ANY == 0 {
+pub fn vip_filter(addr: &[u32; 4]) -> Result<u32, PassReason> {
+    let bits = LB_VIP_FILTER.get(vip_filter_slot(addr)).copied().unwrap_or(0);
+    if bits & VIP_FILTER_ANY == 0 {
         return Err(PassReason::NoService);
     }
+    Ok(bits)
+}
+
+/// A service by id.
+#[inline(always)]
+pub fn service_info(id: u32) -> Result<Service, PassReason> {
+    LB_SVC_INFO.get(id).copied().ok_or(PassReason::NoService)
+}
+
+/// The service for (VIP, port, protocol), falling back to the VIP's port-0 service.
+#[inline(always)]
+pub fn service(filter: u32, family: u8, addr: &[u32; 4], port: u16, proto: u8) -> Result<Service, PassReason> {
     let mut key = ServiceKey { addr: *addr, port, proto, family };
     // SAFETY: the value is copied out at once; hash map values may be replaced concurrently.
-    if let Some(s) = unsafe { LB_SERVICES.get(&key) } {
-        return Ok(*s);
+    if let Some(id) = unsafe { LB_SERVICES.get(&key) }.copied() {
+        return service_info(id);
     }
     if filter & VIP_FILTER_ALL_PORTS != 0 {
         key.port = 0;
-        if let Some(s) = unsafe { LB_SERVICES.get(&key) } {
-            return Ok(*s);
+        if let Some(id) = unsafe { LB_SERVICES.get(&key) }.copied() {
+            return service_info(id);
         }
     }
     Err(PassReason::NoService)
+}
+
+/// The connection-table entry of an established flow whose server is still usable.
+#[inline(always)]
+pub fn established(flow: &FlowKey) -> Option<(Conn, Real)> {
+    // SAFETY: copied out at once.
+    let conn = unsafe { LB_CONNS.get(flow) }.copied()?;
+    Some((conn, usable_real(conn.real)?))
 }
 
 /// A real server that can take traffic, by id.
@@ -70,17 +88,10 @@ pub struct Choice {
     pub new_flow: bool,
 }
 
-/// Chooses the real server for `flow` of `svc`. With `track`, a new decision is remembered in
-/// the connection table (not for ICMP errors, which must not create flows).
+/// A new decision for `flow` of `svc` (no usable connection-table entry). With `track`, it is
+/// remembered in the connection table.
 #[inline(always)]
 pub fn choose(svc: &Service, flow: &FlowKey, track: bool) -> Result<Choice, PassReason> {
-    // An established flow stays where it is, as long as that server is still usable.
-    // SAFETY: copied out at once.
-    if let Some(conn) = unsafe { LB_CONNS.get(flow) }.copied()
-        && let Some(real) = usable_real(conn.real)
-    {
-        return Ok(Choice { real_id: conn.real, real, new_flow: false });
-    }
     let real_id = if svc.persistence_timeout_s != 0 {
         persistent_choice(svc, &flow.src)
     } else {

@@ -1,0 +1,211 @@
+//! Test hosts in network namespaces: a guard that creates namespaces with a unique prefix and
+//! removes them (and the processes it started) on drop, also when a test panics.
+
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// Runs a command and panics with its output when it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Lab {
+    pub prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    threads: Vec<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Lab {
+    /// A lab with a prefix unique to this process and test.
+    pub fn new(tag: &str) -> Lab {
+        let prefix = format!("lbt{}{tag}", std::process::id() % 100_000);
+        Lab { prefix, namespaces: vec![], children: vec![], threads: vec![] }
+    }
+
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    pub fn add_ns(&mut self, host: &str) -> String {
+        let name = self.ns(host);
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        sh(&["ip", "netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    /// Runs `ip -n NS args...`.
+    pub fn ip(&self, host: &str, args: &[&str]) -> String {
+        let ns = self.ns(host);
+        let mut v = vec!["ip", "-n", &ns];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// Runs a command inside a namespace.
+    pub fn exec(&self, host: &str, args: &[&str]) -> String {
+        let ns = self.ns(host);
+        let mut v = vec!["ip", "netns", "exec", &ns];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    pub fn sysctl(&self, host: &str, key: &str, value: &str) {
+        self.exec(host, &["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// A bridge host `br` with bridge `br0`.
+    pub fn bridge(&mut self) {
+        self.add_ns("br");
+        self.ip("br", &["link", "add", "br0", "type", "bridge"]);
+        self.ip("br", &["link", "set", "br0", "up"]);
+    }
+
+    /// Host `host` with `eth0` (address `cidr`) plugged into the bridge as port `p-<host>`.
+    pub fn host(&mut self, host: &str, cidr: &str) {
+        let ns = self.add_ns(host);
+        let port = format!("p-{host}");
+        let br = self.ns("br");
+        self.ip("br", &["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        self.ip("br", &["link", "set", &port, "master", "br0", "up"]);
+        self.ip(host, &["addr", "add", cidr, "dev", "eth0"]);
+        self.ip(host, &["link", "set", "eth0", "up"]);
+        let _ = br;
+    }
+
+    pub fn mac(&self, host: &str, dev: &str) -> String {
+        self.exec(host, &["cat", &format!("/sys/class/net/{dev}/address")]).trim().to_string()
+    }
+
+    pub fn counter(&self, host: &str, dev: &str, name: &str) -> u64 {
+        self.exec(host, &["cat", &format!("/sys/class/net/{dev}/statistics/{name}")])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Starts a process inside a namespace; it is killed (by PID) when the lab drops.
+    pub fn spawn(&mut self, host: &str, args: &[&str], log: &str) -> u32 {
+        let ns = self.ns(host);
+        let log = File::create(log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Stops a process this lab started: SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        let i = self.children.iter().position(|c| c.id() == pid)?;
+        let mut child = self.children.remove(i);
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// A TCP server in `host` on `addr` that answers every connection with `reply` and
+    /// closes. It runs on a thread that entered the namespace (`setns` is per thread).
+    pub fn serve(&mut self, host: &str, addr: SocketAddr, reply: &'static str) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let ns = self.ns(host);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            enter(&ns);
+            let l = TcpListener::bind(addr).expect("bind in namespace");
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        let _ = s.write_all(reply.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("server started");
+        self.threads.push((stop, t));
+    }
+
+    /// Runs `f` on a thread inside `host`'s namespace.
+    pub fn within<T: Send + 'static>(&self, host: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = self.ns(host);
+        std::thread::spawn(move || {
+            enter(&ns);
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+}
+
+/// Moves the calling thread into a named network namespace.
+pub fn enter(ns: &str) {
+    let f = File::open(format!("/run/netns/{ns}")).expect("namespace exists");
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// Connects to `addr`, reads the reply to the end (bounded by timeouts).
+pub fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for pid in self.children.iter().map(|c| c.id()).collect::<Vec<_>>() {
+            self.stop(pid);
+        }
+        for (stop, _) in &self.threads {
+            stop.store(true, Ordering::Relaxed);
+        }
+        for (_, t) in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+}
