@@ -32,8 +32,23 @@ fn bench_provisioning() -> String {
     text
 }
 
+/// A small in-tree program loaded beside `lb_xdp`.
 struct Floor {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+}
+
+impl Floor {
+    fn load(object: &str, name: &str) -> anyhow::Result<Floor> {
+        let path = format!("{}/../target/bpf/{object}", env!("CARGO_MANIFEST_DIR"));
+        let mut ebpf = Ebpf::load_file(&path)?;
+        let prog: &mut Xdp = ebpf.program_mut(name).unwrap().try_into()?;
+        prog.load()?;
+        Ok(Floor { ebpf })
+    }
+
+    fn program(&self, name: &str) -> &Xdp {
+        self.ebpf.program(name).unwrap().try_into().unwrap()
+    }
 }
 
 fn run_ns(prog: &Xdp, frame: &[u8], repeat: u32) -> (u32, f64) {
@@ -53,11 +68,10 @@ fn median(mut f: impl FnMut() -> f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let floor_obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bpf/xdp-floor.o");
-    let mut floor = Floor { _ebpf: Ebpf::load_file(floor_obj)? };
-    let fprog: &mut Xdp = floor._ebpf.program_mut("xdp_floor").unwrap().try_into()?;
-    fprog.load()?;
-    let fprog: &Xdp = floor._ebpf.program("xdp_floor").unwrap().try_into()?;
+    let floor = Floor::load("xdp-floor.o", "xdp_floor")?;
+    let fprog = floor.program("xdp_floor");
+    let pass = Floor::load("xdp-pass.o", "xdp_pass")?;
+    let pprog = pass.program("xdp_pass");
 
     let state = desired_state(&bench_provisioning());
     let mut dp = Dataplane::load(&Sizes::default())?;
@@ -74,6 +88,7 @@ fn main() -> anyhow::Result<()> {
     assert_eq!(run_ns(prog, &miss, 1).0, XDP_PASS);
     assert_eq!(run_ns(prog, &other_mac, 1).0, XDP_PASS);
 
+    let pass_ns = median(|| run_ns(pprog, &syn, REPEAT).1);
     let floor_ns = median(|| run_ns(fprog, &syn, REPEAT).1);
     let miss_ns = median(|| run_ns(prog, &miss, REPEAT).1);
     let other_ns = median(|| run_ns(prog, &other_mac, REPEAT).1);
@@ -114,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         };
         println!("{name:<44} {ns:>9.1} {:>9.2} {t:>9}{verdict}", ns / floor_ns);
     };
+    row("harness: XDP_PASS and nothing else (repeat)", pass_ns, None);
     row("floor: parse + MAC rewrite + XDP_TX (repeat)", floor_ns, None);
     row("miss: our MAC, not a VIP (repeat)", miss_ns, Some(25.0));
     row("not our MAC (repeat)", other_ns, None);
