@@ -6,9 +6,11 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LB_XDP_OBJECT");
-    let source = env::var_os("LB_XDP_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target/bpf/lb-xdp.o")
-    });
+    let source = env::var_os("LB_XDP_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target/bpf/lb-xdp.o")
+        });
     println!("cargo:rerun-if-changed={}", source.display());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("lb-xdp.o");
     match fs::read(&source) {

@@ -36,7 +36,11 @@ impl Frame {
 fn checksum(data: &[u8], initial: u32) -> u16 {
     let mut sum = initial;
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
         sum += w as u32;
     }
     while sum >> 16 != 0 {
@@ -64,12 +68,22 @@ pub struct V4 {
 
 impl V4 {
     pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Self {
-        V4 { src, dst, proto, ttl: 64, id: 0x1234, frag: 0, options: vec![], ihl: None, total_len: None }
+        V4 {
+            src,
+            dst,
+            proto,
+            ttl: 64,
+            id: 0x1234,
+            frag: 0,
+            options: vec![],
+            ihl: None,
+            total_len: None,
+        }
     }
 
     pub fn packet(&self, l4: &[u8]) -> Vec<u8> {
         let mut opts = self.options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         let hlen = 20 + opts.len();
@@ -91,7 +105,12 @@ impl V4 {
 
     fn pseudo(&self, len: usize) -> u32 {
         let mut s = 0u32;
-        for c in self.src.octets().chunks(2).chain(self.dst.octets().chunks(2)) {
+        for c in self
+            .src
+            .octets()
+            .chunks(2)
+            .chain(self.dst.octets().chunks(2))
+        {
             s += u16::from_be_bytes([c[0], c[1]]) as u32;
         }
         s + self.proto as u32 + len as u32
@@ -112,7 +131,14 @@ pub struct V6 {
 
 impl V6 {
     pub fn new(src: Ipv6Addr, dst: Ipv6Addr, proto: u8) -> Self {
-        V6 { src, dst, proto, hop_limit: 64, ext: vec![], payload_len: None }
+        V6 {
+            src,
+            dst,
+            proto,
+            hop_limit: 64,
+            ext: vec![],
+            payload_len: None,
+        }
     }
 
     pub fn packet(&self, l4: &[u8]) -> Vec<u8> {
@@ -136,7 +162,12 @@ impl V6 {
 
     fn pseudo(&self, len: usize) -> u32 {
         let mut s = 0u32;
-        for c in self.src.octets().chunks(2).chain(self.dst.octets().chunks(2)) {
+        for c in self
+            .src
+            .octets()
+            .chunks(2)
+            .chain(self.dst.octets().chunks(2))
+        {
             s += u16::from_be_bytes([c[0], c[1]]) as u32;
         }
         s + self.proto as u32 + len as u32

@@ -227,9 +227,8 @@ impl Harness {
 
     pub fn with(text: &str) -> Harness {
         let state = desired_state(text);
-        let mut dp = Dataplane::load(&test_sizes()).expect(
-            "loading the XDP object (run as root after `cargo xtask build-ebpf`)",
-        );
+        let mut dp = Dataplane::load(&test_sizes())
+            .expect("loading the XDP object (run as root after `cargo xtask build-ebpf`)");
         dp.maps().apply(&state).expect("writing the maps");
         Harness { dp, state }
     }
@@ -240,7 +239,11 @@ impl Harness {
         let r = self
             .dp
             .program()
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -252,7 +255,12 @@ impl Harness {
         let r = self
             .dp
             .program()
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         r.duration.as_nanos() as f64
     }
@@ -260,12 +268,22 @@ impl Harness {
     /// The real server id of an address.
     pub fn real_id(&self, addr: &str) -> u32 {
         let a: IpAddr = addr.parse().unwrap();
-        *self.state.reals.iter().find(|(_, (ra, _))| *ra == a).expect("a provisioned real").0
+        *self
+            .state
+            .reals
+            .iter()
+            .find(|(_, (ra, _))| *ra == a)
+            .expect("a provisioned real")
+            .0
     }
 
     /// The service of a name.
     pub fn service(&self, name: &str) -> &desired::DesiredService {
-        self.state.services.iter().find(|s| s.name == name).expect("a provisioned service")
+        self.state
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .expect("a provisioned service")
     }
 
     /// Which real server (by MAC) a forwarded frame went to.
@@ -280,11 +298,19 @@ impl Harness {
     pub fn counters(&mut self) -> Counters {
         let sids: Vec<u32> = self.state.services.iter().map(|s| s.id).collect();
         let rids: Vec<u32> = self.state.reals.keys().copied().collect();
-        self.dp.maps().counters(&sids, &rids).expect("reading counters")
+        self.dp
+            .maps()
+            .counters(&sids, &rids)
+            .expect("reading counters")
     }
 
     pub fn pass_count(&mut self, reason: PassReason) -> u64 {
-        self.counters().passes.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n).unwrap_or(0)
+        self.counters()
+            .passes
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
     }
 
     /// Replaces a service's pool with `members` (address, weight), through the agent's atomic
@@ -295,16 +321,34 @@ impl Harness {
             .iter()
             .map(|(a, w)| Backend {
                 id: self.real_id(a),
-                key: backend_key(&a.parse().unwrap(), u16::from_be(self.service(service).key.port)),
+                key: backend_key(
+                    &a.parse().unwrap(),
+                    u16::from_be(self.service(service).key.port),
+                ),
                 weight: *w,
             })
             .collect();
         let mut table = Box::<MaglevTable>::default();
-        table.slots.copy_from_slice(&maglev::build(&backends, MAGLEV_RING));
+        table
+            .slots
+            .copy_from_slice(&maglev::build(&backends, MAGLEV_RING));
         let s = self.service(service).clone();
-        let svc = Service { id: s.id, flags: s.flags, active_table: 0, persistence_timeout_s: s.persistence_timeout_s };
-        self.dp.maps().set_service(&s.key, svc, &table).expect("replacing the pool");
-        let entry = self.state.services.iter_mut().find(|x| x.name == service).unwrap();
+        let svc = Service {
+            id: s.id,
+            flags: s.flags,
+            active_table: 0,
+            persistence_timeout_s: s.persistence_timeout_s,
+        };
+        self.dp
+            .maps()
+            .set_service(&s.key, svc, &table)
+            .expect("replacing the pool");
+        let entry = self
+            .state
+            .services
+            .iter_mut()
+            .find(|x| x.name == service)
+            .unwrap();
         entry.table = table.clone();
         table
     }

@@ -22,7 +22,9 @@ fn single_frame_fixtures() {
                 } else if out != fx.frame {
                     Some("a passed frame was modified".to_string())
                 } else if counted != 1 {
-                    Some(format!("pass reason {reason:?} counted {counted} times, want 1"))
+                    Some(format!(
+                        "pass reason {reason:?} counted {counted} times, want 1"
+                    ))
                 } else {
                     None
                 }
@@ -39,7 +41,11 @@ fn single_frame_fixtures() {
                 if action != XDP_TX {
                     Some(format!("action {action}, want XDP_TX to real {real}"))
                 } else if out != want {
-                    Some(format!("output differs: got {:02x?}\nwant {:02x?}", &out[..12.min(out.len())], &want[..12]))
+                    Some(format!(
+                        "output differs: got {:02x?}\nwant {:02x?}",
+                        &out[..12.min(out.len())],
+                        &want[..12]
+                    ))
                 } else {
                     None
                 }
@@ -49,5 +55,11 @@ fn single_frame_fixtures() {
             failures.push(format!("{}: {p}", fx.name));
         }
     }
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), fixtures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n")
+    );
 }

@@ -37,18 +37,31 @@ fn established_flows_stay_when_a_server_is_added_or_removed() {
     // connections to a quiesced server), and nobody else moves.
     h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1)]);
     let after_remove: Vec<u32> = (0..600).map(|i| send(&h, VIP_TCP, i)).collect();
-    assert_eq!(before, after_remove, "established flows moved after a removal");
+    assert_eq!(
+        before, after_remove,
+        "established flows moved after a removal"
+    );
     // New flows no longer reach it.
     for i in 1000..1300 {
-        assert_ne!(send(&h, VIP_TCP, i), r3, "a new flow reached the removed server");
+        assert_ne!(
+            send(&h, VIP_TCP, i),
+            r3,
+            "a new flow reached the removed server"
+        );
     }
 
     // Add 10.0.1.3 back with weight 2: established flows stay, new flows reach it.
     h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 2)]);
     let after_add: Vec<u32> = (0..600).map(|i| send(&h, VIP_TCP, i)).collect();
-    assert_eq!(before, after_add, "established flows moved after an addition");
+    assert_eq!(
+        before, after_add,
+        "established flows moved after an addition"
+    );
     let new: Vec<u32> = (2000..2400).map(|i| send(&h, VIP_TCP, i)).collect();
-    assert!(new.iter().filter(|&&r| r == r3).count() > 100, "new flows do not reach the added server");
+    assert!(
+        new.iter().filter(|&&r| r == r3).count() > 100,
+        "new flows do not reach the added server"
+    );
 }
 
 #[test]
@@ -59,7 +72,11 @@ fn a_flow_on_an_unusable_server_is_rebalanced() {
     let mut real = h.state.reals[&first].1;
     real.flags = 0;
     h.dp.maps().set_real(first, &real).unwrap();
-    let other = if h.state.reals[&first].0.to_string() == "10.0.1.1" { "10.0.1.2" } else { "10.0.1.1" };
+    let other = if h.state.reals[&first].0.to_string() == "10.0.1.1" {
+        "10.0.1.2"
+    } else {
+        "10.0.1.1"
+    };
     h.set_pool("tcp", &[(other, 1)]);
     assert_eq!(send(&h, VIP_TCP, 7), h.real_id(other));
 }
@@ -79,7 +96,11 @@ fn persistence_keeps_a_client_on_one_server() {
         }
     }
     let spread: std::collections::HashSet<u32> = per_client.values().copied().collect();
-    assert_eq!(spread.len(), 2, "persistent clients all landed on one server");
+    assert_eq!(
+        spread.len(),
+        2,
+        "persistent clients all landed on one server"
+    );
     // The choice is Maglev's on the client address, so a second LB agrees.
     for (c, real) in &per_client {
         let hash = xdp_ebpf::hash::client_hash(&bpf_tests::fixtures::words(IpAddr::V4(client(*c))));
@@ -99,7 +120,10 @@ fn weights_hold_over_ten_thousand_flows() {
         let share = counts.get(&h.real_id(addr)).copied().unwrap_or(0) as f64 / n as f64;
         let want = weight / 6.0;
         println!("{addr}: weight {weight}, share {share:.4}, want {want:.4}");
-        assert!((share - want).abs() <= 0.02, "{addr}: share {share:.4}, want {want:.4} ± 0.02");
+        assert!(
+            (share - want).abs() <= 0.02,
+            "{addr}: share {share:.4}, want {want:.4} ± 0.02"
+        );
     }
 }
 
@@ -107,18 +131,27 @@ fn weights_hold_over_ten_thousand_flows() {
 fn fragments_follow_the_first() {
     let h = Harness::new();
     for id in 0..50u16 {
-        let (first, second) = udp4_fragments(client(id as u32), VIP_TCP, 7000 + id, 53, 0x1000 + id);
+        let (first, second) =
+            udp4_fragments(client(id as u32), VIP_TCP, 7000 + id, 53, 0x1000 + id);
         let (a1, o1) = h.run(&first.bytes());
         let (a2, o2) = h.run(&second.bytes());
         assert_eq!((a1, a2), (XDP_TX, XDP_TX), "fragment {id}");
-        assert_eq!(o1[..6], o2[..6], "fragments of datagram {id} went to different servers");
+        assert_eq!(
+            o1[..6],
+            o2[..6],
+            "fragments of datagram {id} went to different servers"
+        );
     }
     for id in 0..20u32 {
         let (first, second) = udp6_fragments(CLIENT6, VIP6, 7000 + id as u16, 53, 0x2000 + id);
         let (a1, o1) = h.run(&first.bytes());
         let (a2, o2) = h.run(&second.bytes());
         assert_eq!((a1, a2), (XDP_TX, XDP_TX), "v6 fragment {id}");
-        assert_eq!(o1[..6], o2[..6], "v6 fragments of datagram {id} went to different servers");
+        assert_eq!(
+            o1[..6],
+            o2[..6],
+            "v6 fragments of datagram {id} went to different servers"
+        );
     }
 }
 
@@ -131,24 +164,47 @@ fn icmp_too_big_follows_the_connection_after_a_pool_change() {
     h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 5)]);
     let mut checked = 0;
     for (i, owner) in owners {
-        let key = flow(IpAddr::V4(client(i)), IpAddr::V4(VIP_TCP), 10_000 + i as u16, 3306, 6);
+        let key = flow(
+            IpAddr::V4(client(i)),
+            IpAddr::V4(VIP_TCP),
+            10_000 + i as u16,
+            3306,
+            6,
+        );
         if h.predicted("tcp", flow_hash(&key)) == owner {
             continue;
         }
-        let err = icmp4_frag_needed(Ipv4Addr::new(192, 0, 2, 254), VIP_TCP, 3306, client(i), 10_000 + i as u16);
+        let err = icmp4_frag_needed(
+            Ipv4Addr::new(192, 0, 2, 254),
+            VIP_TCP,
+            3306,
+            client(i),
+            10_000 + i as u16,
+        );
         let (action, out) = h.run(&err.bytes());
         assert_eq!(action, XDP_TX);
-        assert_eq!(h.real_of_mac(&out), Some(owner), "ICMP error for flow {i} missed its owner");
+        assert_eq!(
+            h.real_of_mac(&out),
+            Some(owner),
+            "ICMP error for flow {i} missed its owner"
+        );
         checked += 1;
     }
-    assert!(checked > 20, "too few flows changed owner to test ({checked})");
+    assert!(
+        checked > 20,
+        "too few flows changed owner to test ({checked})"
+    );
 }
 
 #[test]
 fn a_learned_peer_is_never_forwarded_again() {
     let mut h = Harness::new();
     let peer = [0x02, 0, 0, 0, 0, 0x2f];
-    let from_peer = Frame { src: peer, ..tcp4(CLIENT4, VIP_TCP, 40000, 3306) }.bytes();
+    let from_peer = Frame {
+        src: peer,
+        ..tcp4(CLIENT4, VIP_TCP, 40000, 3306)
+    }
+    .bytes();
     assert_eq!(h.run(&from_peer).0, XDP_TX, "an unknown MAC is a client");
 
     // A VRRP advert for another router id teaches nothing.
@@ -157,12 +213,23 @@ fn a_learned_peer_is_never_forwarded_again() {
         src: peer,
         vlan: None,
         ethertype: ETH_IPV4,
-        payload: V4 { ttl, ..V4::new(Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(224, 0, 0, 18), 112) }
-            .packet(&vrrp_advert(vrid, 150, VIP_TCP)),
+        payload: V4 {
+            ttl,
+            ..V4::new(
+                Ipv4Addr::new(10, 0, 0, 2),
+                Ipv4Addr::new(224, 0, 0, 18),
+                112,
+            )
+        }
+        .packet(&vrrp_advert(vrid, 150, VIP_TCP)),
     };
     h.run(&advert(52, 255).bytes());
     h.run(&advert(51, 64).bytes());
-    assert_eq!(h.run(&from_peer).0, XDP_TX, "learned from a foreign VRID or a routed advert");
+    assert_eq!(
+        h.run(&from_peer).0,
+        XDP_TX,
+        "learned from a foreign VRID or a routed advert"
+    );
 
     // An advert of our VRID does.
     assert_eq!(h.run(&advert(51, 255).bytes()).0, XDP_PASS);
@@ -183,7 +250,10 @@ fn counters_count_per_service_and_real() {
     let c = h.counters();
     let id = h.service("tcp").id;
     let s = c.services.iter().find(|(i, _)| *i == id).unwrap().1;
-    assert_eq!((s.packets, s.new_flows, s.bytes), (5, 1, 5 * frame.len() as u64));
+    assert_eq!(
+        (s.packets, s.new_flows, s.bytes),
+        (5, 1, 5 * frame.len() as u64)
+    );
     let real_packets: u64 = c.reals.iter().map(|(_, r)| r.packets).sum();
     assert_eq!(real_packets, 5);
 }

@@ -35,7 +35,9 @@ pub fn run(config_path: &Path) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(serve(cfg, iface))
 }
 
@@ -118,7 +120,10 @@ async fn resolve(
         .iter()
         .flat_map(|vs| {
             let vs = vs.get_ref();
-            vs.real_servers.iter().chain(vs.sorry_server.iter()).map(|r| (r.address, r.mac.map(|m| m.0)))
+            vs.real_servers
+                .iter()
+                .chain(vs.sorry_server.iter())
+                .map(|r| (r.address, r.mac.map(|m| m.0)))
         })
         .collect();
     let mut neigh = netlink::neighbours(handle, index).await?;
@@ -147,7 +152,11 @@ async fn resolve(
         }
     }
     desired::compute(cfg, iface_mac, |a| RealInfo {
-        mac: configured.get(a).copied().flatten().or_else(|| neigh.get(a).copied()),
+        mac: configured
+            .get(a)
+            .copied()
+            .flatten()
+            .or_else(|| neigh.get(a).copied()),
         local: local.contains(a),
     })
     .map_err(anyhow::Error::msg)

@@ -52,7 +52,12 @@ fn tcp_through_the_vip_reaches_both_servers_and_replies_bypass_the_lb() {
     // veth pitfalls (DESIGN.md §5): frames sent with XDP_TX arrive only if the peer runs an
     // XDP program, and the client must not leave TCP checksums to an offload XDP_TX skips.
     let pass = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bpf/xdp-pass.o");
-    lab.ip("br", &["link", "set", "dev", "p-lb", "xdpdrv", "obj", pass, "sec", "xdp"]);
+    lab.ip(
+        "br",
+        &[
+            "link", "set", "dev", "p-lb", "xdpdrv", "obj", pass, "sec", "xdp",
+        ],
+    );
     lab.exec("cl", &["ethtool", "-K", "eth0", "tx", "off"]);
 
     lab.serve("r1", "0.0.0.0:3306".parse().unwrap(), "r1\n");
@@ -83,11 +88,25 @@ address = "10.99.0.12"
     .unwrap();
     let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
     let agent = env!("CARGO_BIN_EXE_lb-agent");
-    let pid = lab.spawn("lb", &[agent, "run", "--config", config.to_str().unwrap()], &log);
+    let pid = lab.spawn(
+        "lb",
+        &[agent, "run", "--config", config.to_str().unwrap()],
+        &log,
+    );
     wait_for_log(&log, "data plane attached", &mut lab, pid);
     let attached = lab.ip("lb", &["link", "show", "eth0"]);
-    assert!(attached.contains("xdp"), "no XDP program on the LB's eth0:\n{attached}");
-    println!("lb-agent attached: {}", attached.lines().find(|l| l.contains("prog/xdp")).unwrap_or("").trim());
+    assert!(
+        attached.contains("xdp"),
+        "no XDP program on the LB's eth0:\n{attached}"
+    );
+    println!(
+        "lb-agent attached: {}",
+        attached
+            .lines()
+            .find(|l| l.contains("prog/xdp"))
+            .unwrap_or("")
+            .trim()
+    );
 
     let into_lb_before = lab.counter("br", "p-lb", "tx_packets");
     let from_lb_before = lab.counter("br", "p-lb", "rx_packets");
@@ -120,23 +139,83 @@ address = "10.99.0.12"
     println!("connections through {VIP}:3306: {CONNECTIONS}, answered by r1: {r1}, by r2: {r2}");
     println!("client sent {client_tx} frames and received {client_rx}");
     println!("the LB received {into_lb} frames and transmitted {from_lb} (XDP_TX)");
-    let errors: Vec<String> = replies.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+    let errors: Vec<String> = replies
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
     assert!(errors.is_empty(), "connections failed: {errors:?}");
-    assert!(r1 >= 5 && r2 >= 5, "both servers must serve: r1 {r1}, r2 {r2}");
+    assert!(
+        r1 >= 5 && r2 >= 5,
+        "both servers must serve: r1 {r1}, r2 {r2}"
+    );
     // Everything the client sent passed through the LB and was forwarded by it ...
-    assert!(into_lb + 5 >= client_tx && into_lb <= client_tx + 10, "LB received {into_lb}, client sent {client_tx}");
-    assert!(from_lb + 5 >= client_tx, "LB transmitted {from_lb} of the client's {client_tx}");
+    assert!(
+        into_lb + 5 >= client_tx && into_lb <= client_tx + 10,
+        "LB received {into_lb}, client sent {client_tx}"
+    );
+    assert!(
+        from_lb + 5 >= client_tx,
+        "LB transmitted {from_lb} of the client's {client_tx}"
+    );
     // ... while the replies (at least SYN-ACK + data + FIN per connection) never touched it.
-    assert!(client_rx >= 3 * CONNECTIONS as u64, "client received only {client_rx}");
-    assert!(from_lb <= client_tx + 10, "the LB transmitted more than the client sent: replies went through it");
+    assert!(
+        client_rx >= 3 * CONNECTIONS as u64,
+        "client received only {client_rx}"
+    );
+    assert!(
+        from_lb <= client_tx + 10,
+        "the LB transmitted more than the client sent: replies went through it"
+    );
+
+    // The maps carry BTF: bpftool prints the counters as typed fields.
+    let prog_id = attached
+        .split_whitespace()
+        .skip_while(|w| *w != "prog/xdp")
+        .nth(2)
+        .expect("prog/xdp id N")
+        .to_string();
+    let stats = svc_stats_via_bpftool(&prog_id);
+    println!("bpftool map lookup LB_SVC_STATS key 0 (per CPU):\n{stats}");
+    assert!(
+        stats.contains("\"packets\"") && stats.contains("\"new_flows\""),
+        "no typed fields:\n{stats}"
+    );
 
     let status = lab.stop(pid).expect("lb-agent was running");
     let log_text = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "lb-agent exited with {status}:\n{log_text}");
+    assert!(
+        status.success(),
+        "lb-agent exited with {status}:\n{log_text}"
+    );
     let detached = lab.ip("lb", &["link", "show", "eth0"]);
-    assert!(!detached.contains("prog/xdp"), "XDP still attached after SIGTERM:\n{detached}");
+    assert!(
+        !detached.contains("prog/xdp"),
+        "XDP still attached after SIGTERM:\n{detached}"
+    );
     println!("lb-agent stopped on SIGTERM and detached; log:\n{log_text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `bpftool map lookup` of service 0's counters in the program's LB_SVC_STATS map.
+fn svc_stats_via_bpftool(prog_id: &str) -> String {
+    let prog = common::sh(&["bpftool", "-j", "prog", "show", "id", prog_id]);
+    let ids: Vec<String> = prog
+        .split("\"map_ids\":[")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .expect("map_ids in bpftool output")
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    for id in ids {
+        let show = common::sh(&["bpftool", "map", "show", "id", &id]);
+        if show.contains("name LB_SVC_STATS") {
+            return common::sh(&[
+                "bpftool", "map", "lookup", "id", &id, "key", "0", "0", "0", "0",
+            ]);
+        }
+    }
+    panic!("LB_SVC_STATS not among the program's maps");
 }
 
 #[test]
@@ -145,19 +224,37 @@ fn bad_interface_and_bad_config_give_clear_errors() {
     let dir = std::env::temp_dir().join(format!("lbt{}-errors", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
-        ("[dataplane]\ninterface = \"nosuch0\"\n", "interface nosuch0 does not exist"),
-        ("[dataplane]\ninterface = \"lo\"\nbogus = 1\n", "lb.toml:3: `dataplane.bogus`: unknown field `bogus`"),
+        (
+            "[dataplane]\ninterface = \"nosuch0\"\n",
+            "interface nosuch0 does not exist",
+        ),
+        (
+            "[dataplane]\ninterface = \"lo\"\nbogus = 1\n",
+            "lb.toml:3: `dataplane.bogus`: unknown field `bogus`",
+        ),
     ];
     for (text, want) in cases {
         let path = dir.join("lb.toml");
         std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(agent).args(["run", "--config"]).arg(&path).output().unwrap();
+        let out = std::process::Command::new(agent)
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(want), "want {want:?} in:\n{err}");
-        let check = std::process::Command::new(agent).arg("check-config").arg(&path).output().unwrap();
+        let check = std::process::Command::new(agent)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
         let expect_ok = !want.contains("unknown field");
-        assert_eq!(check.status.success(), expect_ok, "check-config on {text:?}");
+        assert_eq!(
+            check.status.success(),
+            expect_ok,
+            "check-config on {text:?}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

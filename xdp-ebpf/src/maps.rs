@@ -83,7 +83,9 @@ pub struct MaglevTable {
 
 impl Default for MaglevTable {
     fn default() -> Self {
-        Self { slots: [NO_REAL; MAGLEV_RING as usize] }
+        Self {
+            slots: [NO_REAL; MAGLEV_RING as usize],
+        }
     }
 }
 
@@ -98,7 +100,10 @@ pub struct MacAddr {
 
 impl MacAddr {
     pub const fn new(octets: [u8; 6]) -> Self {
-        Self { octets, _pad: [0; 2] }
+        Self {
+            octets,
+            _pad: [0; 2],
+        }
     }
     pub const fn is_zero(&self) -> bool {
         self.as_u64() == 0

@@ -52,13 +52,18 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Runs a command, echoing it, and fails when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", show(cmd));
-    let status = cmd.status().with_context(|| format!("starting {}", show(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", show(cmd)))?;
     if !status.success() {
         bail!("`{}` failed: {status}", show(cmd));
     }
@@ -81,7 +86,9 @@ fn cargo() -> Command {
 /// toolchain's own binary, which does not understand `+toolchain`).
 fn nightly_cargo() -> Command {
     let mut c = Command::new("cargo");
-    c.arg("+nightly").env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC");
+    c.arg("+nightly")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC");
     c
 }
 
@@ -114,16 +121,32 @@ fn build_ebpf(root: &Path) -> Result<()> {
 
 fn build(root: &Path) -> Result<()> {
     build_ebpf(root)?;
-    run(cargo().args(["build", "--locked", "--release", "--workspace", "--all-targets"]))
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "--workspace",
+        "--all-targets",
+    ]))
 }
 
 fn test(root: &Path) -> Result<()> {
     setup::require_root("the tests load XDP programs and create network namespaces")?;
-    setup::apt(&[("ip", "iproute2"), ("ethtool", "ethtool"), ("bpftool", "bpftool")])?;
+    setup::apt(&[
+        ("ip", "iproute2"),
+        ("ethtool", "ethtool"),
+        ("bpftool", "bpftool"),
+    ])?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     build(root)?;
     run(cargo()
-        .args(["clippy", "--locked", "--release", "--workspace", "--all-targets"])
+        .args([
+            "clippy",
+            "--locked",
+            "--release",
+            "--workspace",
+            "--all-targets",
+        ])
         .args(["--", "-D", "warnings"]))?;
     run(nightly_cargo()
         .args(["clippy", "--locked", "--release", "-p", "xdp-ebpf"])
@@ -143,12 +166,28 @@ fn lab(root: &Path) -> Result<()> {
     setup::apt(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
     build(root)?;
     run(cargo()
-        .args(["test", "--locked", "--release", "-p", "lb-agent", "--test", "dr_namespaces"])
+        .args([
+            "test",
+            "--locked",
+            "--release",
+            "-p",
+            "lb-agent",
+            "--test",
+            "dr_namespaces",
+        ])
         .args(["--", "--nocapture", "--test-threads=1"]))
 }
 
 fn bench(root: &Path) -> Result<()> {
     setup::require_root("the benchmarks run XDP programs in the kernel")?;
     build_ebpf(root)?;
-    run(cargo().args(["run", "--locked", "--release", "-p", "bpf-tests", "--bin", "xdp-bench"]))
+    run(cargo().args([
+        "run",
+        "--locked",
+        "--release",
+        "-p",
+        "bpf-tests",
+        "--bin",
+        "xdp-bench",
+    ]))
 }

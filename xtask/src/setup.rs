@@ -13,7 +13,9 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn require_root(why: &str) -> Result<()> {
@@ -25,12 +27,20 @@ pub fn require_root(why: &str) -> Result<()> {
 }
 
 pub fn rust_src() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
-        .unwrap_or_default();
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
-    eprintln!("installing the rust-src component of the nightly toolchain (needed for -Z build-std)");
+    eprintln!(
+        "installing the rust-src component of the nightly toolchain (needed for -Z build-std)"
+    );
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
@@ -40,7 +50,14 @@ pub fn bpf_linker() -> Result<()> {
         return Ok(());
     }
     eprintln!("installing bpf-linker {BPF_LINKER_VERSION} (takes about 2 minutes)");
-    run(Command::new("cargo").args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"]))
+    run(Command::new("cargo").args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+    ]))
 }
 
 /// Installs the Debian packages whose commands are missing: `(command, package)` pairs.

@@ -55,7 +55,12 @@ fn run_ns(prog: &Xdp, frame: &[u8], repeat: u32) -> (u32, f64) {
     let mut out = vec![0u8; frame.len() + 256];
     let input = frame.to_vec();
     let r = prog
-        .test_run(TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), repeat, ..Default::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(&input),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })
         .expect("BPF_PROG_TEST_RUN");
     (r.return_value, r.duration.as_nanos() as f64)
 }
@@ -80,11 +85,19 @@ fn main() -> anyhow::Result<()> {
 
     let syn = tcp4(CLIENT4, VIP_TCP, 40000, 3306).bytes();
     let miss = tcp4(CLIENT4, NOT_A_VIP, 40000, 3306).bytes();
-    let other_mac = Frame { dst: OTHER_MAC, ..tcp4(CLIENT4, VIP_TCP, 40000, 3306) }.bytes();
+    let other_mac = Frame {
+        dst: OTHER_MAC,
+        ..tcp4(CLIENT4, VIP_TCP, 40000, 3306)
+    }
+    .bytes();
 
     // Sanity: each case takes the path it claims.
     assert_eq!(run_ns(fprog, &syn, 1).0, XDP_TX);
-    assert_eq!(run_ns(prog, &syn, 1).0, XDP_TX, "established case must forward");
+    assert_eq!(
+        run_ns(prog, &syn, 1).0,
+        XDP_TX,
+        "established case must forward"
+    );
     assert_eq!(run_ns(prog, &miss, 1).0, XDP_PASS);
     assert_eq!(run_ns(prog, &other_mac, 1).0, XDP_PASS);
 
@@ -110,32 +123,62 @@ fn main() -> anyhow::Result<()> {
     };
     let new_single = median(&mut new_flow_single);
     let floor_single = median(|| {
-        (0..SINGLE_RUNS).map(|_| run_ns(fprog, &syn, 1).1).sum::<f64>() / SINGLE_RUNS as f64
+        (0..SINGLE_RUNS)
+            .map(|_| run_ns(fprog, &syn, 1).1)
+            .sum::<f64>()
+            / SINGLE_RUNS as f64
     });
     let est_single = median(|| {
-        (0..SINGLE_RUNS).map(|_| run_ns(prog, &syn, 1).1).sum::<f64>() / SINGLE_RUNS as f64
+        (0..SINGLE_RUNS)
+            .map(|_| run_ns(prog, &syn, 1).1)
+            .sum::<f64>()
+            / SINGLE_RUNS as f64
     });
     let new_ns = new_single - floor_single + floor_ns;
     let est_check = est_single - floor_single + floor_ns;
 
     println!();
     println!("XDP data plane, BPF_PROG_TEST_RUN (median of {ROUNDS} rounds)");
-    println!("{:<44} {:>9} {:>9} {:>9}", "case", "ns/pkt", "x floor", "target");
+    println!(
+        "{:<44} {:>9} {:>9} {:>9}",
+        "case", "ns/pkt", "x floor", "target"
+    );
     let row = |name: &str, ns: f64, target: Option<f64>| {
-        let t = target.map(|t| format!("<= {t:.0}")).unwrap_or_else(|| "-".into());
+        let t = target
+            .map(|t| format!("<= {t:.0}"))
+            .unwrap_or_else(|| "-".into());
         let verdict = match target {
             Some(t) if ns > t => "  MISSED",
             _ => "",
         };
-        println!("{name:<44} {ns:>9.1} {:>9.2} {t:>9}{verdict}", ns / floor_ns);
+        println!(
+            "{name:<44} {ns:>9.1} {:>9.2} {t:>9}{verdict}",
+            ns / floor_ns
+        );
     };
     row("harness: XDP_PASS and nothing else (repeat)", pass_ns, None);
-    row("floor: parse + MAC rewrite + XDP_TX (repeat)", floor_ns, None);
+    row(
+        "floor: parse + MAC rewrite + XDP_TX (repeat)",
+        floor_ns,
+        None,
+    );
     row("miss: our MAC, not a VIP (repeat)", miss_ns, Some(25.0));
     row("not our MAC (repeat)", other_ns, None);
-    row("established flow, conn-table hit (repeat)", est_ns, Some(70.0));
-    row("new flow (single runs, floor-corrected)", new_ns, Some(160.0));
-    row("established, same single-run method (check)", est_check, None);
+    row(
+        "established flow, conn-table hit (repeat)",
+        est_ns,
+        Some(70.0),
+    );
+    row(
+        "new flow (single runs, floor-corrected)",
+        new_ns,
+        Some(160.0),
+    );
+    row(
+        "established, same single-run method (check)",
+        est_check,
+        None,
+    );
     println!(
         "single-run raw means: new flow {new_single:.1} ns, established {est_single:.1} ns, floor {floor_single:.1} ns ({SINGLE_RUNS} runs)"
     );

@@ -66,7 +66,11 @@ pub fn service_key(vs: &VirtualServer) -> ServiceKey {
         addr: addr_words(&vs.address),
         port: vs.port.to_be(),
         proto: vs.protocol.number(),
-        family: if vs.address.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+        family: if vs.address.is_ipv4() {
+            FAMILY_V4
+        } else {
+            FAMILY_V6
+        },
     }
 }
 
@@ -84,7 +88,10 @@ fn mac_list(macs: impl IntoIterator<Item = [u8; 6]>) -> ([MacAddr; MAX_MACS], u3
 pub fn xdp_config(cfg: &Config, iface_mac: [u8; 6]) -> Result<XdpConfig, String> {
     let dp = &cfg.dataplane;
     if dp.extra_macs.len() + 1 > MAX_MACS || dp.peer_macs.len() > MAX_MACS {
-        return Err(format!("at most {} extra_macs and {MAX_MACS} peer_macs", MAX_MACS - 1));
+        return Err(format!(
+            "at most {} extra_macs and {MAX_MACS} peer_macs",
+            MAX_MACS - 1
+        ));
     }
     let (local_macs, n_local_macs) =
         mac_list(std::iter::once(iface_mac).chain(dp.extra_macs.iter().map(|m: &Mac| m.0)));
@@ -119,7 +126,10 @@ pub fn compute(
         .iter()
         .flat_map(|vs| {
             let vs = vs.get_ref();
-            vs.real_servers.iter().chain(vs.sorry_server.iter()).map(|r| r.address)
+            vs.real_servers
+                .iter()
+                .chain(vs.sorry_server.iter())
+                .map(|r| r.address)
         })
         .collect();
     addrs.sort();
@@ -140,7 +150,9 @@ pub fn compute(
             real.mac = MacAddr::new(mac);
             real.flags = REAL_VALID;
         } else {
-            warnings.push(format!("real server {addr}: MAC unresolved, left out of its pools"));
+            warnings.push(format!(
+                "real server {addr}: MAC unresolved, left out of its pools"
+            ));
         }
         reals.insert(id, (*addr, real));
         id_of.insert(*addr, (id, ri));
@@ -151,22 +163,38 @@ pub fn compute(
         let vs = vs.get_ref();
         let backend = |r: &crate::config::RealServer| {
             let (id, ri) = id_of[&r.address];
-            ri.usable().then_some(Backend { id, key: backend_key(&r.address, vs.port), weight: r.weight })
+            ri.usable().then_some(Backend {
+                id,
+                key: backend_key(&r.address, vs.port),
+                weight: r.weight,
+            })
         };
         let mut pool: Vec<Backend> = vs.real_servers.iter().filter_map(backend).collect();
         let mut using_sorry = false;
         if pool.iter().all(|b| b.weight == 0)
             && let Some(sorry) = &vs.sorry_server
         {
-            pool = backend(sorry).map(|b| Backend { weight: 1, ..b }).into_iter().collect();
+            pool = backend(sorry)
+                .map(|b| Backend { weight: 1, ..b })
+                .into_iter()
+                .collect();
             using_sorry = true;
-            warnings.push(format!("{}: no usable real server, using the sorry server {}", vs.display_name(), sorry.address));
+            warnings.push(format!(
+                "{}: no usable real server, using the sorry server {}",
+                vs.display_name(),
+                sorry.address
+            ));
         }
         if pool.iter().all(|b| b.weight == 0) {
-            warnings.push(format!("{}: empty pool, its traffic passes to the local stack", vs.display_name()));
+            warnings.push(format!(
+                "{}: empty pool, its traffic passes to the local stack",
+                vs.display_name()
+            ));
         }
         let mut table = Box::<MaglevTable>::default();
-        table.slots.copy_from_slice(&maglev::build(&pool, MAGLEV_RING));
+        table
+            .slots
+            .copy_from_slice(&maglev::build(&pool, MAGLEV_RING));
         services.push(DesiredService {
             name: vs.display_name(),
             key: service_key(vs),
@@ -178,7 +206,12 @@ pub fn compute(
             table,
         });
     }
-    Ok(DesiredState { config, reals, services, warnings })
+    Ok(DesiredState {
+        config,
+        reals,
+        services,
+        warnings,
+    })
 }
 
 #[cfg(test)]
@@ -217,7 +250,10 @@ address = "10.1.1.162"
             IpAddr::V4(a) => a.octets()[3],
             IpAddr::V6(_) => 0,
         };
-        RealInfo { mac: Some([2, 0, 0, 0, 0, last]), local: last == 162 }
+        RealInfo {
+            mac: Some([2, 0, 0, 0, 0, last]),
+            local: last == 162,
+        }
     }
 
     #[test]
@@ -232,13 +268,20 @@ address = "10.1.1.162"
         assert_eq!(s.services[1].members, vec![0, 1]);
         assert!(s.config.has_vrid(51));
         assert_eq!(s.services[0].key.port, 3306u16.to_be());
-        assert_eq!(s.services[0].key.addr[0], u32::from_ne_bytes([10, 1, 1, 176]));
+        assert_eq!(
+            s.services[0].key.addr[0],
+            u32::from_ne_bytes([10, 1, 1, 176])
+        );
     }
 
     #[test]
     fn unresolved_real_falls_back_to_sorry_server_with_warning() {
         let s = compute(&cfg(TWO), [2; 6], |a| {
-            if a.to_string() == "10.1.1.161" { RealInfo::default() } else { known(a) }
+            if a.to_string() == "10.1.1.161" {
+                RealInfo::default()
+            } else {
+                known(a)
+            }
         })
         .unwrap();
         assert!(s.services[0].using_sorry);

@@ -124,7 +124,10 @@ mod tests {
             for (i, &w) in weights.iter().enumerate() {
                 let share = *c.get(&(i as u32)).unwrap_or(&0) as f64 / M as f64;
                 let want = w as f64 / total as f64;
-                assert!((share - want).abs() < 0.005, "weights {weights:?}: {i} has {share}, want {want}");
+                assert!(
+                    (share - want).abs() < 0.005,
+                    "weights {weights:?}: {i} has {share}, want {want}"
+                );
             }
         }
     }

@@ -208,7 +208,12 @@ impl Config {
                 ));
             }
             let mut reals = HashSet::new();
-            for (i, rs) in vs.real_servers.iter().chain(vs.sorry_server.iter()).enumerate() {
+            for (i, rs) in vs
+                .real_servers
+                .iter()
+                .chain(vs.sorry_server.iter())
+                .enumerate()
+            {
                 let key = if i < vs.real_servers.len() {
                     "virtual_server.real_server"
                 } else {
@@ -310,14 +315,34 @@ address = "10.1.1.162"
     #[test]
     fn bad_values_name_line_and_key() {
         for (from, to, line, needle) in [
-            ("\"50s\"", "\"fifty\"", 10, "`virtual_server.persistence_timeout`: invalid duration"),
-            ("02:00:00:00:00:02", "02:00:00:00:02", 4, "`dataplane.peer_macs`: invalid MAC"),
-            ("\"10.1.1.161\"", "\"10.1.1\"", 12, "`virtual_server.real_server.address`"),
+            (
+                "\"50s\"",
+                "\"fifty\"",
+                10,
+                "`virtual_server.persistence_timeout`: invalid duration",
+            ),
+            (
+                "02:00:00:00:00:02",
+                "02:00:00:00:02",
+                4,
+                "`dataplane.peer_macs`: invalid MAC",
+            ),
+            (
+                "\"10.1.1.161\"",
+                "\"10.1.1\"",
+                12,
+                "`virtual_server.real_server.address`",
+            ),
             ("port = 3306", "port = 70000", 9, "`virtual_server.port`"),
         ] {
             let e = parse(&GOOD.replace(from, to)).unwrap_err();
             assert_eq!(e.line, Some(line), "{from}->{to}: {e}");
-            assert!(e.to_string().to_lowercase().contains(&needle.to_lowercase()), "{e}");
+            assert!(
+                e.to_string()
+                    .to_lowercase()
+                    .contains(&needle.to_lowercase()),
+                "{e}"
+            );
         }
     }
 
@@ -328,9 +353,7 @@ address = "10.1.1.162"
         assert!(e.to_string().contains("cannot change the port"), "{e}");
         assert_eq!(e.line, Some(6));
 
-        let twice = format!(
-            "{GOOD}\n[[virtual_server]]\naddress = \"10.1.1.176\"\nport = 3306\n"
-        );
+        let twice = format!("{GOOD}\n[[virtual_server]]\naddress = \"10.1.1.176\"\nport = 3306\n");
         let e = parse(&twice).unwrap_err();
         assert!(e.to_string().contains("defined twice"), "{e}");
     }
@@ -338,6 +361,30 @@ address = "10.1.1.162"
     #[test]
     fn family_mismatch_is_rejected() {
         let text = GOOD.replace("\"10.1.1.162\"", "\"fd00::2\"");
-        assert!(parse(&text).unwrap_err().to_string().contains("address family"));
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("address family")
+        );
+    }
+}
+
+#[cfg(test)]
+mod example_configs {
+    use super::*;
+
+    #[test]
+    fn every_example_in_configs_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no example configs in {}", dir.display());
     }
 }

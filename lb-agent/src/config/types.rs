@@ -38,7 +38,9 @@ impl FromStr for DurationStr {
             }
             let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let part = match &rest[..unit_len] {
                 "h" => n.checked_mul(3600).map(Duration::from_secs),
                 "m" => n.checked_mul(60).map(Duration::from_secs),
@@ -68,7 +70,8 @@ pub struct Mac(pub [u8; 6]);
 impl FromStr for Mac {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid MAC address {s:?}: expected six hex octets like 02:00:5e:00:01:33");
+        let bad =
+            || format!("invalid MAC address {s:?}: expected six hex octets like 02:00:5e:00:01:33");
         let mut out = [0u8; 6];
         let mut parts = s.split([':', '-']);
         for o in &mut out {
@@ -145,8 +148,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (s, ms) in [("1s", 1000), ("200ms", 200), ("1m30s", 90_000), ("0", 0), ("2h", 7_200_000)] {
-            assert_eq!(s.parse::<DurationStr>().unwrap().0, Duration::from_millis(ms), "{s}");
+        for (s, ms) in [
+            ("1s", 1000),
+            ("200ms", 200),
+            ("1m30s", 90_000),
+            ("0", 0),
+            ("2h", 7_200_000),
+        ] {
+            assert_eq!(
+                s.parse::<DurationStr>().unwrap().0,
+                Duration::from_millis(ms),
+                "{s}"
+            );
         }
         for s in ["", "s", "1", "1x", "-1s", "1.5s", "99999999999999999999h"] {
             assert!(s.parse::<DurationStr>().is_err(), "{s:?} should fail");
@@ -155,11 +168,26 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!("02:00:5e:00:01:33".parse::<Mac>().unwrap().0, [2, 0, 0x5e, 0, 1, 0x33]);
-        assert_eq!("02-00-5E-00-01-33".parse::<Mac>().unwrap().0, [2, 0, 0x5e, 0, 1, 0x33]);
-        for s in ["", "02:00:5e:00:01", "02:00:5e:00:01:33:44", "0g:00:00:00:00:00", "2:0:0:0:0:0"] {
+        assert_eq!(
+            "02:00:5e:00:01:33".parse::<Mac>().unwrap().0,
+            [2, 0, 0x5e, 0, 1, 0x33]
+        );
+        assert_eq!(
+            "02-00-5E-00-01-33".parse::<Mac>().unwrap().0,
+            [2, 0, 0x5e, 0, 1, 0x33]
+        );
+        for s in [
+            "",
+            "02:00:5e:00:01",
+            "02:00:5e:00:01:33:44",
+            "0g:00:00:00:00:00",
+            "2:0:0:0:0:0",
+        ] {
             assert!(s.parse::<Mac>().is_err(), "{s:?} should fail");
         }
-        assert_eq!(Mac([2, 0, 0x5e, 0, 1, 0x33]).to_string(), "02:00:5e:00:01:33");
+        assert_eq!(
+            Mac([2, 0, 0x5e, 0, 1, 0x33]).to_string(),
+            "02:00:5e:00:01:33"
+        );
     }
 }

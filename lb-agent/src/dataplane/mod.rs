@@ -67,7 +67,11 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("the XDP object has no program {PROGRAM_NAME}"))?
             .try_into()?;
         prog.load().context("the kernel rejected the XDP program")?;
-        Ok(Dataplane { ebpf, link: None, pinned: None })
+        Ok(Dataplane {
+            ebpf,
+            link: None,
+            pinned: None,
+        })
     }
 
     pub fn program(&self) -> &Xdp {
@@ -94,7 +98,8 @@ impl Dataplane {
         };
         let (id, got) = match mode {
             Some(m) => (
-                attempt(prog, m).with_context(|| format!("attaching XDP to {iface} in {m:?} mode"))?,
+                attempt(prog, m)
+                    .with_context(|| format!("attaching XDP to {iface} in {m:?} mode"))?,
                 m,
             ),
             None => match attempt(prog, AttachMode::Driver) {
@@ -119,7 +124,8 @@ impl Dataplane {
                 .program_mut(PROGRAM_NAME)
                 .ok_or_else(|| anyhow!("no program"))?
                 .try_into()?;
-            prog.detach(id).with_context(|| format!("detaching XDP from {iface}"))?;
+            prog.detach(id)
+                .with_context(|| format!("detaching XDP from {iface}"))?;
         }
         if let Some(dir) = self.pinned.take() {
             pin::unpin_maps(&dir, &ALL_MAPS)?;
@@ -132,10 +138,14 @@ impl Dataplane {
     pub fn pin_maps(&mut self, dir: &Path) -> Result<()> {
         pin::ensure_bpffs(dir)?;
         for name in ALL_MAPS {
-            let map = self.ebpf.map_mut(name).ok_or_else(|| anyhow!("no map {name}"))?;
+            let map = self
+                .ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("no map {name}"))?;
             let path = dir.join(name);
             let _ = std::fs::remove_file(&path);
-            map.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            map.pin(&path)
+                .with_context(|| format!("pinning {}", path.display()))?;
         }
         self.pinned = Some(dir.to_path_buf());
         Ok(())

@@ -20,11 +20,18 @@ fn is_bpffs(path: &Path) -> bool {
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
     if !is_bpffs(parent) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
         let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())?;
         // SAFETY: valid C strings; mounting is what this function is for.
         let rc = unsafe {
-            libc::mount(c"bpffs".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                c"bpffs".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
             bail!(

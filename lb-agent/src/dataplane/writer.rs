@@ -9,10 +9,7 @@ use aya::{
     Ebpf, Pod,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
-use xdp_ebpf::{
-    maps::*,
-    vip_filter_slot,
-};
+use xdp_ebpf::{maps::*, vip_filter_slot};
 
 use crate::balancer::desired::DesiredState;
 
@@ -29,7 +26,8 @@ pub struct Counters {
 }
 
 fn map<'m>(ebpf: &'m mut Ebpf, name: &str) -> Result<&'m mut Map> {
-    ebpf.map_mut(name).ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
 }
 
 impl<'a> MapWriter<'a> {
@@ -50,7 +48,9 @@ impl<'a> MapWriter<'a> {
     }
 
     pub fn set_config(&mut self, c: &Config) -> Result<()> {
-        self.array::<Config>(MAP_CONFIG)?.set(0, c, 0).context("writing LB_CONFIG")
+        self.array::<Config>(MAP_CONFIG)?
+            .set(0, c, 0)
+            .context("writing LB_CONFIG")
     }
 
     pub fn set_real(&mut self, id: u32, real: &Real) -> Result<()> {
@@ -61,7 +61,12 @@ impl<'a> MapWriter<'a> {
 
     /// Installs or replaces a service and its pool: the inactive table is written first, then
     /// `active_table` flips in one word, then the key is mapped to the id.
-    pub fn set_service(&mut self, key: &ServiceKey, svc: Service, table: &MaglevTable) -> Result<()> {
+    pub fn set_service(
+        &mut self,
+        key: &ServiceKey,
+        svc: Service,
+        table: &MaglevTable,
+    ) -> Result<()> {
         let next = match self.service(key)? {
             Some(c) if c.id == svc.id => (c.active_table ^ 1) & 1,
             _ => 0,
@@ -69,7 +74,10 @@ impl<'a> MapWriter<'a> {
         self.array::<MaglevTable>(MAP_MAGLEV)?
             .set(maglev_index(svc.id, next), table, 0)
             .with_context(|| format!("writing the Maglev table of service {}", svc.id))?;
-        let svc = Service { active_table: next, ..svc };
+        let svc = Service {
+            active_table: next,
+            ..svc
+        };
         self.array::<Service>(MAP_SVC_INFO)?
             .set(svc.id, svc, 0)
             .with_context(|| format!("writing service {}", svc.id))?;
@@ -80,7 +88,11 @@ impl<'a> MapWriter<'a> {
         let mut filter = self.array::<u32>(MAP_VIP_FILTER)?;
         let bits = filter.get(&slot, 0).unwrap_or(0)
             | VIP_FILTER_ANY
-            | if key.port == 0 { VIP_FILTER_ALL_PORTS } else { 0 };
+            | if key.port == 0 {
+                VIP_FILTER_ALL_PORTS
+            } else {
+                0
+            };
         filter.set(slot, bits, 0).context("writing LB_VIP_FILTER")
     }
 

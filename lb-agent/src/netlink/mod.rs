@@ -81,9 +81,15 @@ pub async fn neighbours(handle: &Handle, index: u32) -> Result<HashMap<IpAddr, [
         let mut mac = None;
         for attr in msg.attributes {
             match attr {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(IpAddr::V4(a)),
-                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => dst = Some(IpAddr::V6(a)),
-                NeighbourAttribute::LinkLocalAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                    dst = Some(IpAddr::V4(a))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                    dst = Some(IpAddr::V6(a))
+                }
+                NeighbourAttribute::LinkLocalAddress(l) => {
+                    mac = <[u8; 6]>::try_from(l.as_slice()).ok()
+                }
                 _ => {}
             }
         }
@@ -116,7 +122,10 @@ pub fn probe(iface: &str, addr: IpAddr) -> Result<()> {
         )
     };
     if rc != 0 {
-        bail!("binding a probe socket to {iface}: {}", std::io::Error::last_os_error());
+        bail!(
+            "binding a probe socket to {iface}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     let _ = sock.send_to(&[], SocketAddr::new(addr, 9));
     Ok(())

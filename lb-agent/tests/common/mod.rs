@@ -19,7 +19,10 @@ use std::{
 
 /// Runs a command and panics with its output when it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -40,7 +43,12 @@ impl Lab {
     /// A lab with a prefix unique to this process and test.
     pub fn new(tag: &str) -> Lab {
         let prefix = format!("lbt{}{tag}", std::process::id() % 100_000);
-        Lab { prefix, namespaces: vec![], children: vec![], threads: vec![] }
+        Lab {
+            prefix,
+            namespaces: vec![],
+            children: vec![],
+            threads: vec![],
+        }
     }
 
     pub fn ns(&self, host: &str) -> String {
@@ -49,7 +57,10 @@ impl Lab {
 
     pub fn add_ns(&mut self, host: &str) -> String {
         let name = self.ns(host);
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         sh(&["ip", "netns", "add", &name]);
         self.namespaces.push(name.clone());
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
@@ -88,7 +99,12 @@ impl Lab {
         let ns = self.add_ns(host);
         let port = format!("p-{host}");
         let br = self.ns("br");
-        self.ip("br", &["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        self.ip(
+            "br",
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        );
         self.ip("br", &["link", "set", &port, "master", "br0", "up"]);
         self.ip(host, &["addr", "add", cidr, "dev", "eth0"]);
         self.ip(host, &["link", "set", "eth0", "up"]);
@@ -96,14 +112,19 @@ impl Lab {
     }
 
     pub fn mac(&self, host: &str, dev: &str) -> String {
-        self.exec(host, &["cat", &format!("/sys/class/net/{dev}/address")]).trim().to_string()
+        self.exec(host, &["cat", &format!("/sys/class/net/{dev}/address")])
+            .trim()
+            .to_string()
     }
 
     pub fn counter(&self, host: &str, dev: &str, name: &str) -> u64 {
-        self.exec(host, &["cat", &format!("/sys/class/net/{dev}/statistics/{name}")])
-            .trim()
-            .parse()
-            .unwrap()
+        self.exec(
+            host,
+            &["cat", &format!("/sys/class/net/{dev}/statistics/{name}")],
+        )
+        .trim()
+        .parse()
+        .unwrap()
     }
 
     /// Starts a process inside a namespace; it is killed (by PID) when the lab drops.
@@ -161,12 +182,17 @@ impl Lab {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(5)).expect("server started");
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("server started");
         self.threads.push((stop, t));
     }
 
     /// Runs `f` on a thread inside `host`'s namespace.
-    pub fn within<T: Send + 'static>(&self, host: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    pub fn within<T: Send + 'static>(
+        &self,
+        host: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
         let ns = self.ns(host);
         std::thread::spawn(move || {
             enter(&ns);

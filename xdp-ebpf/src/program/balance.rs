@@ -1,9 +1,7 @@
 //! The decision for one frame: forward (`XDP_TX`) to a real server, or pass with a reason.
 
 use aya_ebpf::programs::XdpContext;
-use xdp_ebpf::maps::{
-    Config, Frag, FragKey, FlowKey, MAX_MACS, PassReason, REAL_LOCAL, Service,
-};
+use xdp_ebpf::maps::{Config, FlowKey, Frag, FragKey, MAX_MACS, PassReason, REAL_LOCAL, Service};
 
 use crate::{
     maps::{LB_CONFIG, LB_FRAGS, LB_PEERS},
@@ -72,7 +70,14 @@ fn try_balance(ctx: &XdpContext) -> Result<Verdict, PassReason> {
             if ip.frag.is_fragment {
                 // The first fragment: the others (no ports) follow it through LB_FRAGS.
                 let key = frag_key(&ip);
-                let _ = LB_FRAGS.insert(&key, Frag { service: svc.id, real: choice.real_id }, 0);
+                let _ = LB_FRAGS.insert(
+                    key,
+                    Frag {
+                        service: svc.id,
+                        real: choice.real_id,
+                    },
+                    0,
+                );
                 stats::service(svc.id, |s| s.fragments += 1);
             }
             forward(ctx, cfg, &svc, choice, bytes)
@@ -97,7 +102,14 @@ fn route(
     if let Some((conn, real)) = select::established(flow) {
         let svc = select::service_info(conn.service)?;
         admit(cfg, &svc, src_mac)?;
-        return Ok((svc, Choice { real_id: conn.real, real, new_flow: false }));
+        return Ok((
+            svc,
+            Choice {
+                real_id: conn.real,
+                real,
+                new_flow: false,
+            },
+        ));
     }
     let svc = select::service(filter, family, &flow.dst, flow.dport, flow.proto)?;
     admit(cfg, &svc, src_mac)?;
@@ -149,7 +161,12 @@ fn forward(
 
 #[inline(always)]
 fn frag_key(ip: &Ip) -> FragKey {
-    FragKey { src: ip.src, dst: ip.dst, id: ip.frag.id, proto: ip.proto as u32 }
+    FragKey {
+        src: ip.src,
+        dst: ip.dst,
+        id: ip.frag.id,
+        proto: ip.proto as u32,
+    }
 }
 
 /// A fragment after the first: no ports, so it follows the first fragment's choice.
@@ -162,14 +179,24 @@ fn later_fragment(
     bytes: u64,
 ) -> Result<Verdict, PassReason> {
     // SAFETY: copied out at once.
-    let frag = unsafe { LB_FRAGS.get(&frag_key(ip)) }
+    let frag = unsafe { LB_FRAGS.get(frag_key(ip)) }
         .copied()
         .ok_or(PassReason::FragUnknown)?;
     let svc = select::service_info(frag.service)?;
     admit(cfg, &svc, src_mac)?;
     let real = select::usable_real(frag.real).ok_or(PassReason::NoReal)?;
     stats::service(svc.id, |s| s.fragments += 1);
-    forward(ctx, cfg, &svc, Choice { real_id: frag.real, real, new_flow: false }, bytes)
+    forward(
+        ctx,
+        cfg,
+        &svc,
+        Choice {
+            real_id: frag.real,
+            real,
+            new_flow: false,
+        },
+        bytes,
+    )
 }
 
 /// ICMP "fragmentation needed" (type 3 code 4) and ICMPv6 "packet too big" (type 2) about a
@@ -209,7 +236,16 @@ fn too_big(
     };
     let (svc, choice) = route(cfg, filter, ip.family, &flow, src_mac, false)?;
     stats::service(svc.id, |s| s.icmp_too_big += 1);
-    forward(ctx, cfg, &svc, Choice { new_flow: false, ..choice }, bytes)
+    forward(
+        ctx,
+        cfg,
+        &svc,
+        Choice {
+            new_flow: false,
+            ..choice
+        },
+        bytes,
+    )
 }
 
 /// Records the source MAC of a VRRP advert for one of our router ids as a peer load balancer.

@@ -57,8 +57,7 @@ pub static LB_FRAGS: LruHashMap<FragKey, Frag, { MAX_FRAGS as usize }> = LruHash
 
 /// Per-service counters (per CPU).
 #[btf_map]
-pub static LB_SVC_STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize }> =
-    PerCpuArray::new();
+pub static LB_SVC_STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
 /// Per-real-server counters (per CPU).
 #[btf_map]

@@ -78,7 +78,12 @@ pub fn ethernet(ctx: &XdpContext) -> Result<Ethernet, PassReason> {
         ethertype = load_be16(ctx, 16).ok_or(PassReason::Malformed)?;
         l3_off = 18;
     }
-    Ok(Ethernet { dst, src, ethertype, l3_off })
+    Ok(Ethernet {
+        dst,
+        src,
+        ethertype,
+        l3_off,
+    })
 }
 
 /// Fragment facts of an IP datagram.
@@ -182,7 +187,11 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<Ip, PassReason> {
     if payload_len == 0 || ctx.data() + off + 40 + payload_len > ctx.data_end() {
         return Err(PassReason::Malformed);
     }
-    let mut frag = Fragment { is_fragment: false, is_first: true, id: 0 };
+    let mut frag = Fragment {
+        is_fragment: false,
+        is_first: true,
+        id: 0,
+    };
     let mut l4 = off + 40;
     // Extension headers (RFC 8200 section 4): hop-by-hop, routing, destination options,
     // fragment, AH. Anything else ends the chain.
@@ -266,7 +275,13 @@ pub fn ipv4_quoted(ctx: &XdpContext, off: usize) -> Result<Quoted, PassReason> {
     }
     let proto = h[2].to_ne_bytes()[1];
     let p = load_at_variable::<[u16; 2]>(ctx, off + hlen).ok_or(PassReason::Malformed)?;
-    Ok(Quoted { proto, src: [h[3], 0, 0, 0], dst: [h[4], 0, 0, 0], sport: p[0], dport: p[1] })
+    Ok(Quoted {
+        proto,
+        src: [h[3], 0, 0, 0],
+        dst: [h[4], 0, 0, 0],
+        sport: p[0],
+        dport: p[1],
+    })
 }
 
 /// The IPv6 header and first 4 L4 bytes quoted at `off` in an ICMPv6 error (extension headers

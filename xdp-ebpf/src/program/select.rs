@@ -11,7 +11,9 @@ use xdp_ebpf::{
     vip_filter_slot,
 };
 
-use crate::maps::{LB_CONNS, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_SVC_INFO, LB_VIP_FILTER};
+use crate::maps::{
+    LB_CONNS, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_SVC_INFO, LB_VIP_FILTER,
+};
 
 /// Refresh a persistence entry's timestamp at most this often (a map write per packet would
 /// cost more than the affinity is worth).
@@ -21,7 +23,10 @@ const PERSIST_REFRESH_NS: u64 = 1_000_000_000;
 /// hash maps. Returns the filter bits.
 #[inline(always)]
 pub fn vip_filter(addr: &[u32; 4]) -> Result<u32, PassReason> {
-    let bits = LB_VIP_FILTER.get(vip_filter_slot(addr)).copied().unwrap_or(0);
+    let bits = LB_VIP_FILTER
+        .get(vip_filter_slot(addr))
+        .copied()
+        .unwrap_or(0);
     if bits & VIP_FILTER_ANY == 0 {
         return Err(PassReason::NoService);
     }
@@ -36,15 +41,26 @@ pub fn service_info(id: u32) -> Result<Service, PassReason> {
 
 /// The service for (VIP, port, protocol), falling back to the VIP's port-0 service.
 #[inline(always)]
-pub fn service(filter: u32, family: u8, addr: &[u32; 4], port: u16, proto: u8) -> Result<Service, PassReason> {
-    let mut key = ServiceKey { addr: *addr, port, proto, family };
+pub fn service(
+    filter: u32,
+    family: u8,
+    addr: &[u32; 4],
+    port: u16,
+    proto: u8,
+) -> Result<Service, PassReason> {
+    let mut key = ServiceKey {
+        addr: *addr,
+        port,
+        proto,
+        family,
+    };
     // SAFETY: the value is copied out at once; hash map values may be replaced concurrently.
-    if let Some(id) = unsafe { LB_SERVICES.get(&key) }.copied() {
+    if let Some(id) = unsafe { LB_SERVICES.get(key) }.copied() {
         return service_info(id);
     }
     if filter & VIP_FILTER_ALL_PORTS != 0 {
         key.port = 0;
-        if let Some(id) = unsafe { LB_SERVICES.get(&key) }.copied() {
+        if let Some(id) = unsafe { LB_SERVICES.get(key) }.copied() {
             return service_info(id);
         }
     }
@@ -63,7 +79,11 @@ pub fn established(flow: &FlowKey) -> Option<(Conn, Real)> {
 #[inline(always)]
 pub fn usable_real(id: u32) -> Option<Real> {
     let real = *LB_REALS.get(id)?;
-    if real.flags & REAL_VALID != 0 { Some(real) } else { None }
+    if real.flags & REAL_VALID != 0 {
+        Some(real)
+    } else {
+        None
+    }
 }
 
 /// The Maglev table's choice for `hash`, or `NO_REAL`.
@@ -101,9 +121,20 @@ pub fn choose(svc: &Service, flow: &FlowKey, track: bool) -> Result<Choice, Pass
         return Err(PassReason::NoReal);
     };
     if track {
-        let _ = LB_CONNS.insert(flow, Conn { real: real_id, service: svc.id }, 0);
+        let _ = LB_CONNS.insert(
+            flow,
+            Conn {
+                real: real_id,
+                service: svc.id,
+            },
+            0,
+        );
     }
-    Ok(Choice { real_id, real, new_flow: true })
+    Ok(Choice {
+        real_id,
+        real,
+        new_flow: true,
+    })
 }
 
 /// IPVS persistence: one client, one real server, until the client has been idle for the
@@ -111,10 +142,13 @@ pub fn choose(svc: &Service, flow: &FlowKey, track: bool) -> Result<Choice, Pass
 /// balancers agree on it.
 #[inline(always)]
 fn persistent_choice(svc: &Service, client: &[u32; 4]) -> u32 {
-    let key = PersistKey { service: svc.id, client: *client };
+    let key = PersistKey {
+        service: svc.id,
+        client: *client,
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     let timeout_ns = svc.persistence_timeout_s as u64 * 1_000_000_000;
-    if let Some(p) = LB_PERSIST.get_ptr_mut(&key) {
+    if let Some(p) = LB_PERSIST.get_ptr_mut(key) {
         // SAFETY: a valid map value; a concurrent update only races on the timestamp.
         let p = unsafe { &mut *p };
         if now.wrapping_sub(p.last_seen_ns) < timeout_ns && usable_real(p.real).is_some() {
@@ -126,7 +160,15 @@ fn persistent_choice(svc: &Service, client: &[u32; 4]) -> u32 {
     }
     let real = maglev(svc, client_hash(client));
     if real != NO_REAL {
-        let _ = LB_PERSIST.insert(&key, Persist { real, _pad: 0, last_seen_ns: now }, 0);
+        let _ = LB_PERSIST.insert(
+            key,
+            Persist {
+                real,
+                _pad: 0,
+                last_seen_ns: now,
+            },
+            0,
+        );
     }
     real
 }
