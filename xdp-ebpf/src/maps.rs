@@ -3,9 +3,9 @@
 //! Who writes what:
 //! - `lb-agent` writes `LB_CONFIG`, `LB_SERVICES`, `LB_SVC_INFO`, `LB_VIP_FILTER`, `LB_MAGLEV`,
 //!   `LB_REALS`;
-//! - the XDP program writes `LB_CONNS`, `LB_PERSIST`, `LB_FRAGS`, `LB_PEERS` and all the
+//! - the XDP program writes `LB_CONNS4`, `LB_CONNS6`, `LB_PERSIST`, `LB_FRAGS`, `LB_PEERS` and all the
 //!   counters (`LB_SVC_STATS`, `LB_REAL_STATS`, `LB_PASS_STATS`); userspace only reads them
-//!   (and may clear `LB_CONNS` entries).
+//!   (and may clear connection entries).
 //!
 //! Map names are at most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
 
@@ -18,7 +18,8 @@ pub const MAP_SVC_INFO: &str = "LB_SVC_INFO";
 pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_MAGLEV: &str = "LB_MAGLEV";
 pub const MAP_REALS: &str = "LB_REALS";
-pub const MAP_CONNS: &str = "LB_CONNS";
+pub const MAP_CONNS4: &str = "LB_CONNS4";
+pub const MAP_CONNS6: &str = "LB_CONNS6";
 pub const MAP_PERSIST: &str = "LB_PERSIST";
 pub const MAP_FRAGS: &str = "LB_FRAGS";
 pub const MAP_PEERS: &str = "LB_PEERS";
@@ -27,14 +28,15 @@ pub const MAP_REAL_STATS: &str = "LB_REAL_STATS";
 pub const MAP_PASS_STATS: &str = "LB_PASS_STATS";
 
 /// Every map, for pinning and inspection.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_CONFIG,
     MAP_SERVICES,
     MAP_SVC_INFO,
     MAP_VIP_FILTER,
     MAP_MAGLEV,
     MAP_REALS,
-    MAP_CONNS,
+    MAP_CONNS4,
+    MAP_CONNS6,
     MAP_PERSIST,
     MAP_FRAGS,
     MAP_PEERS,
@@ -52,7 +54,7 @@ pub const MAX_REALS: u32 = 4096;
 pub const MAGLEV_RING: u32 = 4093;
 /// Two tables per service: the active one and the one userspace is rewriting.
 pub const MAGLEV_TABLES: u32 = MAX_SERVICES * 2;
-/// Tracked connections (LRU: the oldest idle flows go first).
+/// Tracked connections per address family (LRU: the oldest idle flows go first).
 pub const MAX_CONNS: u32 = 1 << 20;
 /// Client-affinity entries for services with a persistence timeout.
 pub const MAX_PERSIST: u32 = 1 << 18;
@@ -211,7 +213,8 @@ pub struct Real {
     pub _pad: u32,
 }
 
-/// `LB_CONNS` key: one direction of a flow as the client sends it.
+/// A flow as the client sends it, in the family-neutral form the data plane hashes; the
+/// `LB_CONNS6` key. IPv4 flows are stored under the smaller `FlowKey4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -222,10 +225,17 @@ pub struct FlowKey {
     /// Network byte order.
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: [u8; 2],
 }
 
 impl FlowKey {
+    #[inline(always)]
+    pub const fn is_v4(&self) -> bool {
+        self.family == FAMILY_V4
+    }
+
     /// An IPv4 flow; ports in host order (converted here).
     pub const fn v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> Self {
         Self {
@@ -234,18 +244,46 @@ impl FlowKey {
             sport: sport.to_be(),
             dport: dport.to_be(),
             proto,
-            _pad: [0; 3],
+            family: FAMILY_V4,
+            _pad: [0; 2],
         }
     }
 }
 
-/// `LB_CONNS` value: the flow's real server and its service (for the activity check and the
+/// `LB_CONNS4` / `LB_CONNS6` value: the flow's real server and its service (for the activity check and the
 /// counters).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conn {
     pub real: u32,
     pub service: u32,
+}
+
+/// `LB_CONNS4` key: an IPv4 flow in 16 bytes (the kernel hashes and compares fewer words
+/// than for the 40-byte `FlowKey`, on every packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey4 {
+    #[inline(always)]
+    pub const fn from_flow(f: &FlowKey) -> Self {
+        Self {
+            src: f.src[0],
+            dst: f.dst[0],
+            sport: f.sport,
+            dport: f.dport,
+            proto: f.proto,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// `LB_PERSIST` key: client-IP affinity per service.
@@ -409,6 +447,7 @@ mod pod {
     unsafe impl aya::Pod for super::Service {}
     unsafe impl aya::Pod for super::Real {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::Conn {}
     unsafe impl aya::Pod for super::PersistKey {}
     unsafe impl aya::Pod for super::Persist {}
@@ -431,6 +470,7 @@ mod tests {
         assert_eq!(size_of::<Service>(), 16);
         assert_eq!(size_of::<Real>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowKey4>(), 16);
         assert_eq!(size_of::<PersistKey>(), 20);
         assert_eq!(size_of::<Persist>(), 16);
         assert_eq!(size_of::<FragKey>(), 40);

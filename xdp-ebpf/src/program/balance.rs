@@ -64,9 +64,10 @@ fn try_balance(ctx: &XdpContext) -> Result<Verdict, PassReason> {
                 sport,
                 dport,
                 proto: ip.proto,
-                _pad: [0; 3],
+                family: ip.family,
+                _pad: [0; 2],
             };
-            let (svc, choice) = route(cfg, filter, ip.family, &flow, eth.src, true)?;
+            let (svc, choice) = route(cfg, filter, &flow, eth.src, true)?;
             if ip.frag.is_fragment {
                 // The first fragment: the others (no ports) follow it through LB_FRAGS.
                 let key = frag_key(&ip);
@@ -94,7 +95,6 @@ fn try_balance(ctx: &XdpContext) -> Result<Verdict, PassReason> {
 fn route(
     cfg: &Config,
     filter: u32,
-    family: u8,
     flow: &FlowKey,
     src_mac: u64,
     track: bool,
@@ -111,7 +111,7 @@ fn route(
             },
         ));
     }
-    let svc = select::service(filter, family, &flow.dst, flow.dport, flow.proto)?;
+    let svc = select::service(filter, flow.family, &flow.dst, flow.dport, flow.proto)?;
     admit(cfg, &svc, src_mac)?;
     let choice = select::choose(&svc, flow, track)
         .inspect_err(|_| stats::service(svc.id, |s| s.no_real += 1))?;
@@ -232,9 +232,10 @@ fn too_big(
         sport: inner.dport,
         dport: inner.sport,
         proto: inner.proto,
-        _pad: [0; 3],
+        family: ip.family,
+        _pad: [0; 2],
     };
-    let (svc, choice) = route(cfg, filter, ip.family, &flow, src_mac, false)?;
+    let (svc, choice) = route(cfg, filter, &flow, src_mac, false)?;
     stats::service(svc.id, |s| s.icmp_too_big += 1);
     forward(
         ctx,

@@ -36,10 +36,19 @@ pub static LB_MAGLEV: Array<MaglevTable, { MAGLEV_TABLES as usize }> = Array::ne
 #[btf_map]
 pub static LB_REALS: Array<Real, { MAX_REALS as usize }> = Array::new();
 
-/// Connection table: flow → real server, so a flow survives pool changes. Per-CPU LRU lists
-/// (RSS keeps a flow on one CPU) avoid a global lock on insert.
+/// Connection tables: flow → real server, so a flow survives pool changes; one per address
+/// family so that IPv4 keys stay small. Per-CPU LRU lists (RSS keeps a flow on one CPU)
+/// avoid a global lock on insert.
 #[btf_map]
-pub static LB_CONNS: LruHashMap<
+pub static LB_CONNS4: LruHashMap<
+    FlowKey4,
+    Conn,
+    { MAX_CONNS as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+#[btf_map]
+pub static LB_CONNS6: LruHashMap<
     FlowKey,
     Conn,
     { MAX_CONNS as usize },

@@ -5,14 +5,14 @@ use xdp_ebpf::{
     flow_hash,
     hash::client_hash,
     maps::{
-        Conn, FlowKey, MAGLEV_RING, NO_REAL, PassReason, Persist, PersistKey, REAL_VALID, Real,
-        Service, ServiceKey, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, maglev_index,
+        Conn, FlowKey, FlowKey4, MAGLEV_RING, NO_REAL, PassReason, Persist, PersistKey, REAL_VALID,
+        Real, Service, ServiceKey, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, maglev_index,
     },
     vip_filter_slot,
 };
 
 use crate::maps::{
-    LB_CONNS, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_SVC_INFO, LB_VIP_FILTER,
+    LB_CONNS4, LB_CONNS6, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_SVC_INFO, LB_VIP_FILTER,
 };
 
 /// Refresh a persistence entry's timestamp at most this often (a map write per packet would
@@ -71,7 +71,11 @@ pub fn service(
 #[inline(always)]
 pub fn established(flow: &FlowKey) -> Option<(Conn, Real)> {
     // SAFETY: copied out at once.
-    let conn = unsafe { LB_CONNS.get(flow) }.copied()?;
+    let conn = if flow.is_v4() {
+        unsafe { LB_CONNS4.get(FlowKey4::from_flow(flow)) }.copied()?
+    } else {
+        unsafe { LB_CONNS6.get(flow) }.copied()?
+    };
     Some((conn, usable_real(conn.real)?))
 }
 
@@ -121,14 +125,15 @@ pub fn choose(svc: &Service, flow: &FlowKey, track: bool) -> Result<Choice, Pass
         return Err(PassReason::NoReal);
     };
     if track {
-        let _ = LB_CONNS.insert(
-            flow,
-            Conn {
-                real: real_id,
-                service: svc.id,
-            },
-            0,
-        );
+        let conn = Conn {
+            real: real_id,
+            service: svc.id,
+        };
+        let _ = if flow.is_v4() {
+            LB_CONNS4.insert(FlowKey4::from_flow(flow), conn, 0)
+        } else {
+            LB_CONNS6.insert(flow, conn, 0)
+        };
     }
     Ok(Choice {
         real_id,
