@@ -258,3 +258,72 @@ fn bad_interface_and_bad_config_give_clear_errors() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn not_root_is_refused_clearly() {
+    let agent = env!("CARGO_BIN_EXE_lb-agent");
+    let dir = std::env::temp_dir().join(format!("lbt{}-noroot", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, "[dataplane]\ninterface = \"lo\"\n").unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            agent,
+            "run",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("must be started as root"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn auto_mode_falls_back_to_skb_with_a_log_line() {
+    // `lo` has no driver-mode XDP: `xdp_mode = "auto"` must fall back to generic XDP.
+    let mut lab = Lab::new("skb");
+    lab.add_ns("h");
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("lb.toml");
+    std::fs::write(
+        &config,
+        r#"
+[dataplane]
+interface = "lo"
+[[virtual_server]]
+address = "127.0.0.100"
+port = 3306
+[[virtual_server.real_server]]
+address = "127.0.0.2"
+mac = "02:00:00:00:00:02"
+"#,
+    )
+    .unwrap();
+    let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let agent = env!("CARGO_BIN_EXE_lb-agent");
+    let pid = lab.spawn(
+        "h",
+        &[agent, "run", "--config", config.to_str().unwrap()],
+        &log,
+    );
+    wait_for_log(&log, "data plane attached", &mut lab, pid);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("falling back to skb mode") && text.contains("mode=Skb"),
+        "{text}"
+    );
+    assert!(lab.ip("h", &["link", "show", "lo"]).contains("xdpgeneric"));
+    assert!(lab.stop(pid).unwrap().success());
+    assert!(
+        !lab.ip("h", &["link", "show", "lo"]).contains("xdp"),
+        "still attached after SIGTERM"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
