@@ -14,7 +14,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use lb_agent::{
     balancer::desired::{self, DesiredState, RealInfo},
     config::Config,
-    dataplane::{Counters, Dataplane, Sizes},
+    dataplane::{Counters, Dataplane, LoadOptions},
 };
 use xdp_ebpf::maps::*;
 
@@ -192,8 +192,8 @@ pub fn desired_state(text: &str) -> DesiredState {
 }
 
 /// Small maps: a fixture needs a handful of entries, and each case loads its own.
-pub fn test_sizes() -> Sizes {
-    Sizes {
+pub fn test_sizes() -> LoadOptions {
+    LoadOptions {
         max_entries: vec![
             (MAP_MAGLEV, 64),
             (MAP_SERVICES, 32),
@@ -206,6 +206,7 @@ pub fn test_sizes() -> Sizes {
             (MAP_SVC_STATS, 32),
             (MAP_REAL_STATS, 64),
         ],
+        bench_next_flow: false,
     }
 }
 

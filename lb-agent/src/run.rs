@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use lb_agent::{
     balancer::desired::{self, DesiredState, RealInfo},
     config::{Config, XdpModeSetting},
-    dataplane::{AttachMode, Dataplane, Sizes},
+    dataplane::{AttachMode, Dataplane, LoadOptions},
     netlink,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -48,7 +48,7 @@ async fn serve(cfg: Config, iface: String) -> Result<()> {
 
     // 5. The data plane: load (verifier), fill the maps, then attach, so that the first frame
     //    already sees the full configuration.
-    let mut dp = Dataplane::load(&Sizes::default())?;
+    let mut dp = Dataplane::load(&LoadOptions::default())?;
     let mut state = resolve(&handle, &cfg, &iface, index, iface_mac, true).await?;
     dp.maps().apply(&state)?;
     report(&state);

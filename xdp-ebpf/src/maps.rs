@@ -27,6 +27,9 @@ pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
 pub const MAP_REAL_STATS: &str = "LB_REAL_STATS";
 pub const MAP_PASS_STATS: &str = "LB_PASS_STATS";
 
+/// A `.rodata` switch of the XDP program for benchmarks only (see its definition).
+pub const BENCH_NEXT_FLOW: &str = "LB_BENCH_NEXT_FLOW";
+
 /// Every map, for pinning and inspection.
 pub const ALL_MAPS: [&str; 14] = [
     MAP_CONFIG,

@@ -17,11 +17,16 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use bpf_tests::{builder::*, fixtures::frames::*, provision::*};
-use lb_agent::dataplane::{Dataplane, Sizes};
+use lb_agent::dataplane::{Dataplane, LoadOptions};
 
 const REPEAT: u32 = 1_000_000;
 const SINGLE_RUNS: u32 = 20_000;
 const ROUNDS: usize = 5;
+/// New flows per rotating round: ROUNDS × this stays below one CPU's share of the LRU
+/// (MAX_CONNS / CPUs), so no round measures evictions.
+const ROTATING_FLOWS: u32 = 100_000;
+/// A connection table that fits in the CPU caches.
+const SMALL_CONNS: u32 = 4096;
 
 /// The standard provisioning with every real server's MAC set to the LB's own (see above).
 fn bench_provisioning() -> String {
@@ -79,9 +84,22 @@ fn main() -> anyhow::Result<()> {
     let pprog = pass.program("xdp_pass");
 
     let state = desired_state(&bench_provisioning());
-    let mut dp = Dataplane::load(&Sizes::default())?;
+    let mut dp = Dataplane::load(&LoadOptions::default())?;
     dp.maps().apply(&state)?;
     let prog = dp.program();
+    let mut rotating = Dataplane::load(&LoadOptions {
+        bench_next_flow: true,
+        ..Default::default()
+    })?;
+    rotating.maps().apply(&state)?;
+    let rprog = rotating.program();
+    // The same with a connection table small enough to stay in cache (every insert evicts).
+    let mut small = Dataplane::load(&LoadOptions {
+        bench_next_flow: true,
+        max_entries: vec![(xdp_ebpf::maps::MAP_CONNS4, SMALL_CONNS)],
+    })?;
+    small.maps().apply(&state)?;
+    let sprog = small.program();
 
     let syn = tcp4(CLIENT4, VIP_TCP, 40000, 3306).bytes();
     let miss = tcp4(CLIENT4, NOT_A_VIP, 40000, 3306).bytes();
@@ -155,6 +173,24 @@ fn main() -> anyhow::Result<()> {
             / SINGLE_RUNS as f64
     });
     let new_ns = new_single - floor_single + floor_ns;
+
+    // New flows with `repeat`: the program advances the source port after every run, so each
+    // of ROTATING_FLOWS runs is a new flow; the same sequence again is as many distinct
+    // established flows. Every round starts from its own client address.
+    let (mut rot_new, mut rot_est) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS as u8 {
+        let f = tcp4(Ipv4Addr::new(100, 65, round, 0), VIP_TCP, 1024, 3306).bytes();
+        let (action, ns) = run_ns(rprog, &f, ROTATING_FLOWS);
+        assert_eq!(action, XDP_TX);
+        rot_new.push(ns);
+        rot_est.push(run_ns(rprog, &f, ROTATING_FLOWS).1);
+    }
+    let rot_new_ns = mid(rot_new);
+    let small_new_ns = median(|| {
+        let f = tcp4(Ipv4Addr::new(100, 66, 0, 0), VIP_TCP, 1024, 3306).bytes();
+        run_ns(sprog, &f, ROTATING_FLOWS).1
+    });
+    let rot_est_ns = mid(rot_est);
     let est_check = est_single - floor_single + floor_ns;
     let many_ns = many_single - floor_single + floor_ns;
 
@@ -189,6 +225,21 @@ fn main() -> anyhow::Result<()> {
         "established flow, conn-table hit (repeat)",
         est_ns,
         Some(70.0),
+    );
+    row(
+        "new flow (repeat, next 5-tuple every run)",
+        rot_new_ns,
+        Some(160.0),
+    );
+    row(
+        "established, 100,000 distinct flows (repeat)",
+        rot_est_ns,
+        None,
+    );
+    row(
+        "new flow, 4096-entry conn table in cache (repeat)",
+        small_new_ns,
+        None,
     );
     row(
         "new flow (single runs, floor-corrected)",

@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
-use xdp_ebpf::maps::{ALL_MAPS, PROGRAM_NAME};
+use xdp_ebpf::maps::{ALL_MAPS, BENCH_NEXT_FLOW, PROGRAM_NAME};
 
 pub use writer::{Counters, MapWriter};
 
@@ -32,19 +32,23 @@ pub struct Dataplane {
     pinned: Option<PathBuf>,
 }
 
-/// Map sizes that differ from the object's defaults (tests use small ones).
+/// How to load the object: map sizes that differ from the object's defaults (tests use small
+/// ones), and the benchmark switch.
 #[derive(Debug, Clone, Default)]
-pub struct Sizes {
+pub struct LoadOptions {
     pub max_entries: Vec<(&'static str, u32)>,
+    /// Benchmarks only: after each run the program advances the frame's flow (see
+    /// `LB_BENCH_NEXT_FLOW` in the XDP program). Never set in production.
+    pub bench_next_flow: bool,
 }
 
 impl Dataplane {
     /// Loads the embedded object into the kernel (verifier included). Nothing is attached.
-    pub fn load(sizes: &Sizes) -> Result<Dataplane> {
-        Self::load_bytes(XDP_OBJECT, sizes)
+    pub fn load(options: &LoadOptions) -> Result<Dataplane> {
+        Self::load_bytes(XDP_OBJECT, options)
     }
 
-    pub fn load_bytes(object: &[u8], sizes: &Sizes) -> Result<Dataplane> {
+    pub fn load_bytes(object: &[u8], options: &LoadOptions) -> Result<Dataplane> {
         if object.is_empty() {
             bail!(
                 "this lb-agent was built without the XDP program: run `cargo xtask build-ebpf`, \
@@ -52,8 +56,11 @@ impl Dataplane {
             );
         }
         let mut loader = EbpfLoader::new();
-        for (name, n) in &sizes.max_entries {
+        for (name, n) in &options.max_entries {
             loader.map_max_entries(name, *n);
+        }
+        if options.bench_next_flow {
+            loader.override_global(BENCH_NEXT_FLOW, &1u32, true);
         }
         let mut ebpf = loader.load(object).map_err(|e| {
             if unsafe { libc::geteuid() } != 0 {

@@ -20,15 +20,27 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use balance::Verdict;
 
+/// Benchmarks only: when 1, every run ends by advancing the frame's IPv4 source port, so that
+/// `BPF_PROG_TEST_RUN` with `repeat` (which reuses one buffer) sees a new flow per packet.
+/// Userspace sets it at load time (`EbpfLoader::override_global`); it lives in `.rodata`,
+/// which the kernel freezes, so with the default 0 the verifier knows the branch is dead and
+/// removes it from the production program.
+#[unsafe(no_mangle)]
+static LB_BENCH_NEXT_FLOW: u32 = 0;
+
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    match balance::balance(&ctx) {
+    let action = match balance::balance(&ctx) {
         Verdict::Tx => xdp_action::XDP_TX,
         Verdict::Pass(reason) => {
             stats::count_pass(reason);
             xdp_action::XDP_PASS
         }
+    };
+    if unsafe { core::ptr::read_volatile(&LB_BENCH_NEXT_FLOW) } != 0 {
+        rewrite::next_flow_for_bench(&ctx);
     }
+    action
 }
 
 #[cfg(not(test))]
