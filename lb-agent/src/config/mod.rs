@@ -4,97 +4,18 @@
 //! file, line, column and key (from `toml`'s spans); validation errors name the file, the line
 //! of the offending table and the key.
 
+mod schema;
 mod types;
+mod validate;
 
 use std::{
-    collections::HashSet,
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use serde::Deserialize;
-use toml::Spanned;
-
+pub use schema::*;
 pub use types::{DurationStr, Mac, Protocol, XdpModeSetting};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    pub dataplane: Dataplane,
-    #[serde(default, rename = "virtual_server")]
-    pub virtual_servers: Vec<Spanned<VirtualServer>>,
-}
-
-/// Where and how the XDP program runs.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Dataplane {
-    /// The interface that receives VIP traffic and reaches the real servers.
-    pub interface: String,
-    /// `auto` (driver, falling back to skb), `driver` or `skb`.
-    #[serde(default)]
-    pub xdp_mode: XdpModeSetting,
-    /// Further destination MACs that mean "this host" (VRRP virtual MACs with `use_vmac`).
-    #[serde(default)]
-    pub extra_macs: Vec<Mac>,
-    /// Source MACs of the peer load balancer(s): frames they forwarded are never forwarded
-    /// again. Peers are also learned from VRRP adverts of `vrids`.
-    #[serde(default)]
-    pub peer_macs: Vec<Mac>,
-    /// VRRP router ids whose adverts identify peer load balancers.
-    #[serde(default)]
-    pub vrids: Vec<u8>,
-    /// bpffs directory for pinned maps (created if missing).
-    #[serde(default = "default_pin_dir")]
-    pub pin_dir: PathBuf,
-}
-
-fn default_pin_dir() -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/lb-agent")
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VirtualServer {
-    /// A name for logs and status; defaults to `address:port/protocol`.
-    pub name: Option<String>,
-    pub address: IpAddr,
-    /// 0 = every port of the VIP (keepalived's fwmark-less "port 0").
-    pub port: u16,
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// Client-IP affinity (IPVS `persistence_timeout`); 0 = none.
-    #[serde(default)]
-    pub persistence_timeout: DurationStr,
-    /// Forward for this service now. VRRP drives this later; a static config forwards.
-    #[serde(default = "yes")]
-    pub active: bool,
-    #[serde(default, rename = "real_server")]
-    pub real_servers: Vec<RealServer>,
-    /// Used when no real server is usable.
-    pub sorry_server: Option<RealServer>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RealServer {
-    pub address: IpAddr,
-    /// Must equal the service port in DR mode (the data plane rewrites no port); defaults to it.
-    pub port: Option<u16>,
-    #[serde(default = "one")]
-    pub weight: u32,
-    /// A fixed MAC; otherwise it is resolved through the kernel's neighbour table.
-    pub mac: Option<Mac>,
-}
-
-fn one() -> u32 {
-    1
-}
 
 /// A configuration error with its place.
 #[derive(Debug)]
@@ -174,83 +95,17 @@ impl Config {
     }
 
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let err = |span: std::ops::Range<usize>, key: &str, message: String| ConfigError {
+        validate::validate(self).map_err(|e| ConfigError {
             file: path.into(),
-            line: Some(line_of(text, span.start)),
-            key: key.into(),
-            message,
-        };
-        if self.dataplane.interface.is_empty() {
-            return Err(ConfigError {
-                file: path.into(),
-                line: None,
-                key: "dataplane.interface".into(),
-                message: "must name an interface".into(),
-            });
-        }
-        let mut seen = HashSet::new();
-        for vs in &self.virtual_servers {
-            let span = vs.span();
-            let vs = vs.get_ref();
-            if !seen.insert((vs.address, vs.port, vs.protocol)) {
-                return Err(err(
-                    span,
-                    "virtual_server",
-                    format!("{} is defined twice", vs.display_name()),
-                ));
-            }
-            let persistence = vs.persistence_timeout.0;
-            if persistence.as_secs() > u32::MAX as u64 || persistence.subsec_nanos() != 0 {
-                return Err(err(
-                    span,
-                    "virtual_server.persistence_timeout",
-                    "must be whole seconds".into(),
-                ));
-            }
-            let mut reals = HashSet::new();
-            for (i, rs) in vs
-                .real_servers
-                .iter()
-                .chain(vs.sorry_server.iter())
-                .enumerate()
-            {
-                let key = if i < vs.real_servers.len() {
-                    "virtual_server.real_server"
-                } else {
-                    "virtual_server.sorry_server"
-                };
-                if rs.address.is_ipv4() != vs.address.is_ipv4() {
-                    return Err(err(
-                        span.clone(),
-                        key,
-                        format!(
-                            "{} is not of the address family of VIP {}",
-                            rs.address, vs.address
-                        ),
-                    ));
-                }
-                if let Some(port) = rs.port
-                    && port != vs.port
-                {
-                    return Err(err(
-                        span.clone(),
-                        &format!("{key}.port"),
-                        format!(
-                            "{}:{port}: direct routing cannot change the port (service port {})",
-                            rs.address, vs.port
-                        ),
-                    ));
-                }
-                if i < vs.real_servers.len() && !reals.insert(rs.address) {
-                    return Err(err(
-                        span.clone(),
-                        key,
-                        format!("{} is listed twice in {}", rs.address, vs.display_name()),
-                    ));
-                }
-            }
-        }
-        Ok(())
+            line: e.span.map(|s| line_of(text, s.start)),
+            key: e.key,
+            message: e.message,
+        })
+    }
+
+    /// Serializes back to TOML (used by `import-keepalived`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("every config value serializes")
     }
 }
 
@@ -386,5 +241,83 @@ mod example_configs {
             }
         }
         assert!(n >= 1, "no example configs in {}", dir.display());
+    }
+}
+
+#[cfg(test)]
+mod vrrp_and_checks {
+    use super::*;
+
+    const BASE: &str = r#"
+[dataplane]
+interface = "eth0"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = 180
+auth_pass = "1111"
+[[vrrp_instance.virtual_address]]
+address = "10.1.1.176"
+device = "eth0"
+label = "eth0:1"
+
+[[vrrp_sync_group]]
+name = "G"
+members = ["VI_1"]
+
+[[virtual_server]]
+address = "10.1.1.176"
+port = 3306
+failback = "delay"
+failback_delay = "30s"
+[[virtual_server.real_server]]
+address = "10.1.1.113"
+[virtual_server.real_server.check]
+type = "tcp"
+connect_timeout = "3s"
+retry = 3
+[virtual_server.sorry_server]
+address = "10.1.1.75"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn the_full_schema_parses_and_round_trips() {
+        let c = parse(BASE).unwrap();
+        let vi = c.vrrp_instances[0].get_ref();
+        assert_eq!((vi.virtual_router_id, vi.priority, vi.version), (51, 180, 2));
+        assert_eq!(vi.advert_interval.0.as_secs(), 1);
+        assert!(vi.preempt);
+        assert_eq!(vi.virtual_addresses[0].label.as_deref(), Some("eth0:1"));
+        let rs = &c.virtual_servers[0].get_ref().real_servers[0];
+        assert!(matches!(rs.check, Some(Check::Tcp { retry: Some(3), .. })));
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(c, again, "serialized:\n{}", c.to_toml());
+    }
+
+    #[test]
+    fn vrrp_and_service_rules() {
+        for (from, to, needle) in [
+            ("priority = 180", "priority = 0", "vrrp_instance.priority"),
+            ("auth_pass = \"1111\"", "auth_pass = \"123456789\"", "1–8 bytes"),
+            ("priority = 180", "priority = 180\nversion = 3", "VRRPv3 has no authentication"),
+            ("priority = 180", "priority = 180\nadvert_interval = \"1500ms\"", "whole seconds"),
+            ("priority = 180", "priority = 180\nversion = 4", "expected 2 or 3"),
+            ("members = [\"VI_1\"]", "members = [\"VI_2\"]", "no vrrp_instance named"),
+            ("failback_delay = \"30s\"", "", "needs a failback_delay"),
+            ("retry = 3", "retry = 0", "check.retry"),
+            ("type = \"tcp\"", "type = \"http\"", "unknown variant `http`"),
+            ("connect_timeout = \"3s\"", "connect_timeout = \"3s\"\nbogus = 1", "unknown field `bogus`"),
+        ] {
+            let text = BASE.replacen(from, to, 1);
+            let e = parse(&text).expect_err(to);
+            assert!(e.to_string().contains(needle), "{to}: {e}");
+            assert!(e.line.is_some(), "{to}: no line in {e}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
-use serde::{Deserialize, Deserializer, de::Error as _};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 
 /// Deserializes any `FromStr` type from a TOML string, reporting its error at the value.
 fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -57,6 +57,25 @@ impl FromStr for DurationStr {
     }
 }
 
+impl fmt::Display for DurationStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.subsec_nanos() == 0 {
+            write!(f, "{}s", d.as_secs())
+        } else if d.subsec_nanos() % 1_000_000 == 0 {
+            write!(f, "{}ms", d.as_millis())
+        } else {
+            write!(f, "{}us", d.as_micros())
+        }
+    }
+}
+
+impl Serialize for DurationStr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_str(d)
@@ -99,13 +118,19 @@ impl fmt::Display for Mac {
     }
 }
 
+impl Serialize for Mac {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Mac {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_str(d)
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -132,7 +157,7 @@ impl fmt::Display for Protocol {
 }
 
 /// How to attach the XDP program.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeSetting {
     /// Driver (native) mode, falling back to skb (generic) mode with a log line.
@@ -189,5 +214,12 @@ mod tests {
             Mac([2, 0, 0x5e, 0, 1, 0x33]).to_string(),
             "02:00:5e:00:01:33"
         );
+    }
+
+    #[test]
+    fn durations_print_as_they_parse() {
+        for s in ["6s", "200ms", "0s", "150us", "90s"] {
+            assert_eq!(s.parse::<DurationStr>().unwrap().to_string(), s);
+        }
     }
 }

@@ -1,0 +1,314 @@
+//! The configuration schema. Field names follow keepalived's where one exists, so that a
+//! keepalived user recognises them; durations are strings (`"1s"`, `"200ms"`).
+//!
+//! Every table denies unknown keys; every default is explicit here.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::types::{DurationStr, Mac, Protocol, XdpModeSetting};
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub global: Global,
+    pub dataplane: Dataplane,
+    #[serde(default, rename = "vrrp_instance", skip_serializing_if = "Vec::is_empty")]
+    pub vrrp_instances: Vec<Spanned<VrrpInstance>>,
+    #[serde(default, rename = "vrrp_sync_group", skip_serializing_if = "Vec::is_empty")]
+    pub sync_groups: Vec<Spanned<SyncGroup>>,
+    #[serde(default, rename = "virtual_server", skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<Spanned<VirtualServer>>,
+}
+
+/// keepalived's `global_defs`, and the agent's own operational endpoints.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Global {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_id: Option<String>,
+    /// Where state-change e-mails go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notification_email: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification_email_from: Option<String>,
+    /// `host` or `host:port` (port 25 when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_server: Option<String>,
+    /// keepalived's `smtp_connect_timeout`; 30 s when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_connect_timeout: Option<DurationStr>,
+    /// `address:port` of the Prometheus text endpoint; none when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The root-only control socket (`lb-agent status` talks to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+}
+
+/// Where and how the XDP program runs.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataplane {
+    /// The interface that receives VIP traffic and reaches the real servers.
+    pub interface: String,
+    /// `auto` (driver, falling back to skb), `driver` or `skb`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub xdp_mode: XdpModeSetting,
+    /// Further destination MACs that mean "this host" (VRRP virtual MACs with `use_vmac`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_macs: Vec<Mac>,
+    /// Source MACs of the peer load balancer(s): frames they forwarded are never forwarded
+    /// again. Peers are also learned from VRRP adverts of `vrids` and of the VRRP instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_macs: Vec<Mac>,
+    /// Further VRRP router ids whose adverts identify peer load balancers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vrids: Vec<u8>,
+    /// bpffs directory for pinned maps (created, and bpffs mounted, if missing).
+    #[serde(default = "default_pin_dir", skip_serializing_if = "is_default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/lb-agent")
+}
+
+fn is_default_pin_dir(p: &PathBuf) -> bool {
+    *p == default_pin_dir()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialState {
+    Master,
+    #[default]
+    Backup,
+}
+
+/// One VRRP router (keepalived's `vrrp_instance`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpInstance {
+    pub name: String,
+    /// keepalived's `state`: the state to start in (a higher priority still wins).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub state: InitialState,
+    pub interface: String,
+    pub virtual_router_id: u8,
+    /// 1–254; 255 only for the owner of every virtual address.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// keepalived's `advert_int`. VRRPv2: whole seconds; v3: a multiple of 10 ms.
+    #[serde(default = "default_advert")]
+    pub advert_interval: DurationStr,
+    /// 2 (RFC 3768) or 3 (RFC 5798).
+    #[serde(default = "default_version")]
+    pub version: u8,
+    /// `auth_type PASS` with this password (VRRPv2 only; at most 8 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_pass: Option<String>,
+    /// `false` = keepalived's `nopreempt`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub preempt: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub preempt_delay: DurationStr,
+    /// Source address for unicast adverts (`unicast_src_ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unicast_src: Option<IpAddr>,
+    /// Unicast peers (`unicast_peer`); multicast when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unicast_peers: Vec<IpAddr>,
+    #[serde(default, rename = "virtual_address", skip_serializing_if = "Vec::is_empty")]
+    pub virtual_addresses: Vec<VirtualAddress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_master: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_backup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_fault: Option<String>,
+}
+
+fn default_priority() -> u8 {
+    100
+}
+fn default_advert() -> DurationStr {
+    DurationStr(Duration::from_secs(1))
+}
+fn default_version() -> u8 {
+    2
+}
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A VIP held by a VRRP instance: `10.1.1.176 dev eth0 label eth0:1` in keepalived.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualAddress {
+    pub address: IpAddr,
+    /// Prefix length; /32 or /128 when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
+    /// The device; the instance's interface when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// Instances that change state together (keepalived's `vrrp_sync_group`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncGroup {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+/// How a new flow picks its real server. All are served by the weighted Maglev table:
+/// `rr` and `wrr` spread flows by weight as IPVS does on average (without its per-LB
+/// counters, which two LBs could never share), `sh` is what Maglev is (a hash of the flow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    #[default]
+    Maglev,
+    Rr,
+    Wrr,
+    Sh,
+}
+
+/// Forwarding method: direct routing only (`lb_kind DR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    #[default]
+    Dr,
+}
+
+/// When a recovered real server gets its traffic back from the sorry server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failback {
+    /// As soon as it is healthy (keepalived's behaviour).
+    #[default]
+    Immediate,
+    /// Only on `lb-agent failback SERVICE`.
+    Manual,
+    /// After `failback_delay` of uninterrupted health.
+    Delay,
+    /// When its replication from the sorry server has caught up (MySQL).
+    CaughtUp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualServer {
+    /// A name for logs, status and `lb-agent failback`; defaults to `address:port/protocol`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub address: IpAddr,
+    /// 0 = every port of the VIP.
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: Algorithm,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub forwarding: Forwarding,
+    /// Client-IP affinity (IPVS `persistence_timeout`); 0 = none.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub persistence_timeout: DurationStr,
+    /// How often each real server is checked (keepalived's `delay_loop`); 1 s when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_interval: Option<DurationStr>,
+    /// Fewer healthy real servers than this: the sorry server takes the traffic.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub quorum: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub failback: Failback,
+    /// With `failback = "delay"`: how long the server must stay healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback_delay: Option<DurationStr>,
+    /// A failed real server keeps its slot with weight 0 (no new flows) instead of leaving.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub inhibit_on_failure: bool,
+    /// Forward for this service now. VRRP drives this once configured; a static config
+    /// forwards.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub active: bool,
+    #[serde(default, rename = "real_server", skip_serializing_if = "Vec::is_empty")]
+    pub real_servers: Vec<RealServer>,
+    /// Used when fewer than `quorum` real servers are usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry_server: Option<RealServer>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealServer {
+    pub address: IpAddr,
+    /// Must equal the service port in DR mode (the data plane rewrites no port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+    /// A fixed MAC; otherwise it is resolved through the kernel's neighbour table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+    /// Run when the server comes up / goes down (keepalived's `notify_up` / `notify_down`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_up: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_down: Option<String>,
+}
+
+/// A health check of a real server.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Check {
+    /// keepalived's `TCP_CHECK`: a TCP connect.
+    Tcp {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connect_port: Option<u16>,
+        /// 3 s when omitted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connect_timeout: Option<DurationStr>,
+        /// Attempts before the server counts as failed (`retry` / `nb_get_retry`); 1 when
+        /// omitted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry: Option<u32>,
+        /// Pause between attempts; 1 s when omitted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_before_retry: Option<DurationStr>,
+    },
+    /// keepalived's `MISC_CHECK`: exit 0 healthy, 1 unhealthy, 2–255 (with `dynamic`) a new
+    /// weight of exit code − 2.
+    Exec {
+        command: String,
+        /// 5 s when omitted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<DurationStr>,
+        #[serde(default, skip_serializing_if = "is_default")]
+        dynamic: bool,
+    },
+}
