@@ -1,5 +1,6 @@
 //! `lb-agent`: command line. `run` is the daemon; `check-config` validates a file.
 
+mod import;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -23,6 +24,16 @@ enum Command {
     },
     /// Validate a config file: exit 0 when it is valid, 1 with the error otherwise.
     CheckConfig { file: PathBuf },
+    /// Convert a keepalived.conf (with its includes) to this agent's TOML, on stdout or into
+    /// `--output`. What cannot be converted is listed on stderr with its line, and the exit
+    /// status is 1, unless `--allow-partial`.
+    ImportKeepalived {
+        file: PathBuf,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        allow_partial: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +49,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::ImportKeepalived {
+            file,
+            output,
+            allow_partial,
+        } => import::import_keepalived(&file, output.as_deref(), allow_partial),
         Command::Run { config } => match run::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

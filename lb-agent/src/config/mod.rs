@@ -4,6 +4,7 @@
 //! file, line, column and key (from `toml`'s spans); validation errors name the file, the line
 //! of the offending table and the key.
 
+pub mod keepalived;
 mod schema;
 mod types;
 mod validate;
@@ -290,7 +291,10 @@ address = "10.1.1.75"
     fn the_full_schema_parses_and_round_trips() {
         let c = parse(BASE).unwrap();
         let vi = c.vrrp_instances[0].get_ref();
-        assert_eq!((vi.virtual_router_id, vi.priority, vi.version), (51, 180, 2));
+        assert_eq!(
+            (vi.virtual_router_id, vi.priority, vi.version),
+            (51, 180, 2)
+        );
         assert_eq!(vi.advert_interval.0.as_secs(), 1);
         assert!(vi.preempt);
         assert_eq!(vi.virtual_addresses[0].label.as_deref(), Some("eth0:1"));
@@ -304,15 +308,43 @@ address = "10.1.1.75"
     fn vrrp_and_service_rules() {
         for (from, to, needle) in [
             ("priority = 180", "priority = 0", "vrrp_instance.priority"),
-            ("auth_pass = \"1111\"", "auth_pass = \"123456789\"", "1–8 bytes"),
-            ("priority = 180", "priority = 180\nversion = 3", "VRRPv3 has no authentication"),
-            ("priority = 180", "priority = 180\nadvert_interval = \"1500ms\"", "whole seconds"),
-            ("priority = 180", "priority = 180\nversion = 4", "expected 2 or 3"),
-            ("members = [\"VI_1\"]", "members = [\"VI_2\"]", "no vrrp_instance named"),
+            (
+                "auth_pass = \"1111\"",
+                "auth_pass = \"123456789\"",
+                "1–8 bytes",
+            ),
+            (
+                "priority = 180",
+                "priority = 180\nversion = 3",
+                "VRRPv3 has no authentication",
+            ),
+            (
+                "priority = 180",
+                "priority = 180\nadvert_interval = \"1500ms\"",
+                "whole seconds",
+            ),
+            (
+                "priority = 180",
+                "priority = 180\nversion = 4",
+                "expected 2 or 3",
+            ),
+            (
+                "members = [\"VI_1\"]",
+                "members = [\"VI_2\"]",
+                "no vrrp_instance named",
+            ),
             ("failback_delay = \"30s\"", "", "needs a failback_delay"),
             ("retry = 3", "retry = 0", "check.retry"),
-            ("type = \"tcp\"", "type = \"http\"", "unknown variant `http`"),
-            ("connect_timeout = \"3s\"", "connect_timeout = \"3s\"\nbogus = 1", "unknown field `bogus`"),
+            (
+                "type = \"tcp\"",
+                "type = \"http\"",
+                "unknown variant `http`",
+            ),
+            (
+                "connect_timeout = \"3s\"",
+                "connect_timeout = \"3s\"\nbogus = 1",
+                "unknown field `bogus`",
+            ),
         ] {
             let text = BASE.replacen(from, to, 1);
             let e = parse(&text).expect_err(to);

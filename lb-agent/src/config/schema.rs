@@ -20,11 +20,23 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "is_default")]
     pub global: Global,
     pub dataplane: Dataplane,
-    #[serde(default, rename = "vrrp_instance", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "vrrp_instance",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub vrrp_instances: Vec<Spanned<VrrpInstance>>,
-    #[serde(default, rename = "vrrp_sync_group", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "vrrp_sync_group",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub sync_groups: Vec<Spanned<SyncGroup>>,
-    #[serde(default, rename = "virtual_server", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "virtual_server",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub virtual_servers: Vec<Spanned<VirtualServer>>,
 }
 
@@ -73,7 +85,10 @@ pub struct Dataplane {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vrids: Vec<u8>,
     /// bpffs directory for pinned maps (created, and bpffs mounted, if missing).
-    #[serde(default = "default_pin_dir", skip_serializing_if = "is_default_pin_dir")]
+    #[serde(
+        default = "default_pin_dir",
+        skip_serializing_if = "is_default_pin_dir"
+    )]
     pub pin_dir: PathBuf,
 }
 
@@ -126,7 +141,11 @@ pub struct VrrpInstance {
     /// Unicast peers (`unicast_peer`); multicast when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unicast_peers: Vec<IpAddr>,
-    #[serde(default, rename = "virtual_address", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "virtual_address",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub virtual_addresses: Vec<VirtualAddress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_master: Option<String>,

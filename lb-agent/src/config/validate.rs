@@ -12,7 +12,11 @@ pub struct ValidationError {
 }
 
 fn err(span: &Range<usize>, key: &str, message: impl Into<String>) -> ValidationError {
-    ValidationError { span: Some(span.clone()), key: key.into(), message: message.into() }
+    ValidationError {
+        span: Some(span.clone()),
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 pub fn validate(c: &Config) -> Result<(), ValidationError> {
@@ -29,13 +33,20 @@ pub fn validate(c: &Config) -> Result<(), ValidationError> {
         let span = vi.span();
         let vi = vi.get_ref();
         if !names.insert(vi.name.as_str()) {
-            return Err(err(&span, "vrrp_instance.name", format!("instance {:?} is defined twice", vi.name)));
+            return Err(err(
+                &span,
+                "vrrp_instance.name",
+                format!("instance {:?} is defined twice", vi.name),
+            ));
         }
         if !vrids.insert((vi.interface.as_str(), vi.virtual_router_id)) {
             return Err(err(
                 &span,
                 "vrrp_instance.virtual_router_id",
-                format!("router id {} is used twice on {}", vi.virtual_router_id, vi.interface),
+                format!(
+                    "router id {} is used twice on {}",
+                    vi.virtual_router_id, vi.interface
+                ),
             ));
         }
         vrrp_instance(vi).map_err(|(key, m)| err(&span, &format!("vrrp_instance.{key}"), m))?;
@@ -45,10 +56,18 @@ pub fn validate(c: &Config) -> Result<(), ValidationError> {
         let span = g.span();
         for m in &g.get_ref().members {
             if !names.contains(m.as_str()) {
-                return Err(err(&span, "vrrp_sync_group.members", format!("no vrrp_instance named {m:?}")));
+                return Err(err(
+                    &span,
+                    "vrrp_sync_group.members",
+                    format!("no vrrp_instance named {m:?}"),
+                ));
             }
             if !grouped.insert(m.as_str()) {
-                return Err(err(&span, "vrrp_sync_group.members", format!("{m:?} is in two sync groups")));
+                return Err(err(
+                    &span,
+                    "vrrp_sync_group.members",
+                    format!("{m:?} is in two sync groups"),
+                ));
             }
         }
     }
@@ -57,7 +76,11 @@ pub fn validate(c: &Config) -> Result<(), ValidationError> {
         let span = vs.span();
         let vs = vs.get_ref();
         if !seen.insert((vs.address, vs.port, vs.protocol)) {
-            return Err(err(&span, "virtual_server", format!("{} is defined twice", vs.display_name())));
+            return Err(err(
+                &span,
+                "virtual_server",
+                format!("{} is defined twice", vs.display_name()),
+            ));
         }
         virtual_server(vs).map_err(|(key, m)| err(&span, &format!("virtual_server.{key}"), m))?;
     }
@@ -75,44 +98,76 @@ fn vrrp_instance(vi: &VrrpInstance) -> Result<(), FieldError> {
         return Err(field("virtual_router_id", "must be 1–255"));
     }
     if vi.priority == 0 {
-        return Err(field("priority", "must be 1–255 (0 is reserved for a master that resigns)"));
+        return Err(field(
+            "priority",
+            "must be 1–255 (0 is reserved for a master that resigns)",
+        ));
     }
     let adv = vi.advert_interval.0;
     match vi.version {
         2 => {
             if adv.subsec_nanos() != 0 || adv.as_secs() == 0 || adv.as_secs() > 255 {
-                return Err(field("advert_interval", "VRRPv2 adverts are whole seconds, 1s–255s"));
+                return Err(field(
+                    "advert_interval",
+                    "VRRPv2 adverts are whole seconds, 1s–255s",
+                ));
             }
         }
         3 => {
             let cs = adv.as_millis() / 10;
-            if adv.as_nanos() % 10_000_000 != 0 || cs == 0 || cs > 4095 {
-                return Err(field("advert_interval", "VRRPv3 adverts are multiples of 10ms, 10ms–40.95s"));
+            if !adv.as_nanos().is_multiple_of(10_000_000) || cs == 0 || cs > 4095 {
+                return Err(field(
+                    "advert_interval",
+                    "VRRPv3 adverts are multiples of 10ms, 10ms–40.95s",
+                ));
             }
             if vi.auth_pass.is_some() {
-                return Err(field("auth_pass", "VRRPv3 has no authentication (RFC 5798 removed it)"));
+                return Err(field(
+                    "auth_pass",
+                    "VRRPv3 has no authentication (RFC 5798 removed it)",
+                ));
             }
         }
-        v => return Err(field("version", format!("VRRP version {v}: expected 2 or 3"))),
+        v => {
+            return Err(field(
+                "version",
+                format!("VRRP version {v}: expected 2 or 3"),
+            ));
+        }
     }
     if let Some(p) = &vi.auth_pass
         && (p.is_empty() || p.len() > 8)
     {
-        return Err(field("auth_pass", "must be 1–8 bytes (RFC 3768 section 5.3.10)"));
+        return Err(field(
+            "auth_pass",
+            "must be 1–8 bytes (RFC 3768 section 5.3.10)",
+        ));
     }
     if vi.virtual_addresses.is_empty() {
-        return Err(field("virtual_address", "an instance needs at least one virtual address"));
+        return Err(field(
+            "virtual_address",
+            "an instance needs at least one virtual address",
+        ));
     }
     for va in &vi.virtual_addresses {
         let max = if va.address.is_ipv4() { 32 } else { 128 };
         if va.prefix.is_some_and(|p| p > max) {
-            return Err(field("virtual_address.prefix", format!("{}/{} is not a prefix", va.address, va.prefix.unwrap_or(0))));
+            return Err(field(
+                "virtual_address.prefix",
+                format!("{}/{} is not a prefix", va.address, va.prefix.unwrap_or(0)),
+            ));
         }
     }
     if let Some(src) = vi.unicast_src
-        && let Some(p) = vi.unicast_peers.iter().find(|p| p.is_ipv4() != src.is_ipv4())
+        && let Some(p) = vi
+            .unicast_peers
+            .iter()
+            .find(|p| p.is_ipv4() != src.is_ipv4())
     {
-        return Err(field("unicast_peers", format!("{p} is not of the family of unicast_src {src}")));
+        return Err(field(
+            "unicast_peers",
+            format!("{p} is not of the family of unicast_src {src}"),
+        ));
     }
     Ok(())
 }
@@ -134,40 +189,81 @@ fn virtual_server(vs: &VirtualServer) -> Result<(), FieldError> {
     }
     positive("check_interval", vs.check_interval)?;
     match (vs.failback, vs.failback_delay) {
-        (Failback::Delay, None) => return Err(field("failback_delay", "`failback = \"delay\"` needs a failback_delay")),
+        (Failback::Delay, None) => {
+            return Err(field(
+                "failback_delay",
+                "`failback = \"delay\"` needs a failback_delay",
+            ));
+        }
         (Failback::Delay, Some(d)) => positive("failback_delay", Some(d))?,
-        (_, Some(_)) => return Err(field("failback_delay", "only meaningful with `failback = \"delay\"`")),
+        (_, Some(_)) => {
+            return Err(field(
+                "failback_delay",
+                "only meaningful with `failback = \"delay\"`",
+            ));
+        }
         _ => {}
     }
     if vs.failback != Failback::Immediate && vs.sorry_server.is_none() {
-        return Err(field("failback", "a failback policy needs a sorry_server to fail back from"));
+        return Err(field(
+            "failback",
+            "a failback policy needs a sorry_server to fail back from",
+        ));
     }
     let mut reals = HashSet::new();
-    for (i, rs) in vs.real_servers.iter().chain(vs.sorry_server.iter()).enumerate() {
-        let key = if i < vs.real_servers.len() { "real_server" } else { "sorry_server" };
+    for (i, rs) in vs
+        .real_servers
+        .iter()
+        .chain(vs.sorry_server.iter())
+        .enumerate()
+    {
+        let key = if i < vs.real_servers.len() {
+            "real_server"
+        } else {
+            "sorry_server"
+        };
         if rs.address.is_ipv4() != vs.address.is_ipv4() {
-            return Err(field(key, format!("{} is not of the address family of VIP {}", rs.address, vs.address)));
+            return Err(field(
+                key,
+                format!(
+                    "{} is not of the address family of VIP {}",
+                    rs.address, vs.address
+                ),
+            ));
         }
         if let Some(port) = rs.port
             && port != vs.port
         {
             return Err(field(
                 &format!("{key}.port"),
-                format!("{}:{port}: direct routing cannot change the port (service port {})", rs.address, vs.port),
+                format!(
+                    "{}:{port}: direct routing cannot change the port (service port {})",
+                    rs.address, vs.port
+                ),
             ));
         }
         if i < vs.real_servers.len() && !reals.insert(rs.address) {
-            return Err(field(key, format!("{} is listed twice in {}", rs.address, vs.display_name())));
+            return Err(field(
+                key,
+                format!("{} is listed twice in {}", rs.address, vs.display_name()),
+            ));
         }
         match &rs.check {
-            Some(Check::Tcp { connect_timeout, delay_before_retry, retry, .. }) => {
+            Some(Check::Tcp {
+                connect_timeout,
+                delay_before_retry,
+                retry,
+                ..
+            }) => {
                 positive(&format!("{key}.check.connect_timeout"), *connect_timeout)?;
                 let _ = delay_before_retry;
                 if *retry == Some(0) {
                     return Err(field(&format!("{key}.check.retry"), "must be at least 1"));
                 }
             }
-            Some(Check::Exec { command, timeout, .. }) => {
+            Some(Check::Exec {
+                command, timeout, ..
+            }) => {
                 if command.trim().is_empty() {
                     return Err(field(&format!("{key}.check.command"), "must not be empty"));
                 }

@@ -1,0 +1,135 @@
+//! `lb-agent import-keepalived` on the reference recipe's two configs and on what it cannot
+//! express.
+
+use std::{path::Path, process::Command};
+
+use lb_agent::config::Config;
+
+fn agent() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+}
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_recipe_converts_and_matches_configs() {
+    for host in ["master", "backup"] {
+        let out = agent()
+            .args([
+                "import-keepalived",
+                &data(&format!("keepalived-{host}.conf")),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{host}: {stderr}");
+        // The one statement without an equivalent is reported, with its line.
+        assert!(
+            stderr.contains(&format!(
+                "keepalived-{host}.conf:18: note: `lvs_sync_daemon_inteface`"
+            )),
+            "{stderr}"
+        );
+        let converted = Config::parse(
+            Path::new("converted.toml"),
+            &String::from_utf8_lossy(&out.stdout),
+        )
+        .unwrap();
+        let shipped = Config::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../configs/{host}.toml")),
+        )
+        .unwrap();
+        assert_eq!(
+            converted, shipped,
+            "configs/{host}.toml differs from the conversion"
+        );
+        let vs = converted.virtual_servers[0].get_ref();
+        assert_eq!(
+            vs.sorry_server.as_ref().unwrap().address.to_string(),
+            "10.1.1.75"
+        );
+        let vi = converted.vrrp_instances[0].get_ref();
+        assert_eq!(
+            (vi.virtual_router_id, vi.auth_pass.as_deref()),
+            (51, Some("1111"))
+        );
+    }
+}
+
+#[test]
+fn what_cannot_be_expressed_is_listed_and_fails_unless_partial() {
+    let dir = std::env::temp_dir().join(format!("lbt{}-import", std::process::id()));
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    let main = dir.join("keepalived.conf");
+    std::fs::write(
+        &main,
+        "global_defs {\n  router_id X\n  vrrp_strict\n}\ninclude conf.d/*.conf\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("conf.d/vs.conf"),
+        "virtual_server 10.0.0.1 80 {\n  lb_algo lc\n  lb_kind NAT\n  real_server 10.0.0.2 80 {\n    HTTP_GET {\n      url { path / }\n    }\n  }\n  real_server 10.0.0.3 80 {\n    MISC_CHECK {\n      misc_path \"/bin/check 3\"\n      misc_dynamic\n    }\n  }\n  frobnicate 1\n}\n",
+    )
+    .unwrap();
+    let out = agent()
+        .arg("import-keepalived")
+        .arg(&main)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "a partial conversion must not be written without --allow-partial"
+    );
+    for needle in [
+        "keepalived.conf:3: not converted: `vrrp_strict`",
+        "vs.conf:2: not converted: `lb_algo`",
+        "vs.conf:3: not converted: `lb_kind`",
+        "vs.conf:5: not converted: `HTTP_GET`",
+        "vs.conf:15: not converted: `frobnicate`",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+    let out = agent()
+        .arg("import-keepalived")
+        .arg("--allow-partial")
+        .arg(&main)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let c = Config::parse(Path::new("partial.toml"), &text).unwrap();
+    let vs = c.virtual_servers[0].get_ref();
+    assert_eq!(vs.real_servers.len(), 2);
+    assert!(
+        text.contains("command = \"/bin/check 3\"") && text.contains("dynamic = true"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_config_accepts_the_shipped_hosts_and_rejects_errors() {
+    for host in ["master", "backup", "static-dr"] {
+        let path = format!("{}/../configs/{host}.toml", env!("CARGO_MANIFEST_DIR"));
+        let out = agent().args(["check-config", &path]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = agent()
+        .args(["check-config", "/nonexistent/lb.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
