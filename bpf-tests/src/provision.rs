@@ -12,9 +12,12 @@ use std::{
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_agent::{
-    balancer::desired::{self, DesiredState, RealInfo},
+    balancer::{
+        desired::{self, DesiredState, RealInfo},
+        ids::Planner,
+    },
     config::Config,
-    dataplane::{Counters, Dataplane, LoadOptions},
+    dataplane::{Counters, Dataplane, LoadOptions, reconcile},
 };
 use xdp_ebpf::maps::*;
 
@@ -184,27 +187,36 @@ pub fn desired_state(text: &str) -> DesiredState {
                 .collect::<Vec<_>>()
         })
         .collect();
-    desired::compute(&cfg, LB_MAC, |a| RealInfo {
-        mac: macs.get(a).copied(),
-        local: *a == IpAddr::V4(LB_ADDR),
-    })
+    let mut planner = Planner::with_limits(TEST_REALS, TEST_SERVICES);
+    desired::compute(
+        &cfg,
+        LB_MAC,
+        |a| RealInfo {
+            mac: macs.get(a).copied(),
+            local: *a == IpAddr::V4(LB_ADDR),
+        },
+        &mut planner,
+    )
     .expect("provisioning computes")
 }
+
+const TEST_SERVICES: u32 = 32;
+const TEST_REALS: u32 = 64;
 
 /// Small maps: a fixture needs a handful of entries, and each case loads its own.
 pub fn test_sizes() -> LoadOptions {
     LoadOptions {
         max_entries: vec![
-            (MAP_MAGLEV, 64),
-            (MAP_SERVICES, 32),
-            (MAP_SVC_INFO, 32),
-            (MAP_REALS, 64),
+            (MAP_MAGLEV, 2 * TEST_SERVICES),
+            (MAP_SERVICES, TEST_SERVICES),
+            (MAP_SVC_INFO, TEST_SERVICES),
+            (MAP_REALS, TEST_REALS),
             (MAP_CONNS4, 1 << 16),
             (MAP_CONNS6, 1 << 12),
             (MAP_PERSIST, 1024),
             (MAP_FRAGS, 1024),
-            (MAP_SVC_STATS, 32),
-            (MAP_REAL_STATS, 64),
+            (MAP_SVC_STATS, TEST_SERVICES),
+            (MAP_REAL_STATS, TEST_REALS),
         ],
         bench_next_flow: false,
     }
@@ -228,10 +240,10 @@ impl Harness {
     }
 
     pub fn with(text: &str) -> Harness {
-        let state = desired_state(text);
+        let mut state = desired_state(text);
         let mut dp = Dataplane::load(&test_sizes())
             .expect("loading the XDP object (run as root after `cargo xtask build-ebpf`)");
-        dp.maps().apply(&state).expect("writing the maps");
+        dp.maps().apply(&mut state).expect("writing the maps");
         Harness { dp, state }
     }
 
@@ -317,7 +329,11 @@ impl Harness {
 
     /// Replaces a service's pool with `members` (address, weight), through the agent's atomic
     /// table flip. Returns the new table.
-    pub fn set_pool(&mut self, service: &str, members: &[(&str, u32)]) -> Box<MaglevTable> {
+    pub fn set_pool(
+        &mut self,
+        service: &str,
+        members: &[(&str, u32)],
+    ) -> std::sync::Arc<MaglevTable> {
         use lb_agent::balancer::maglev::{self, Backend, backend_key};
         let backends: Vec<Backend> = members
             .iter()
@@ -334,24 +350,22 @@ impl Harness {
         table
             .slots
             .copy_from_slice(&maglev::build(&backends, MAGLEV_RING));
-        let s = self.service(service).clone();
-        let svc = Service {
-            id: s.id,
-            flags: s.flags,
-            active_table: 0,
-            persistence_timeout_s: s.persistence_timeout_s,
-        };
-        self.dp
-            .maps()
-            .set_service(&s.key, svc, &table)
-            .expect("replacing the pool");
-        let entry = self
-            .state
+        let table: std::sync::Arc<MaglevTable> = table.into();
+        let mut next = self.state.clone();
+        let entry = next
             .services
             .iter_mut()
             .find(|x| x.name == service)
             .unwrap();
         entry.table = table.clone();
+        entry.members = backends
+            .iter()
+            .filter(|b| b.weight > 0)
+            .map(|b| b.id)
+            .collect();
+        let ops = reconcile::plan(Some(&self.state), &mut next);
+        self.dp.maps().execute(&ops).expect("replacing the pool");
+        self.state = next;
         table
     }
 

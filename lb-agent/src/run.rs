@@ -5,9 +5,12 @@ use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use lb_agent::{
-    balancer::desired::{self, DesiredState, RealInfo},
+    balancer::{
+        desired::{self, DesiredState, RealInfo},
+        ids::Planner,
+    },
     config::{Config, XdpModeSetting},
-    dataplane::{AttachMode, Dataplane, LoadOptions},
+    dataplane::{AttachMode, Dataplane, LoadOptions, reconcile},
     netlink,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -49,8 +52,9 @@ async fn serve(cfg: Config, iface: String) -> Result<()> {
     // 5. The data plane: load (verifier), fill the maps, then attach, so that the first frame
     //    already sees the full configuration.
     let mut dp = Dataplane::load(&LoadOptions::default())?;
-    let mut state = resolve(&handle, &cfg, &iface, index, iface_mac, true).await?;
-    dp.maps().apply(&state)?;
+    let mut planner = Planner::default();
+    let mut state = resolve(&handle, &cfg, &iface, index, iface_mac, true, &mut planner).await?;
+    dp.maps().apply(&mut state)?;
     report(&state);
     let mode = match cfg.dataplane.xdp_mode {
         XdpModeSetting::Auto => None,
@@ -72,14 +76,16 @@ async fn serve(cfg: Config, iface: String) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
-                match resolve(&handle, &cfg, &iface, index, iface_mac, false).await {
-                    Ok(next) if changed(&state, &next) => {
-                        dp.maps().apply(&next)?;
-                        report(&next);
-                        tracing::info!("real servers changed, maps updated");
-                        state = next;
+                match resolve(&handle, &cfg, &iface, index, iface_mac, false, &mut planner).await {
+                    Ok(mut next) => {
+                        let ops = reconcile::plan(Some(&state), &mut next);
+                        if !ops.is_empty() {
+                            dp.maps().execute(&ops)?;
+                            report(&next);
+                            tracing::info!(writes = ops.len(), "real servers changed, maps updated");
+                            state = next;
+                        }
                     }
-                    Ok(_) => {}
                     Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading neighbours"),
                 }
             }
@@ -92,14 +98,8 @@ async fn serve(cfg: Config, iface: String) -> Result<()> {
     Ok(())
 }
 
-/// Whether the real servers' MACs or flags differ (the only inputs that change at run time
-/// for now).
-fn changed(a: &DesiredState, b: &DesiredState) -> bool {
-    a.reals != b.reals
-}
-
 fn report(state: &DesiredState) {
-    for w in &state.warnings {
+    for w in state.warnings() {
         tracing::warn!("{w}");
     }
 }
@@ -113,6 +113,7 @@ async fn resolve(
     index: u32,
     iface_mac: [u8; 6],
     wait: bool,
+    planner: &mut Planner,
 ) -> Result<DesiredState> {
     let local = netlink::local_addresses(handle).await?;
     let configured: HashMap<IpAddr, Option<[u8; 6]>> = cfg
@@ -151,14 +152,19 @@ async fn resolve(
             }
         }
     }
-    desired::compute(cfg, iface_mac, |a| RealInfo {
-        mac: configured
-            .get(a)
-            .copied()
-            .flatten()
-            .or_else(|| neigh.get(a).copied()),
-        local: local.contains(a),
-    })
+    desired::compute(
+        cfg,
+        iface_mac,
+        |a| RealInfo {
+            mac: configured
+                .get(a)
+                .copied()
+                .flatten()
+                .or_else(|| neigh.get(a).copied()),
+            local: local.contains(a),
+        },
+        planner,
+    )
     .map_err(anyhow::Error::msg)
     .context("computing the data-plane state")
 }

@@ -80,10 +80,17 @@ pub const fn maglev_index(service_id: u32, table: u32) -> u32 {
 /// `LB_MAGLEV` value: one whole Maglev table, so that userspace replaces a table with one
 /// map update (not thousands), and the data plane reads a slot with one lookup.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MaglevTable {
     /// Real ids; `NO_REAL` where the pool is empty.
     pub slots: [u32; MAGLEV_RING as usize],
+}
+
+impl core::fmt::Debug for MaglevTable {
+    /// The first slots only: 4093 numbers help nobody reading a log or a failed assertion.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "MaglevTable {:?}..", &self.slots[..8])
+    }
 }
 
 impl Default for MaglevTable {
@@ -126,7 +133,7 @@ impl MacAddr {
 /// `LB_CONFIG[0]`: per-interface settings, written once by the agent at attach time (and on
 /// VRRP or config changes).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// Source MAC of forwarded frames: the interface's own address.
     pub iface_mac: MacAddr,
@@ -194,6 +201,10 @@ pub struct Service {
     pub active_table: u32,
     /// IPVS `persistence_timeout` in seconds; 0 = no client affinity.
     pub persistence_timeout_s: u32,
+    /// Incremented each time userspace gives this id to another service, so that connection
+    /// entries of a removed service never route traffic of the next one (see `Conn`).
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 /// `LB_VIP_FILTER` bits: a cheap pre-filter before the service hash lookup, so that traffic to
@@ -259,7 +270,17 @@ impl FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conn {
     pub real: u32,
+    /// `conn_service(id, generation)`: valid only while the service's generation matches.
     pub service: u32,
+}
+
+// Service ids must fit `conn_service`'s 16 bits.
+const _: () = assert!(MAX_SERVICES <= 0x1_0000);
+
+/// The `Conn::service` word: service id in the low 16 bits, generation in the high 16.
+#[inline(always)]
+pub const fn conn_service(id: u32, generation: u32) -> u32 {
+    (id & 0xffff) | (generation << 16)
 }
 
 /// `LB_CONNS4` key: an IPv4 flow in 16 bytes (the kernel hashes and compares fewer words
@@ -470,7 +491,7 @@ mod tests {
         assert_eq!(size_of::<MacAddr>(), 8);
         assert_eq!(size_of::<Config>(), 8 + 8 * 8 * 2 + 4 + 4 + 32);
         assert_eq!(size_of::<ServiceKey>(), 20);
-        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<Service>(), 24);
         assert_eq!(size_of::<Real>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowKey4>(), 16);

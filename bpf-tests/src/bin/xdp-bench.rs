@@ -83,22 +83,22 @@ fn main() -> anyhow::Result<()> {
     let pass = Floor::load("xdp-pass.o", "xdp_pass")?;
     let pprog = pass.program("xdp_pass");
 
-    let state = desired_state(&bench_provisioning());
+    let mut state = desired_state(&bench_provisioning());
     let mut dp = Dataplane::load(&LoadOptions::default())?;
-    dp.maps().apply(&state)?;
+    dp.maps().apply(&mut state)?;
     let prog = dp.program();
     let mut rotating = Dataplane::load(&LoadOptions {
         bench_next_flow: true,
         ..Default::default()
     })?;
-    rotating.maps().apply(&state)?;
+    rotating.maps().apply(&mut state)?;
     let rprog = rotating.program();
     // The same with a connection table small enough to stay in cache (every insert evicts).
     let mut small = Dataplane::load(&LoadOptions {
         bench_next_flow: true,
         max_entries: vec![(xdp_ebpf::maps::MAP_CONNS4, SMALL_CONNS)],
     })?;
-    small.maps().apply(&state)?;
+    small.maps().apply(&mut state)?;
     let sprog = small.program();
 
     let syn = tcp4(CLIENT4, VIP_TCP, 40000, 3306).bytes();

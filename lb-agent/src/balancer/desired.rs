@@ -1,14 +1,21 @@
 //! The desired data-plane state, computed from the configuration and what is known of each
 //! real server (its MAC, whether it is this host). Pure: the writer in `dataplane` applies it.
 
-use std::{collections::BTreeMap, net::IpAddr};
-
-use xdp_ebpf::maps::{
-    Config as XdpConfig, FAMILY_V4, FAMILY_V6, MAGLEV_RING, MAX_MACS, MAX_REALS, MAX_SERVICES,
-    MacAddr, MaglevTable, REAL_LOCAL, REAL_VALID, Real, SERVICE_ACTIVE, ServiceKey,
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
 };
 
-use super::maglev::{self, Backend, backend_key};
+use xdp_ebpf::maps::{
+    Config as XdpConfig, FAMILY_V4, FAMILY_V6, MAX_MACS, MacAddr, MaglevTable, REAL_LOCAL,
+    REAL_VALID, Real, SERVICE_ACTIVE, ServiceKey,
+};
+
+use super::{
+    ids::Planner,
+    maglev::{Backend, backend_key},
+};
 use crate::config::{Config, Mac, VirtualServer};
 
 /// What the agent knows of one real server.
@@ -31,12 +38,18 @@ pub struct DesiredService {
     pub name: String,
     pub key: ServiceKey,
     pub id: u32,
+    pub generation: u32,
     pub flags: u32,
     pub persistence_timeout_s: u32,
     /// Real ids in the table (the sorry server's when `using_sorry`).
     pub members: Vec<u32>,
     pub using_sorry: bool,
-    pub table: Box<MaglevTable>,
+    /// What an operator should hear about this service (sorry server in use, empty pool).
+    pub warning: Option<String>,
+    pub table: Arc<MaglevTable>,
+    /// Which of the service's two tables holds `table` in the data plane; set by the
+    /// reconciler when it writes the state.
+    pub active_table: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -44,9 +57,37 @@ pub struct DesiredState {
     pub config: XdpConfig,
     /// Real id → (address, map value).
     pub reals: BTreeMap<u32, (IpAddr, Real)>,
+    /// Address → (real id, what was known of it).
+    pub known: HashMap<IpAddr, (u32, RealInfo)>,
+    /// In configuration order.
     pub services: Vec<DesiredService>,
-    /// Things an operator should hear about (unresolved MACs, sorry servers in use, ...).
-    pub warnings: Vec<String>,
+}
+
+impl DesiredState {
+    fn set_real(&mut self, id: u32, addr: IpAddr, ri: RealInfo) {
+        let mut real = Real::default();
+        if ri.local {
+            real.flags = REAL_VALID | REAL_LOCAL;
+        } else if let Some(mac) = ri.mac {
+            real.mac = MacAddr::new(mac);
+            real.flags = REAL_VALID;
+        }
+        self.reals.insert(id, (addr, real));
+        self.known.insert(addr, (id, ri));
+    }
+
+    /// Things an operator should hear about: unresolved MACs, sorry servers in use, empty
+    /// pools.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w: Vec<String> = self
+            .reals
+            .values()
+            .filter(|(_, r)| r.flags == 0)
+            .map(|(a, _)| format!("real server {a}: MAC unresolved, left out of its pools"))
+            .collect();
+        w.extend(self.services.iter().filter_map(|s| s.warning.clone()));
+        w
+    }
 }
 
 /// The `[u32; 4]` network-order form the data plane keeps addresses in.
@@ -110,108 +151,158 @@ pub fn xdp_config(cfg: &Config, iface_mac: [u8; 6]) -> Result<XdpConfig, String>
     Ok(c)
 }
 
-/// Computes the whole desired state. Real ids are given to distinct real addresses in sorted
-/// order; service ids follow the configuration order.
+/// Computes the whole desired state. Ids come from `planner`, so they stay stable from one
+/// computation to the next; so do the Maglev tables of unchanged pools.
 pub fn compute(
     cfg: &Config,
     iface_mac: [u8; 6],
     info: impl Fn(&IpAddr) -> RealInfo,
+    planner: &mut Planner,
 ) -> Result<DesiredState, String> {
-    let config = xdp_config(cfg, iface_mac)?;
-    if cfg.virtual_servers.len() > MAX_SERVICES as usize {
-        return Err(format!("at most {MAX_SERVICES} virtual servers"));
+    let mut config = xdp_config(cfg, iface_mac)?;
+    for vi in &cfg.vrrp_instances {
+        config.set_vrid(vi.get_ref().virtual_router_id);
     }
-    let mut addrs: Vec<IpAddr> = cfg
-        .virtual_servers
-        .iter()
-        .flat_map(|vs| {
-            let vs = vs.get_ref();
-            vs.real_servers
-                .iter()
-                .chain(vs.sorry_server.iter())
-                .map(|r| r.address)
-        })
-        .collect();
-    addrs.sort();
-    addrs.dedup();
-    if addrs.len() > MAX_REALS as usize {
-        return Err(format!("at most {MAX_REALS} distinct real servers"));
-    }
-    let mut warnings = Vec::new();
-    let mut reals = BTreeMap::new();
-    let mut id_of = BTreeMap::new();
-    for (id, addr) in addrs.iter().enumerate() {
-        let id = id as u32;
-        let ri = info(addr);
-        let mut real = Real::default();
-        if ri.local {
-            real.flags = REAL_VALID | REAL_LOCAL;
-        } else if let Some(mac) = ri.mac {
-            real.mac = MacAddr::new(mac);
-            real.flags = REAL_VALID;
-        } else {
-            warnings.push(format!(
-                "real server {addr}: MAC unresolved, left out of its pools"
-            ));
-        }
-        reals.insert(id, (*addr, real));
-        id_of.insert(*addr, (id, ri));
-    }
-
-    let mut services = Vec::new();
-    for (sid, vs) in cfg.virtual_servers.iter().enumerate() {
-        let vs = vs.get_ref();
-        let backend = |r: &crate::config::RealServer| {
-            let (id, ri) = id_of[&r.address];
-            ri.usable().then_some(Backend {
-                id,
-                key: backend_key(&r.address, vs.port),
-                weight: r.weight,
-            })
-        };
-        let mut pool: Vec<Backend> = vs.real_servers.iter().filter_map(backend).collect();
-        let mut using_sorry = false;
-        if pool.iter().all(|b| b.weight == 0)
-            && let Some(sorry) = &vs.sorry_server
-        {
-            pool = backend(sorry)
-                .map(|b| Backend { weight: 1, ..b })
-                .into_iter()
-                .collect();
-            using_sorry = true;
-            warnings.push(format!(
-                "{}: no usable real server, using the sorry server {}",
-                vs.display_name(),
-                sorry.address
-            ));
-        }
-        if pool.iter().all(|b| b.weight == 0) {
-            warnings.push(format!(
-                "{}: empty pool, its traffic passes to the local stack",
-                vs.display_name()
-            ));
-        }
-        let mut table = Box::<MaglevTable>::default();
-        table
-            .slots
-            .copy_from_slice(&maglev::build(&pool, MAGLEV_RING));
-        services.push(DesiredService {
-            name: vs.display_name(),
-            key: service_key(vs),
-            id: sid as u32,
-            flags: if vs.active { SERVICE_ACTIVE } else { 0 },
-            persistence_timeout_s: vs.persistence_timeout.0.as_secs() as u32,
-            members: pool.iter().filter(|b| b.weight > 0).map(|b| b.id).collect(),
-            using_sorry,
-            table,
-        });
-    }
-    Ok(DesiredState {
+    let mut state = DesiredState {
         config,
-        reals,
-        services,
-        warnings,
-    })
+        reals: BTreeMap::new(),
+        known: HashMap::new(),
+        services: vec![],
+    };
+    for vs in &cfg.virtual_servers {
+        let vs = vs.get_ref();
+        for r in vs.real_servers.iter().chain(vs.sorry_server.iter()) {
+            if state.known.contains_key(&r.address) {
+                continue;
+            }
+            let id = planner.real_id(&r.address).ok_or_else(|| {
+                format!(
+                    "more real servers than the data plane holds ({})",
+                    r.address
+                )
+            })?;
+            state.set_real(id, r.address, info(&r.address));
+        }
+    }
+    let mut live_services = HashSet::new();
+    for vs in &cfg.virtual_servers {
+        let vs = vs.get_ref();
+        let key = service_key(vs);
+        live_services.insert(key);
+        let (id, generation) = planner.service_id(&key).ok_or_else(|| {
+            format!(
+                "more virtual servers than the data plane holds ({})",
+                vs.display_name()
+            )
+        })?;
+        let svc = service_state(vs, key, id, generation, &state.known, planner);
+        state.services.push(svc);
+    }
+    let live_reals: HashSet<IpAddr> = state.known.keys().copied().collect();
+    planner.finish(&live_reals, &live_services);
+    Ok(state)
+}
+
+/// The state after what is known of some real servers changed (a MAC resolved or changed, a
+/// health check flipped): only the services that use them are recomputed, so a one-server
+/// change costs little whatever the size of the configuration. `cfg` must be the
+/// configuration `prev` was computed from.
+pub fn update_reals(
+    cfg: &Config,
+    prev: &DesiredState,
+    changed: &[IpAddr],
+    info: impl Fn(&IpAddr) -> RealInfo,
+    planner: &mut Planner,
+) -> DesiredState {
+    let mut state = prev.clone();
+    // Usually one or two addresses: a vector scan beats hashing every real server below.
+    let mut touched = Vec::new();
+    for addr in changed {
+        if let Some(&(id, old)) = state.known.get(addr) {
+            let now = info(addr);
+            if now != old {
+                state.set_real(id, *addr, now);
+                touched.push(*addr);
+            }
+        }
+    }
+    if touched.is_empty() {
+        return state;
+    }
+    for (i, vs) in cfg.virtual_servers.iter().enumerate() {
+        let vs = vs.get_ref();
+        if !vs
+            .real_servers
+            .iter()
+            .chain(vs.sorry_server.iter())
+            .any(|r| touched.contains(&r.address))
+        {
+            continue;
+        }
+        let Some(old) = state.services.get(i) else {
+            continue;
+        };
+        let (key, id, generation) = (old.key, old.id, old.generation);
+        state.services[i] = service_state(vs, key, id, generation, &state.known, planner);
+    }
+    state
+}
+
+/// One service: its pool (or the sorry server below quorum) and its table.
+fn service_state(
+    vs: &VirtualServer,
+    key: ServiceKey,
+    id: u32,
+    generation: u32,
+    known: &HashMap<IpAddr, (u32, RealInfo)>,
+    planner: &mut Planner,
+) -> DesiredService {
+    let backend = |r: &crate::config::RealServer| {
+        let (id, ri) = known[&r.address];
+        ri.usable().then_some(Backend {
+            id,
+            key: backend_key(&r.address, vs.port),
+            weight: r.weight,
+        })
+    };
+    let mut pool: Vec<Backend> = vs.real_servers.iter().filter_map(backend).collect();
+    let mut using_sorry = false;
+    let mut warning = None;
+    let healthy = pool.iter().filter(|b| b.weight > 0).count() as u32;
+    if healthy < vs.quorum
+        && let Some(sorry) = &vs.sorry_server
+    {
+        pool = backend(sorry)
+            .map(|b| Backend { weight: 1, ..b })
+            .into_iter()
+            .collect();
+        using_sorry = true;
+        warning = Some(format!(
+            "{}: {healthy} usable real server(s), quorum {}: using the sorry server {}",
+            vs.display_name(),
+            vs.quorum,
+            sorry.address
+        ));
+    }
+    if pool.iter().all(|b| b.weight == 0) {
+        warning = Some(format!(
+            "{}: empty pool, its traffic passes to the local stack",
+            vs.display_name()
+        ));
+    }
+    DesiredService {
+        name: vs.display_name(),
+        key,
+        id,
+        generation,
+        flags: if vs.active { SERVICE_ACTIVE } else { 0 },
+        persistence_timeout_s: vs.persistence_timeout.0.as_secs() as u32,
+        members: pool.iter().filter(|b| b.weight > 0).map(|b| b.id).collect(),
+        using_sorry,
+        warning,
+        table: planner.table(&pool),
+        active_table: 0,
+    }
 }
 
 #[cfg(test)]
@@ -258,7 +349,13 @@ address = "10.1.1.162"
 
     #[test]
     fn ids_flags_and_tables() {
-        let s = compute(&cfg(TWO), [2, 0, 0, 0, 0, 1], known).unwrap();
+        let s = compute(
+            &cfg(TWO),
+            [2, 0, 0, 0, 0, 1],
+            known,
+            &mut Planner::default(),
+        )
+        .unwrap();
         assert_eq!(s.reals.len(), 2);
         assert_eq!(s.reals[&0].1.flags, REAL_VALID);
         assert_eq!(s.reals[&1].1.flags, REAL_VALID | REAL_LOCAL);
@@ -276,24 +373,30 @@ address = "10.1.1.162"
 
     #[test]
     fn unresolved_real_falls_back_to_sorry_server_with_warning() {
-        let s = compute(&cfg(TWO), [2; 6], |a| {
+        let unresolved_161 = |a: &IpAddr| {
             if a.to_string() == "10.1.1.161" {
                 RealInfo::default()
             } else {
                 known(a)
             }
-        })
-        .unwrap();
+        };
+        let s = compute(&cfg(TWO), [2; 6], unresolved_161, &mut Planner::default()).unwrap();
         assert!(s.services[0].using_sorry);
         assert!(s.services[0].table.slots.iter().all(|&r| r == 1));
         assert_eq!(s.services[1].members, vec![1]);
-        assert!(s.warnings.iter().any(|w| w.contains("MAC unresolved")));
-        assert!(s.warnings.iter().any(|w| w.contains("sorry server")));
+        assert!(s.warnings().iter().any(|w| w.contains("MAC unresolved")));
+        assert!(s.warnings().iter().any(|w| w.contains("sorry server")));
     }
 
     #[test]
     fn nothing_usable_means_empty_table() {
-        let s = compute(&cfg(TWO), [2; 6], |_| RealInfo::default()).unwrap();
+        let s = compute(
+            &cfg(TWO),
+            [2; 6],
+            |_| RealInfo::default(),
+            &mut Planner::default(),
+        )
+        .unwrap();
         assert!(s.services[0].table.slots.iter().all(|&r| r == NO_REAL));
     }
 }

@@ -8,7 +8,7 @@
 use xdp_ebpf::maps::NO_REAL;
 
 /// One member of a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Backend {
     /// What the table stores for this backend (the data plane's real id).
     pub id: u32,
@@ -58,7 +58,9 @@ pub fn build(backends: &[Backend], size: u32) -> Vec<u32> {
         .iter()
         .map(|b| mix(b.key ^ 0x9e37_79b9_7f4a_7c15) % (m - 1) + 1)
         .collect();
-    let mut next = vec![0u64; pool.len()];
+    // Each backend walks its permutation offset, offset + skip, ... (mod m) by adding skip
+    // and subtracting m: no division in the loop.
+    let mut pos = offsets;
     let mut credit = vec![0u64; pool.len()];
     let mut filled = 0u64;
     while filled < m {
@@ -71,8 +73,11 @@ pub fn build(backends: &[Backend], size: u32) -> Vec<u32> {
             // The backend's next preferred slot that is still free. A permutation visits every
             // slot, so this ends within `m` steps.
             loop {
-                let slot = ((offsets[i] + next[i] * skips[i]) % m) as usize;
-                next[i] += 1;
+                let slot = pos[i] as usize;
+                pos[i] += skips[i];
+                if pos[i] >= m {
+                    pos[i] -= m;
+                }
                 if table[slot] == NO_REAL {
                     table[slot] = pool[i].id;
                     filled += 1;

@@ -1,4 +1,5 @@
 //! Pool logic without I/O: Maglev tables and the desired state of the data plane.
 
 pub mod desired;
+pub mod ids;
 pub mod maglev;

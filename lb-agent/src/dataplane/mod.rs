@@ -2,6 +2,7 @@
 //! the map writer.
 
 mod pin;
+pub mod reconcile;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -7,10 +7,11 @@
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
-use xdp_ebpf::{maps::*, vip_filter_slot};
+use xdp_ebpf::maps::*;
 
+use super::reconcile::{self, MapOp};
 use crate::balancer::desired::DesiredState;
 
 pub struct MapWriter<'a> {
@@ -59,43 +60,6 @@ impl<'a> MapWriter<'a> {
             .with_context(|| format!("writing real {id}"))
     }
 
-    /// Installs or replaces a service and its pool: the inactive table is written first, then
-    /// `active_table` flips in one word, then the key is mapped to the id.
-    pub fn set_service(
-        &mut self,
-        key: &ServiceKey,
-        svc: Service,
-        table: &MaglevTable,
-    ) -> Result<()> {
-        let next = match self.service(key)? {
-            Some(c) if c.id == svc.id => (c.active_table ^ 1) & 1,
-            _ => 0,
-        };
-        self.array::<MaglevTable>(MAP_MAGLEV)?
-            .set(maglev_index(svc.id, next), table, 0)
-            .with_context(|| format!("writing the Maglev table of service {}", svc.id))?;
-        let svc = Service {
-            active_table: next,
-            ..svc
-        };
-        self.array::<Service>(MAP_SVC_INFO)?
-            .set(svc.id, svc, 0)
-            .with_context(|| format!("writing service {}", svc.id))?;
-        self.services()?
-            .insert(key, svc.id, 0)
-            .with_context(|| format!("writing the key of service {}", svc.id))?;
-        let slot = vip_filter_slot(&key.addr);
-        let mut filter = self.array::<u32>(MAP_VIP_FILTER)?;
-        let bits = filter.get(&slot, 0).unwrap_or(0)
-            | VIP_FILTER_ANY
-            | if key.port == 0 {
-                VIP_FILTER_ALL_PORTS
-            } else {
-                0
-            };
-        filter.set(slot, bits, 0).context("writing LB_VIP_FILTER")
-    }
-
     /// Reads a service entry back.
     pub fn service(&mut self, key: &ServiceKey) -> Result<Option<Service>> {
         let Ok(id) = self.services()?.get(key, 0) else {
@@ -104,22 +68,55 @@ impl<'a> MapWriter<'a> {
         Ok(Some(self.array::<Service>(MAP_SVC_INFO)?.get(&id, 0)?))
     }
 
-    /// Writes a whole desired state (start-up).
-    pub fn apply(&mut self, state: &DesiredState) -> Result<()> {
-        self.set_config(&state.config)?;
-        for (id, (_, real)) in &state.reals {
-            self.set_real(*id, real)?;
-        }
-        for s in &state.services {
-            let svc = Service {
-                id: s.id,
-                flags: s.flags,
-                active_table: 0,
-                persistence_timeout_s: s.persistence_timeout_s,
-            };
-            self.set_service(&s.key, svc, &s.table)?;
+    /// Writes a whole desired state into fresh maps; sets the services' `active_table`.
+    pub fn apply(&mut self, state: &mut DesiredState) -> Result<()> {
+        let ops = reconcile::plan(None, state);
+        self.execute(&ops)
+    }
+
+    /// Executes a plan from `reconcile::plan`, in order.
+    pub fn execute(&mut self, ops: &[MapOp]) -> Result<()> {
+        for op in ops {
+            match op {
+                MapOp::Config(c) => self.set_config(c)?,
+                MapOp::Real { id, real } => self.set_real(*id, real)?,
+                MapOp::ResetRealStats(id) => self.reset::<RealStats>(MAP_REAL_STATS, *id)?,
+                MapOp::Table {
+                    service,
+                    copy,
+                    table,
+                } => self
+                    .array::<MaglevTable>(MAP_MAGLEV)?
+                    .set(maglev_index(*service, *copy), table.as_ref(), 0)
+                    .with_context(|| format!("writing a Maglev table of service {service}"))?,
+                MapOp::Info { id, info } => self
+                    .array::<Service>(MAP_SVC_INFO)?
+                    .set(*id, info, 0)
+                    .with_context(|| format!("writing service {id}"))?,
+                MapOp::ResetServiceStats(id) => self.reset::<ServiceStats>(MAP_SVC_STATS, *id)?,
+                MapOp::Key { key, id } => self
+                    .services()?
+                    .insert(key, id, 0)
+                    .with_context(|| format!("writing the key of service {id}"))?,
+                MapOp::RemoveKey(key) => match self.services()?.remove(key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).context("removing a service key"),
+                },
+                MapOp::Filter { slot, bits } => self
+                    .array::<u32>(MAP_VIP_FILTER)?
+                    .set(*slot, bits, 0)
+                    .context("writing LB_VIP_FILTER")?,
+            }
         }
         Ok(())
+    }
+
+    fn reset<V: Pod + Default + Clone>(&mut self, name: &str, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+        let zeros = PerCpuValues::try_from(vec![V::default(); cpus])?;
+        self.per_cpu::<V>(name)?
+            .set(id, zeros, 0)
+            .with_context(|| format!("zeroing {name}[{id}]"))
     }
 
     /// The peers learned from VRRP adverts.

@@ -99,8 +99,7 @@ fn route(
     src_mac: u64,
     track: bool,
 ) -> Result<(Service, Choice), PassReason> {
-    if let Some((conn, real)) = select::established(flow) {
-        let svc = select::service_info(conn.service)?;
+    if let Some((conn, svc, real)) = select::established(flow) {
         admit(cfg, &svc, src_mac)?;
         return Ok((
             svc,

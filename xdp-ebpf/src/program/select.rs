@@ -6,7 +6,8 @@ use xdp_ebpf::{
     hash::client_hash,
     maps::{
         Conn, FlowKey, FlowKey4, MAGLEV_RING, NO_REAL, PassReason, Persist, PersistKey, REAL_VALID,
-        Real, Service, ServiceKey, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, maglev_index,
+        Real, Service, ServiceKey, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, conn_service,
+        maglev_index,
     },
     vip_filter_slot,
 };
@@ -67,16 +68,21 @@ pub fn service(
     Err(PassReason::NoService)
 }
 
-/// The connection-table entry of an established flow whose server is still usable.
+/// The connection-table entry of an established flow, with its service, whose server is
+/// still usable and whose service id was not given to another service since.
 #[inline(always)]
-pub fn established(flow: &FlowKey) -> Option<(Conn, Real)> {
+pub fn established(flow: &FlowKey) -> Option<(Conn, Service, Real)> {
     // SAFETY: copied out at once.
     let conn = if flow.is_v4() {
         unsafe { LB_CONNS4.get(FlowKey4::from_flow(flow)) }.copied()?
     } else {
         unsafe { LB_CONNS6.get(flow) }.copied()?
     };
-    Some((conn, usable_real(conn.real)?))
+    let svc = LB_SVC_INFO.get(conn.service & 0xffff).copied()?;
+    if conn_service(svc.id, svc.generation) != conn.service {
+        return None;
+    }
+    Some((conn, svc, usable_real(conn.real)?))
 }
 
 /// A real server that can take traffic, by id.
@@ -127,7 +133,7 @@ pub fn choose(svc: &Service, flow: &FlowKey, track: bool) -> Result<Choice, Pass
     if track {
         let conn = Conn {
             real: real_id,
-            service: svc.id,
+            service: conn_service(svc.id, svc.generation),
         };
         let _ = if flow.is_v4() {
             LB_CONNS4.insert(FlowKey4::from_flow(flow), conn, 0)
