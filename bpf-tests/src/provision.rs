@@ -174,6 +174,16 @@ mac = "02:00:00:00:01:01"
 
 /// The desired state of a provisioning config.
 pub fn desired_state(text: &str) -> DesiredState {
+    desired_state_with(text, &mut test_planner())
+}
+
+/// A planner with the test maps' limits.
+pub fn test_planner() -> Planner {
+    Planner::with_limits(TEST_REALS, TEST_SERVICES)
+}
+
+/// The desired state of a provisioning, with ids from `planner` (stable across reloads).
+pub fn desired_state_with(text: &str, planner: &mut Planner) -> DesiredState {
     let cfg = Config::parse(Path::new("provision.toml"), text).expect("provisioning parses");
     let macs: std::collections::HashMap<IpAddr, [u8; 6]> = cfg
         .virtual_servers
@@ -187,7 +197,6 @@ pub fn desired_state(text: &str) -> DesiredState {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let mut planner = Planner::with_limits(TEST_REALS, TEST_SERVICES);
     desired::compute(
         &cfg,
         LB_MAC,
@@ -195,7 +204,7 @@ pub fn desired_state(text: &str) -> DesiredState {
             mac: macs.get(a).copied(),
             local: *a == IpAddr::V4(LB_ADDR),
         },
-        &mut planner,
+        planner,
     )
     .expect("provisioning computes")
 }
@@ -231,6 +240,7 @@ pub const XDP_TX: u32 = 3;
 pub struct Harness {
     pub dp: Dataplane,
     pub state: DesiredState,
+    pub planner: Planner,
 }
 
 impl Harness {
@@ -240,11 +250,12 @@ impl Harness {
     }
 
     pub fn with(text: &str) -> Harness {
-        let mut state = desired_state(text);
+        let mut planner = test_planner();
+        let mut state = desired_state_with(text, &mut planner);
         let mut dp = Dataplane::load(&test_sizes())
             .expect("loading the XDP object (run as root after `cargo xtask build-ebpf`)");
         dp.maps().apply(&mut state).expect("writing the maps");
-        Harness { dp, state }
+        Harness { dp, state, planner }
     }
 
     /// Runs one frame: (action, output bytes).
@@ -325,6 +336,15 @@ impl Harness {
             .find(|(r, _)| *r == reason)
             .map(|(_, n)| *n)
             .unwrap_or(0)
+    }
+
+    /// Applies another provisioning the way a reload does: the difference only.
+    pub fn reload(&mut self, text: &str) -> usize {
+        let mut next = desired_state_with(text, &mut self.planner);
+        let ops = reconcile::plan(Some(&self.state), &mut next);
+        self.dp.maps().execute(&ops).expect("reloading");
+        self.state = next;
+        ops.len()
     }
 
     /// Replaces a service's pool with `members` (address, weight), through the agent's atomic

@@ -275,3 +275,60 @@ fn the_table_flip_is_whole() {
         assert_eq!(h.real_of_mac(&out), Some(h.real_id("10.0.1.2")));
     }
 }
+
+#[test]
+fn a_reload_changes_only_what_changed_and_removed_services_stop_forwarding() {
+    let mut h = Harness::new();
+    let flow = tcp4(CLIENT4, VIP_TCP, 40000, 3306).bytes();
+    assert_eq!(h.run(&flow).0, XDP_TX);
+    // The same provisioning again: nothing to write, and the flow still forwards.
+    assert_eq!(h.reload(PROVISION), 0);
+    assert_eq!(h.run(&flow).0, XDP_TX);
+    let before = h.counters();
+
+    // Without the "tcp" service: its established flow must no longer be forwarded (its
+    // connection entry now points at an inactive service).
+    let start = PROVISION
+        .find("[[virtual_server]]\nname = \"tcp\"")
+        .unwrap();
+    let end = PROVISION[start + 1..].find("[[virtual_server]]").unwrap() + start + 1;
+    let without = format!("{}{}", &PROVISION[..start], &PROVISION[end..]);
+    assert!(h.reload(&without) > 0);
+    let (action, out) = h.run(&flow);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, flow);
+    // The other services kept their counters (stable ids).
+    let udp = h.service("udp").id;
+    let after = h.counters();
+    let of = |c: &lb_agent::dataplane::Counters, id| {
+        c.services.iter().find(|(i, _)| *i == id).unwrap().1
+    };
+    assert_eq!(of(&before, udp), of(&after, udp));
+    assert_eq!(h.run(&udp4(CLIENT4, VIP_TCP, 5353, 53).bytes()).0, XDP_TX);
+}
+
+#[test]
+fn a_connection_of_an_older_generation_is_ignored() {
+    use lb_agent::dataplane::reconcile::MapOp;
+    let mut h = Harness::new();
+    let flow = tcp4(CLIENT4, VIP_TCP, 40000, 3306).bytes();
+    assert_eq!(h.run(&flow).0, XDP_TX);
+    // The service's id given to a new generation: the entry is stale, the flow is decided
+    // again (a new flow in the counters) instead of following the entry blindly.
+    let s = h.service("tcp").clone();
+    let info = xdp_ebpf::maps::Service {
+        id: s.id,
+        flags: s.flags,
+        active_table: s.active_table,
+        persistence_timeout_s: 0,
+        generation: s.generation + 1,
+        _pad: 0,
+    };
+    h.dp.maps()
+        .execute(&[MapOp::Info { id: s.id, info }])
+        .unwrap();
+    assert_eq!(h.run(&flow).0, XDP_TX);
+    let c = h.counters();
+    let stats = c.services.iter().find(|(i, _)| *i == s.id).unwrap().1;
+    assert_eq!(stats.new_flows, 2);
+}
