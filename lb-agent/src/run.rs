@@ -41,10 +41,10 @@ pub fn run(config_path: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg, iface))
+    rt.block_on(serve(config_path, cfg, iface))
 }
 
-async fn serve(cfg: Config, iface: String) -> Result<()> {
+async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()> {
     let handle = netlink::connect()?;
     let iface_mac = netlink::iface_mac(&handle, &iface).await?;
     let index = netlink::if_index(&iface)?;
@@ -70,11 +70,38 @@ async fn serve(cfg: Config, iface: String) -> Result<()> {
     // 6. Run until told to stop.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(NEIGHBOUR_POLL);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => {
+                // A reload applies the difference only; an invalid file changes nothing.
+                let new_cfg = match Config::load(config_path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused, the running configuration stays");
+                        continue;
+                    }
+                };
+                let (a, b) = (&cfg.dataplane, &new_cfg.dataplane);
+                if (&a.interface, a.xdp_mode, &a.pin_dir) != (&b.interface, b.xdp_mode, &b.pin_dir) {
+                    tracing::error!("reload refused: dataplane.interface, xdp_mode and pin_dir need a restart");
+                    continue;
+                }
+                match resolve(&handle, &new_cfg, &iface, index, iface_mac, true, &mut planner).await {
+                    Ok(mut next) => {
+                        let ops = reconcile::plan(Some(&state), &mut next);
+                        dp.maps().execute(&ops)?;
+                        report(&next);
+                        tracing::info!(writes = ops.len(), services = next.services.len(), "configuration reloaded");
+                        state = next;
+                        cfg = new_cfg;
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused, the running configuration stays"),
+                }
+            }
             _ = tick.tick() => {
                 match resolve(&handle, &cfg, &iface, index, iface_mac, false, &mut planner).await {
                     Ok(mut next) => {

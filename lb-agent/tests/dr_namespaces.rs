@@ -31,9 +31,8 @@ fn wait_for_log(path: &str, needle: &str, lab: &mut Lab, pid: u32) {
     panic!("lb-agent did not report `{needle}` within 15 s:\n{log}");
 }
 
-#[test]
-fn tcp_through_the_vip_reaches_both_servers_and_replies_bypass_the_lb() {
-    let mut lab = Lab::new("dr");
+/// Client, LB and two real servers on a bridge, set up as LVS-DR wants them.
+fn dr_topology(lab: &mut Lab) {
     lab.bridge();
     lab.host("cl", "10.99.0.10/24");
     lab.host("lb", "10.99.0.1/24");
@@ -59,41 +58,47 @@ fn tcp_through_the_vip_reaches_both_servers_and_replies_bypass_the_lb() {
         ],
     );
     lab.exec("cl", &["ethtool", "-K", "eth0", "tx", "off"]);
+}
 
-    lab.serve("r1", "0.0.0.0:3306".parse().unwrap(), "r1\n");
-    lab.serve("r2", "0.0.0.0:3306".parse().unwrap(), "r2\n");
+/// The read VIP over the given real servers (plus `extra` TOML).
+fn read_vip_config(reals: &[&str], extra: &str) -> String {
+    let mut t = format!(
+        "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"driver\"\n\n[[virtual_server]]\nname = \"mysql-read\"\naddress = \"{VIP}\"\nport = 3306\n"
+    );
+    for r in reals {
+        t += &format!("[[virtual_server.real_server]]\naddress = \"{r}\"\n");
+    }
+    t + extra
+}
 
+/// Starts lb-agent in the LB namespace with `config`; returns (pid, config path, log path).
+fn start_agent(lab: &mut Lab, config: &str) -> (u32, std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(&lab.prefix);
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("lb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[dataplane]
-interface = "eth0"
-xdp_mode = "driver"
-
-[[virtual_server]]
-name = "mysql-read"
-address = "{VIP}"
-port = 3306
-[[virtual_server.real_server]]
-address = "10.99.0.11"
-[[virtual_server.real_server]]
-address = "10.99.0.12"
-"#
-        ),
-    )
-    .unwrap();
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, config).unwrap();
     let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
     let agent = env!("CARGO_BIN_EXE_lb-agent");
     let pid = lab.spawn(
         "lb",
-        &[agent, "run", "--config", config.to_str().unwrap()],
+        &[agent, "run", "--config", path.to_str().unwrap()],
         &log,
     );
-    wait_for_log(&log, "data plane attached", &mut lab, pid);
+    wait_for_log(&log, "data plane attached", lab, pid);
+    (pid, path, log)
+}
+
+#[test]
+fn tcp_through_the_vip_reaches_both_servers_and_replies_bypass_the_lb() {
+    let mut lab = Lab::new("dr");
+    dr_topology(&mut lab);
+    lab.serve("r1", "0.0.0.0:3306".parse().unwrap(), "r1\n");
+    lab.serve("r2", "0.0.0.0:3306".parse().unwrap(), "r2\n");
+    let (pid, _, log) = start_agent(
+        &mut lab,
+        &read_vip_config(&["10.99.0.11", "10.99.0.12"], ""),
+    );
+    let dir = std::env::temp_dir().join(&lab.prefix);
     let attached = lab.ip("lb", &["link", "show", "eth0"]);
     assert!(
         attached.contains("xdp"),
@@ -326,4 +331,108 @@ mac = "02:00:00:00:00:02"
         "still attached after SIGTERM"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sighup_applies_the_difference_and_keeps_established_flows() {
+    let mut lab = Lab::new("hup");
+    dr_topology(&mut lab);
+    lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
+    lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
+    let (pid, path, log) = start_agent(
+        &mut lab,
+        &read_vip_config(&["10.99.0.11", "10.99.0.12"], ""),
+    );
+    let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
+    let client = lab.ns("cl");
+
+    // Long-lived connections, spread over both servers.
+    let mut conns: Vec<_> = (0..12)
+        .map(|_| common::connect_from(&client, vip))
+        .collect();
+    let owners: Vec<String> = conns
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| {
+            let reply = common::round_trip(c, &format!("a{i}")).expect("first round trip");
+            reply.split(':').next().unwrap().to_string()
+        })
+        .collect();
+    assert!(
+        owners.iter().any(|o| o == "r2"),
+        "no connection on r2: {owners:?}"
+    );
+
+    let hup = |lab: &mut Lab, text: &str, needle: &str| {
+        std::fs::write(&path, text).unwrap();
+        let before = std::fs::read_to_string(&log)
+            .unwrap()
+            .matches(needle)
+            .count();
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&log)
+            .unwrap()
+            .matches(needle)
+            .count()
+            == before
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no `{needle}` after SIGHUP:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = lab;
+    };
+
+    // r2 leaves the pool: established connections stay where they are (IPVS keeps them on a
+    // quiesced server), new ones all go to r1.
+    hup(
+        &mut lab,
+        &read_vip_config(&["10.99.0.11"], ""),
+        "configuration reloaded",
+    );
+    for (i, c) in conns.iter_mut().enumerate() {
+        let reply = common::round_trip(c, &format!("b{i}")).expect("round trip after reload");
+        assert_eq!(
+            reply,
+            format!("{}:b{i}", owners[i]),
+            "connection {i} moved or broke"
+        );
+    }
+    for i in 0..10 {
+        let mut c = common::connect_from(&client, vip);
+        assert_eq!(
+            common::round_trip(&mut c, &format!("n{i}")).unwrap(),
+            format!("r1:n{i}")
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let writes: usize = text
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .and_then(|l| l.split("writes=").nth(1))
+        .and_then(|w| w.split_whitespace().next())
+        .and_then(|w| w.parse().ok())
+        .expect("writes= in the reload line");
+    assert_eq!(
+        writes, 2,
+        "a one-server pool change is one table and one flip:\n{text}"
+    );
+
+    // An invalid file is refused and changes nothing.
+    hup(
+        &mut lab,
+        "[dataplane]\ninterface = \"eth0\"\nbogus = 1\n",
+        "reload refused",
+    );
+    let mut c = common::connect_from(&client, vip);
+    assert_eq!(
+        common::round_trip(&mut c, "after-bad").unwrap(),
+        "r1:after-bad"
+    );
+    assert!(lab.stop(pid).unwrap().success());
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&lab.prefix));
 }

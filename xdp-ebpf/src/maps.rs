@@ -224,8 +224,20 @@ pub const REAL_LOCAL: u32 = 2;
 pub struct Real {
     pub mac: MacAddr,
     pub flags: u32,
-    pub _pad: u32,
+    /// Incremented each time userspace gives this id to another address, so that connection
+    /// and persistence entries of a removed server never reach the next one (see `real_ref`).
+    pub generation: u32,
 }
+
+/// A reference to a real server that dies with its id: id in the low 16 bits, generation in
+/// the high 16 (`Conn::real`, `Persist::real`).
+#[inline(always)]
+pub const fn real_ref(id: u32, generation: u32) -> u32 {
+    (id & 0xffff) | (generation << 16)
+}
+
+// Real ids must fit `real_ref`'s 16 bits.
+const _: () = assert!(MAX_REALS <= 0x1_0000);
 
 /// A flow as the client sends it, in the family-neutral form the data plane hashes; the
 /// `LB_CONNS6` key. IPv4 flows are stored under the smaller `FlowKey4`.
@@ -269,6 +281,7 @@ impl FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conn {
+    /// `real_ref(id, generation)`.
     pub real: u32,
     /// `conn_service(id, generation)`: valid only while the service's generation matches.
     pub service: u32,
@@ -322,6 +335,7 @@ pub struct PersistKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Persist {
+    /// `real_ref(id, generation)`.
     pub real: u32,
     pub _pad: u32,
     /// `bpf_ktime_get_ns` of the last connection start (refreshed at most once a second).

@@ -64,8 +64,11 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
-    fn set_real(&mut self, id: u32, addr: IpAddr, ri: RealInfo) {
-        let mut real = Real::default();
+    fn set_real(&mut self, id: u32, generation: u32, addr: IpAddr, ri: RealInfo) {
+        let mut real = Real {
+            generation,
+            ..Real::default()
+        };
         if ri.local {
             real.flags = REAL_VALID | REAL_LOCAL;
         } else if let Some(mac) = ri.mac {
@@ -175,13 +178,13 @@ pub fn compute(
             if state.known.contains_key(&r.address) {
                 continue;
             }
-            let id = planner.real_id(&r.address).ok_or_else(|| {
+            let (id, generation) = planner.real_id(&r.address).ok_or_else(|| {
                 format!(
                     "more real servers than the data plane holds ({})",
                     r.address
                 )
             })?;
-            state.set_real(id, r.address, info(&r.address));
+            state.set_real(id, generation, r.address, info(&r.address));
         }
     }
     let mut live_services = HashSet::new();
@@ -221,7 +224,8 @@ pub fn update_reals(
         if let Some(&(id, old)) = state.known.get(addr) {
             let now = info(addr);
             if now != old {
-                state.set_real(id, *addr, now);
+                let generation = state.reals[&id].1.generation;
+                state.set_real(id, generation, *addr, now);
                 touched.push(*addr);
             }
         }

@@ -72,8 +72,9 @@ impl<K: std::hash::Hash + Eq + Clone> Allocator<K> {
 pub struct Planner {
     reals: Allocator<IpAddr>,
     services: Allocator<ServiceKey>,
-    /// Per service id: how many times it was given out.
+    /// Per service id and per real id: how many times it was given out.
     generations: Vec<u32>,
+    real_generations: Vec<u32>,
     tables: HashMap<Vec<Backend>, Arc<MaglevTable>>,
     used_tables: HashMap<Vec<Backend>, Arc<MaglevTable>>,
 }
@@ -90,13 +91,20 @@ impl Planner {
             reals: Allocator::new(reals),
             services: Allocator::new(services),
             generations: vec![0; services as usize],
+            real_generations: vec![0; reals as usize],
             tables: HashMap::new(),
             used_tables: HashMap::new(),
         }
     }
 
-    pub fn real_id(&mut self, addr: &IpAddr) -> Option<u32> {
-        self.reals.get(addr).map(|(id, _)| id)
+    /// (id, generation) of a real server.
+    pub fn real_id(&mut self, addr: &IpAddr) -> Option<(u32, u32)> {
+        let (id, fresh) = self.reals.get(addr)?;
+        let g = &mut self.real_generations[id as usize];
+        if fresh {
+            *g = g.wrapping_add(1) & 0xffff;
+        }
+        Some((id, *g))
     }
 
     /// (id, generation) of a service.
@@ -155,13 +163,13 @@ mod tests {
         let mut p = Planner::with_limits(4, 3);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(p.real_id(&a), Some(0));
-        assert_eq!(p.real_id(&b), Some(1));
-        assert_eq!(p.real_id(&a), Some(0));
+        assert_eq!(p.real_id(&a), Some((0, 1)));
+        assert_eq!(p.real_id(&b), Some((1, 1)));
+        assert_eq!(p.real_id(&a), Some((0, 1)));
         assert_eq!(p.service_id(&key(1)), Some((0, 1)));
         assert_eq!(p.service_id(&key(2)), Some((1, 1)));
         p.finish(&HashSet::from([b]), &HashSet::from([key(2)]));
-        assert_eq!(p.real_id(&b), Some(1), "a live id does not move");
+        assert_eq!(p.real_id(&b), Some((1, 1)), "a live id does not move");
         // Unused ids come first; freed ones after them.
         assert_eq!(p.service_id(&key(3)), Some((2, 1)));
         assert_eq!(

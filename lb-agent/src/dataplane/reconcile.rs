@@ -94,7 +94,6 @@ pub fn plan(old: Option<&DesiredState>, new: &mut DesiredState) -> Vec<MapOp> {
         for (o, s) in o.services.iter().zip(new.services.iter_mut()) {
             update_service(o, s, &mut ops);
         }
-        removed_reals(o, new, &mut ops);
         return ops;
     }
 
@@ -174,9 +173,9 @@ pub fn plan(old: Option<&DesiredState>, new: &mut DesiredState) -> Vec<MapOp> {
             });
         }
     }
-    if let Some(o) = old {
-        removed_reals(o, new, &mut ops);
-    }
+    // Real servers no longer configured are left as they are (quiesced, as IPVS keeps a
+    // deleted destination for its connections): established flows drain, and the generation
+    // in `real_ref` retires them when the id goes to another address.
     ops
 }
 
@@ -224,16 +223,6 @@ fn update_service(o: &DesiredService, s: &mut DesiredService, ops: &mut Vec<MapO
         ops.push(MapOp::Info {
             id: s.id,
             info: info_of(s),
-        });
-    }
-}
-
-/// Real servers no longer used: unusable, last (no table points at them any more).
-fn removed_reals(old: &DesiredState, new: &DesiredState, ops: &mut Vec<MapOp>) {
-    for id in old.reals.keys().filter(|id| !new.reals.contains_key(id)) {
-        ops.push(MapOp::Real {
-            id: *id,
-            real: Real::default(),
         });
     }
 }
@@ -363,8 +352,8 @@ mod tests {
                 .any(|o| matches!(o, MapOp::Info { id: 0, info } if info.flags == 0))
         );
         assert!(
-            ops.iter()
-                .any(|o| matches!(o, MapOp::Real { id: 0, real } if real.flags == 0))
+            !ops.iter().any(|o| matches!(o, MapOp::Real { .. })),
+            "a removed real server is quiesced, not rewritten: {ops:?}"
         );
         // A new service reuses id 0 with a new generation and fresh counters.
         let mut c = state(&config(&[(2, &["10.0.1.2"]), (3, &["10.0.1.3"])]), &mut p);

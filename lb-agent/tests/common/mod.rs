@@ -187,6 +187,43 @@ impl Lab {
         self.threads.push((stop, t));
     }
 
+    /// A TCP server in `host` on `addr` that answers each line with `name:line` for as long
+    /// as the client keeps the connection (reads time out after 10 s).
+    pub fn serve_echo(&mut self, host: &str, addr: SocketAddr, name: &'static str) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let ns = self.ns(host);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            enter(&ns);
+            let l = TcpListener::bind(addr).expect("bind in namespace");
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        std::thread::spawn(move || {
+                            use std::io::BufRead;
+                            s.set_nonblocking(false).unwrap();
+                            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                            let mut w = s.try_clone().unwrap();
+                            for line in std::io::BufReader::new(s).lines() {
+                                let Ok(line) = line else { break };
+                                if w.write_all(format!("{name}:{line}\n").as_bytes()).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("server started");
+        self.threads.push((stop, t));
+    }
+
     /// Runs `f` on a thread inside `host`'s namespace.
     pub fn within<T: Send + 'static>(
         &self,
@@ -208,6 +245,30 @@ pub fn enter(ns: &str) {
     let f = File::open(format!("/run/netns/{ns}")).expect("namespace exists");
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// A client connection opened from inside a namespace (the socket keeps its namespace).
+pub fn connect_from(ns: &str, addr: SocketAddr) -> TcpStream {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter(&ns);
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .expect("connect through the VIP");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+    .join()
+    .unwrap()
+}
+
+/// Sends one line and reads one line back.
+pub fn round_trip(s: &mut TcpStream, line: &str) -> std::io::Result<String> {
+    use std::io::BufRead;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut r = std::io::BufReader::new(s.try_clone()?);
+    let mut out = String::new();
+    r.read_line(&mut out)?;
+    Ok(out.trim().to_string())
 }
 
 /// Connects to `addr`, reads the reply to the end (bounded by timeouts).

@@ -99,12 +99,12 @@ fn route(
     src_mac: u64,
     track: bool,
 ) -> Result<(Service, Choice), PassReason> {
-    if let Some((conn, svc, real)) = select::established(flow) {
+    if let Some((_, svc, real_id, real)) = select::established(flow) {
         admit(cfg, &svc, src_mac)?;
         return Ok((
             svc,
             Choice {
-                real_id: conn.real,
+                real_id,
                 real,
                 new_flow: false,
             },

@@ -7,7 +7,7 @@ use xdp_ebpf::{
     maps::{
         Conn, FlowKey, FlowKey4, MAGLEV_RING, NO_REAL, PassReason, Persist, PersistKey, REAL_VALID,
         Real, Service, ServiceKey, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, conn_service,
-        maglev_index,
+        maglev_index, real_ref,
     },
     vip_filter_slot,
 };
@@ -71,7 +71,7 @@ pub fn service(
 /// The connection-table entry of an established flow, with its service, whose server is
 /// still usable and whose service id was not given to another service since.
 #[inline(always)]
-pub fn established(flow: &FlowKey) -> Option<(Conn, Service, Real)> {
+pub fn established(flow: &FlowKey) -> Option<(Conn, Service, u32, Real)> {
     // SAFETY: copied out at once.
     let conn = if flow.is_v4() {
         unsafe { LB_CONNS4.get(FlowKey4::from_flow(flow)) }.copied()?
@@ -82,7 +82,20 @@ pub fn established(flow: &FlowKey) -> Option<(Conn, Service, Real)> {
     if conn_service(svc.id, svc.generation) != conn.service {
         return None;
     }
-    Some((conn, svc, usable_real(conn.real)?))
+    let (real_id, real) = usable_real_ref(conn.real)?;
+    Some((conn, svc, real_id, real))
+}
+
+/// The real server of a `real_ref`, if it can take traffic and its id was not given to
+/// another address since: (id, entry).
+#[inline(always)]
+pub fn usable_real_ref(r: u32) -> Option<(u32, Real)> {
+    let id = r & 0xffff;
+    let real = usable_real(id)?;
+    if real_ref(id, real.generation) != r {
+        return None;
+    }
+    Some((id, real))
 }
 
 /// A real server that can take traffic, by id.
@@ -132,7 +145,7 @@ pub fn choose(svc: &Service, flow: &FlowKey, track: bool) -> Result<Choice, Pass
     };
     if track {
         let conn = Conn {
-            real: real_id,
+            real: real_ref(real_id, real.generation),
             service: conn_service(svc.id, svc.generation),
         };
         let _ = if flow.is_v4() {
@@ -162,19 +175,21 @@ fn persistent_choice(svc: &Service, client: &[u32; 4]) -> u32 {
     if let Some(p) = LB_PERSIST.get_ptr_mut(key) {
         // SAFETY: a valid map value; a concurrent update only races on the timestamp.
         let p = unsafe { &mut *p };
-        if now.wrapping_sub(p.last_seen_ns) < timeout_ns && usable_real(p.real).is_some() {
+        if now.wrapping_sub(p.last_seen_ns) < timeout_ns
+            && let Some((id, _)) = usable_real_ref(p.real)
+        {
             if now.wrapping_sub(p.last_seen_ns) > PERSIST_REFRESH_NS {
                 p.last_seen_ns = now;
             }
-            return p.real;
+            return id;
         }
     }
     let real = maglev(svc, client_hash(client));
-    if real != NO_REAL {
+    if let Some(r) = usable_real(real) {
         let _ = LB_PERSIST.insert(
             key,
             Persist {
-                real,
+                real: real_ref(real, r.generation),
                 _pad: 0,
                 last_seen_ns: now,
             },
