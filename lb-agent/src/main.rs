@@ -21,6 +21,9 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Instead of running: detach and unpin the data plane a killed agent left behind.
+        #[arg(long)]
+        cleanup: bool,
     },
     /// Validate a config file: exit 0 when it is valid, 1 with the error otherwise.
     CheckConfig { file: PathBuf },
@@ -54,7 +57,11 @@ fn main() -> ExitCode {
             output,
             allow_partial,
         } => import::import_keepalived(&file, output.as_deref(), allow_partial),
-        Command::Run { config } => match run::run(&config) {
+        Command::Run { config, cleanup } => match if cleanup {
+            run::cleanup(&config)
+        } else {
+            run::run(&config)
+        } {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lb-agent: {e:#}");

@@ -18,6 +18,15 @@ use tokio::signal::unix::{SignalKind, signal};
 /// How often neighbours are re-read (MAC changes, late resolution).
 const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
 
+/// `lb-agent run --cleanup`: detach and unpin what an agent left pinned.
+pub fn cleanup(config_path: &Path) -> Result<()> {
+    let cfg = Config::load(config_path)?;
+    let dir = &cfg.dataplane.pin_dir;
+    lb_agent::dataplane::remove_pinned(dir)?;
+    println!("removed the pinned data plane under {}", dir.display());
+    Ok(())
+}
+
 pub fn run(config_path: &Path) -> Result<()> {
     // 1. Configuration: an unreadable or invalid file stops here, before anything changes.
     let cfg = Config::load(config_path)?;
@@ -49,12 +58,50 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     let iface_mac = netlink::iface_mac(&handle, &iface).await?;
     let index = netlink::if_index(&iface)?;
 
-    // 5. The data plane: load (verifier), fill the maps, then attach, so that the first frame
-    //    already sees the full configuration.
-    let mut dp = Dataplane::load(&LoadOptions::default())?;
+    // 5. The data plane: load (verifier) with the maps pinned, fill them, then attach, so that
+    //    the first frame already sees the full configuration. A data plane left pinned by a
+    //    previous agent (killed, crashed, upgraded) keeps forwarding meanwhile: we take over
+    //    its maps and ids, write the difference, and swap our program into its link.
+    let mut dp = Dataplane::load_pinned(&cfg.dataplane.pin_dir, &LoadOptions::default())?;
     let mut planner = Planner::default();
+    let previous = if dp.adopted() {
+        let a = dp.maps().read_back().with_context(|| {
+            format!(
+                "the data plane pinned under {} does not match this lb-agent (a changed map \
+                 layout?); `lb-agent run --cleanup` removes it (forwarding stops until the next \
+                 start)",
+                cfg.dataplane.pin_dir.display()
+            )
+        })?;
+        let reals: Vec<_> = a
+            .reals
+            .iter()
+            .map(|(id, r)| {
+                (
+                    desired::addr_from_words(&r.addr, r.family),
+                    *id,
+                    r.generation,
+                )
+            })
+            .collect();
+        let services: Vec<_> = a
+            .services
+            .iter()
+            .map(|(k, s)| (*k, s.id, s.generation))
+            .collect();
+        planner.adopt(&reals, &services);
+        tracing::info!(
+            services = services.len(),
+            reals = reals.len(),
+            "adopting the pinned data plane"
+        );
+        Some(desired::from_adopted(&a))
+    } else {
+        None
+    };
     let mut state = resolve(&handle, &cfg, &iface, index, iface_mac, true, &mut planner).await?;
-    dp.maps().apply(&mut state)?;
+    let ops = reconcile::plan(previous.as_ref(), &mut state);
+    dp.maps().execute(&ops)?;
     report(&state);
     let mode = match cfg.dataplane.xdp_mode {
         XdpModeSetting::Auto => None,
@@ -62,9 +109,6 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         XdpModeSetting::Skb => Some(AttachMode::Skb),
     };
     let got = dp.attach(&iface, mode)?;
-    if let Err(e) = dp.pin_maps(&cfg.dataplane.pin_dir) {
-        tracing::warn!(error = %format!("{e:#}"), "maps not pinned (bpftool can still find them by id)");
-    }
     tracing::info!(interface = %iface, mode = ?got, services = state.services.len(), reals = state.reals.len(), "data plane attached");
 
     // 6. Run until told to stop.
@@ -119,9 +163,10 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         }
     }
 
-    // 7. Clean exit: detach and unpin.
+    // 7. Clean exit: detach and unpin. (A killed agent leaves the data plane running, pinned,
+    //    for the next one to adopt.)
     tracing::info!("stopping: detaching the data plane");
-    dp.detach()?;
+    dp.shutdown()?;
     Ok(())
 }
 

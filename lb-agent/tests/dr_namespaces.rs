@@ -60,10 +60,11 @@ fn dr_topology(lab: &mut Lab) {
     lab.exec("cl", &["ethtool", "-K", "eth0", "tx", "off"]);
 }
 
-/// The read VIP over the given real servers (plus `extra` TOML).
-fn read_vip_config(reals: &[&str], extra: &str) -> String {
+/// The read VIP over the given real servers (plus `extra` TOML), pinned in the lab's place.
+fn read_vip_config(lab: &Lab, reals: &[&str], extra: &str) -> String {
+    let pin_dir = lab.pin_dir("lb");
     let mut t = format!(
-        "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"driver\"\n\n[[virtual_server]]\nname = \"mysql-read\"\naddress = \"{VIP}\"\nport = 3306\n"
+        "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"driver\"\npin_dir = \"{pin_dir}\"\n\n[[virtual_server]]\nname = \"mysql-read\"\naddress = \"{VIP}\"\nport = 3306\n"
     );
     for r in reals {
         t += &format!("[[virtual_server.real_server]]\naddress = \"{r}\"\n");
@@ -94,10 +95,8 @@ fn tcp_through_the_vip_reaches_both_servers_and_replies_bypass_the_lb() {
     dr_topology(&mut lab);
     lab.serve("r1", "0.0.0.0:3306".parse().unwrap(), "r1\n");
     lab.serve("r2", "0.0.0.0:3306".parse().unwrap(), "r2\n");
-    let (pid, _, log) = start_agent(
-        &mut lab,
-        &read_vip_config(&["10.99.0.11", "10.99.0.12"], ""),
-    );
+    let config = read_vip_config(&lab, &["10.99.0.11", "10.99.0.12"], "");
+    let (pid, _, log) = start_agent(&mut lab, &config);
     let dir = std::env::temp_dir().join(&lab.prefix);
     let attached = lab.ip("lb", &["link", "show", "eth0"]);
     assert!(
@@ -297,18 +296,22 @@ fn auto_mode_falls_back_to_skb_with_a_log_line() {
     let dir = std::env::temp_dir().join(&lab.prefix);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("lb.toml");
+    let pin_dir = lab.pin_dir("h");
     std::fs::write(
         &config,
-        r#"
+        format!(
+            r#"
 [dataplane]
 interface = "lo"
+pin_dir = "{pin_dir}"
 [[virtual_server]]
 address = "127.0.0.100"
 port = 3306
 [[virtual_server.real_server]]
 address = "127.0.0.2"
 mac = "02:00:00:00:00:02"
-"#,
+"#
+        ),
     )
     .unwrap();
     let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
@@ -339,10 +342,8 @@ fn sighup_applies_the_difference_and_keeps_established_flows() {
     dr_topology(&mut lab);
     lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
     lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
-    let (pid, path, log) = start_agent(
-        &mut lab,
-        &read_vip_config(&["10.99.0.11", "10.99.0.12"], ""),
-    );
+    let config = read_vip_config(&lab, &["10.99.0.11", "10.99.0.12"], "");
+    let (pid, path, log) = start_agent(&mut lab, &config);
     let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
     let client = lab.ns("cl");
 
@@ -389,11 +390,8 @@ fn sighup_applies_the_difference_and_keeps_established_flows() {
 
     // r2 leaves the pool: established connections stay where they are (IPVS keeps them on a
     // quiesced server), new ones all go to r1.
-    hup(
-        &mut lab,
-        &read_vip_config(&["10.99.0.11"], ""),
-        "configuration reloaded",
-    );
+    let only_r1 = read_vip_config(&lab, &["10.99.0.11"], "");
+    hup(&mut lab, &only_r1, "configuration reloaded");
     for (i, c) in conns.iter_mut().enumerate() {
         let reply = common::round_trip(c, &format!("b{i}")).expect("round trip after reload");
         assert_eq!(
@@ -435,4 +433,171 @@ fn sighup_applies_the_difference_and_keeps_established_flows() {
     );
     assert!(lab.stop(pid).unwrap().success());
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&lab.prefix));
+}
+
+#[test]
+fn a_killed_agent_is_replaced_without_a_failed_connection() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let mut lab = Lab::new("kill");
+    dr_topology(&mut lab);
+    lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
+    lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
+    let config = read_vip_config(&lab, &["10.99.0.11", "10.99.0.12"], "");
+    let (pid, path, log) = start_agent(&mut lab, &config);
+    let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
+    let client = lab.ns("cl");
+
+    // Established connections, and a client that keeps opening new ones throughout.
+    let mut conns: Vec<_> = (0..8).map(|_| common::connect_from(&client, vip)).collect();
+    let owners: Vec<String> = conns
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| {
+            common::round_trip(c, &format!("a{i}"))
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let looper = {
+        let (stop, ok, failed, client) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
+        std::thread::spawn(move || {
+            common::enter(&client);
+            // Bounded: at most 20 s of 10 ms iterations.
+            for i in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let attempt = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(2))
+                    .and_then(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        common::round_trip(&mut s, &format!("loop{i}"))
+                    });
+                match attempt {
+                    Ok(r) if r.ends_with(&format!(":loop{i}")) => {
+                        ok.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+
+    // SIGKILL: no cleanup runs; the pinned data plane keeps forwarding on its own.
+    lab.kill(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        lab.ip("lb", &["link", "show", "eth0"]).contains("prog/xdp"),
+        "the data plane died with the agent"
+    );
+    let during = ok.load(Ordering::Relaxed);
+
+    // A new agent adopts it: same maps, its program swapped into the pinned link.
+    let agent = env!("CARGO_BIN_EXE_lb-agent");
+    let pid = lab.spawn(
+        "lb",
+        &[agent, "run", "--config", path.to_str().unwrap()],
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("mode=Adopted")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no adoption:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    looper.join().unwrap();
+
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!(
+        "looping client: {ok} connections served, {failed} failed ({during} before the restart)"
+    );
+    assert_eq!(failed, 0, "connections failed across the kill and restart");
+    assert!(
+        ok > during && during > 10,
+        "the client did not keep going: {ok} ok, {during} before"
+    );
+    for (i, c) in conns.iter_mut().enumerate() {
+        let reply =
+            common::round_trip(c, &format!("b{i}")).expect("an established connection broke");
+        assert_eq!(reply, format!("{}:b{i}", owners[i]), "connection {i} moved");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("adopting the pinned data plane"), "{text}");
+
+    // A clean stop detaches and unpins for good.
+    assert!(lab.stop(pid).unwrap().success());
+    assert!(!lab.ip("lb", &["link", "show", "eth0"]).contains("prog/xdp"));
+    assert!(
+        !std::path::Path::new(&lab.pin_dir("lb")).exists(),
+        "pins left after a clean stop"
+    );
+}
+
+#[test]
+fn cleanup_removes_what_a_killed_agent_left() {
+    let mut lab = Lab::new("clean");
+    lab.add_ns("h");
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("lb.toml");
+    let pin_dir = lab.pin_dir("h");
+    std::fs::write(
+        &config,
+        format!("[dataplane]\ninterface = \"lo\"\nxdp_mode = \"skb\"\npin_dir = \"{pin_dir}\"\n"),
+    )
+    .unwrap();
+    let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let agent = env!("CARGO_BIN_EXE_lb-agent");
+    let pid = lab.spawn(
+        "h",
+        &[agent, "run", "--config", config.to_str().unwrap()],
+        &log,
+    );
+    wait_for_log(&log, "data plane attached", &mut lab, pid);
+    lab.kill(pid);
+    assert!(
+        lab.ip("h", &["link", "show", "lo"]).contains("xdpgeneric"),
+        "gone with the agent"
+    );
+    assert!(std::path::Path::new(&pin_dir).join("link").exists());
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.ns("h")))
+        .args(["--", agent, "run", "--cleanup", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !lab.ip("h", &["link", "show", "lo"]).contains("xdp"),
+        "still attached after --cleanup"
+    );
+    assert!(
+        !std::path::Path::new(&pin_dir).exists(),
+        "pins left after --cleanup"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

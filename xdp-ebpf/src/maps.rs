@@ -227,6 +227,12 @@ pub struct Real {
     /// Incremented each time userspace gives this id to another address, so that connection
     /// and persistence entries of a removed server never reach the next one (see `real_ref`).
     pub generation: u32,
+    /// The server's address (network order, IPv4 in word 0), for userspace and bpftool: a
+    /// restarted agent finds its ids here.
+    pub addr: [u32; 4],
+    /// `FAMILY_V4` or `FAMILY_V6`; 0 for an unused entry.
+    pub family: u32,
+    pub _pad: u32,
 }
 
 /// A reference to a real server that dies with its id: id in the low 16 bits, generation in
@@ -506,7 +512,7 @@ mod tests {
         assert_eq!(size_of::<Config>(), 8 + 8 * 8 * 2 + 4 + 4 + 32);
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<Service>(), 24);
-        assert_eq!(size_of::<Real>(), 16);
+        assert_eq!(size_of::<Real>(), 40);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowKey4>(), 16);
         assert_eq!(size_of::<PersistKey>(), 20);

@@ -8,7 +8,7 @@ use std::{
 };
 
 use xdp_ebpf::maps::{
-    Config as XdpConfig, FAMILY_V4, FAMILY_V6, MAX_MACS, MacAddr, MaglevTable, REAL_LOCAL,
+    Config as XdpConfig, FAMILY_V4, FAMILY_V6, MAX_MACS, MacAddr, MaglevTable, NO_REAL, REAL_LOCAL,
     REAL_VALID, Real, SERVICE_ACTIVE, ServiceKey,
 };
 
@@ -67,6 +67,12 @@ impl DesiredState {
     fn set_real(&mut self, id: u32, generation: u32, addr: IpAddr, ri: RealInfo) {
         let mut real = Real {
             generation,
+            addr: addr_words(&addr),
+            family: if addr.is_ipv4() {
+                FAMILY_V4 as u32
+            } else {
+                FAMILY_V6 as u32
+            },
             ..Real::default()
         };
         if ri.local {
@@ -90,6 +96,56 @@ impl DesiredState {
             .collect();
         w.extend(self.services.iter().filter_map(|s| s.warning.clone()));
         w
+    }
+}
+
+/// The address of a data-plane `[u32; 4]` and family.
+pub fn addr_from_words(words: &[u32; 4], family: u32) -> IpAddr {
+    if family == FAMILY_V4 as u32 {
+        IpAddr::V4(words[0].to_ne_bytes().into())
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::V6(o.into())
+    }
+}
+
+/// The state a previous agent left in the maps, as far as the reconciler needs it: its tables
+/// are unknown (so every pool is written again into the inactive table and flipped, without a
+/// gap), its ids and generations are kept.
+pub fn from_adopted(a: &crate::dataplane::Adopted) -> DesiredState {
+    let unknown = Arc::new(MaglevTable {
+        slots: [NO_REAL - 1; xdp_ebpf::maps::MAGLEV_RING as usize],
+    });
+    let mut services: Vec<DesiredService> = a
+        .services
+        .iter()
+        .map(|(key, info)| DesiredService {
+            name: String::new(),
+            key: *key,
+            id: info.id,
+            generation: info.generation,
+            flags: info.flags,
+            persistence_timeout_s: info.persistence_timeout_s,
+            members: vec![],
+            using_sorry: false,
+            warning: None,
+            table: unknown.clone(),
+            active_table: info.active_table,
+        })
+        .collect();
+    services.sort_by_key(|s| s.id);
+    DesiredState {
+        config: a.config,
+        reals: a
+            .reals
+            .iter()
+            .map(|(id, r)| (*id, (addr_from_words(&r.addr, r.family), *r)))
+            .collect(),
+        known: HashMap::new(),
+        services,
     }
 }
 

@@ -48,6 +48,17 @@ impl<K: std::hash::Hash + Eq + Clone> Allocator<K> {
         Some((id, true))
     }
 
+    fn adopt(&mut self, k: K, id: u32) {
+        self.ids.insert(k, id);
+        self.next = self.next.max(id + 1);
+    }
+
+    /// After adoption: ids below `next` that nobody holds are free.
+    fn rebuild_free(&mut self) {
+        let used: HashSet<u32> = self.ids.values().copied().collect();
+        self.free = (0..self.next).filter(|id| !used.contains(id)).collect();
+    }
+
     /// Frees the ids of keys not in `live`; returns them.
     fn retain(&mut self, live: &HashSet<K>) -> Vec<u32> {
         let dead: Vec<K> = self
@@ -95,6 +106,25 @@ impl Planner {
             tables: HashMap::new(),
             used_tables: HashMap::new(),
         }
+    }
+
+    /// Takes over the ids a previous agent left in the maps, so that they keep indexing the
+    /// same tables, counters and connection entries.
+    pub fn adopt(&mut self, reals: &[(IpAddr, u32, u32)], services: &[(ServiceKey, u32, u32)]) {
+        for &(addr, id, generation) in reals {
+            if id < self.reals.limit {
+                self.reals.adopt(addr, id);
+                self.real_generations[id as usize] = generation;
+            }
+        }
+        for &(key, id, generation) in services {
+            if id < self.services.limit {
+                self.services.adopt(key, id);
+                self.generations[id as usize] = generation;
+            }
+        }
+        self.reals.rebuild_free();
+        self.services.rebuild_free();
     }
 
     /// (id, generation) of a real server.

@@ -1,5 +1,10 @@
-//! The XDP data plane as userspace sees it: the embedded object, loading and attaching, and
-//! the map writer.
+//! The XDP data plane as userspace sees it: the embedded object, loading and attaching, pinned
+//! state for hitless restarts, and the map writer.
+//!
+//! Pinned mode (`load_pinned`): the maps and the XDP link live under a bpffs directory. A new
+//! agent finds them there, reuses the maps (connections, counters, tables survive), and swaps
+//! its program into the existing link atomically: traffic never stops while the agent is
+//! down or restarting. Only `shutdown` (SIGTERM, `run --cleanup`) detaches and unpins.
 
 mod pin;
 pub mod reconcile;
@@ -10,27 +15,38 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use xdp_ebpf::maps::{ALL_MAPS, BENCH_NEXT_FLOW, PROGRAM_NAME};
 
-pub use writer::{Counters, MapWriter};
+pub use writer::{Adopted, Counters, MapWriter};
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp.o"));
+
+/// The pinned XDP link's name in the pin directory.
+const LINK_PIN: &str = "link";
 
 /// How the program ended up attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
     Driver,
     Skb,
+    /// Swapped into the link a previous agent pinned (same interface and mode as then).
+    Adopted,
 }
 
 /// A loaded XDP program and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
-    link: Option<(XdpLinkId, String)>,
-    pinned: Option<PathBuf>,
+    /// A link this process attached without pinning (tests, unpinned runs).
+    link: Option<XdpLinkId>,
+    pin_dir: Option<PathBuf>,
+    adopted: bool,
 }
 
 /// How to load the object: map sizes that differ from the object's defaults (tests use small
@@ -43,19 +59,37 @@ pub struct LoadOptions {
     pub bench_next_flow: bool,
 }
 
+fn is_root() -> bool {
+    // SAFETY: no arguments, no failure mode.
+    unsafe { libc::geteuid() == 0 }
+}
+
 impl Dataplane {
-    /// Loads the embedded object into the kernel (verifier included). Nothing is attached.
+    /// Loads the embedded object into the kernel (verifier included) with fresh maps. Nothing
+    /// is attached.
     pub fn load(options: &LoadOptions) -> Result<Dataplane> {
-        Self::load_bytes(XDP_OBJECT, options)
+        Self::load_with(XDP_OBJECT, options, None)
     }
 
-    pub fn load_bytes(object: &[u8], options: &LoadOptions) -> Result<Dataplane> {
+    /// Loads the embedded object with its maps pinned under `pin_dir` (bpffs, mounted if
+    /// missing): maps already pinned there are reused, with everything they hold.
+    pub fn load_pinned(pin_dir: &Path, options: &LoadOptions) -> Result<Dataplane> {
+        pin::ensure_bpffs(pin_dir)?;
+        Self::load_with(XDP_OBJECT, options, Some(pin_dir))
+    }
+
+    fn load_with(
+        object: &[u8],
+        options: &LoadOptions,
+        pin_dir: Option<&Path>,
+    ) -> Result<Dataplane> {
         if object.is_empty() {
             bail!(
                 "this lb-agent was built without the XDP program: run `cargo xtask build-ebpf`, \
                  then rebuild lb-agent"
             );
         }
+        let adopted = pin_dir.is_some_and(|d| d.join(LINK_PIN).exists());
         let mut loader = EbpfLoader::new();
         for (name, n) in &options.max_entries {
             loader.map_max_entries(name, *n);
@@ -63,8 +97,13 @@ impl Dataplane {
         if options.bench_next_flow {
             loader.override_global(BENCH_NEXT_FLOW, &1u32, true);
         }
+        if let Some(dir) = pin_dir {
+            for name in ALL_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
         let mut ebpf = loader.load(object).map_err(|e| {
-            if unsafe { libc::geteuid() } != 0 {
+            if !is_root() {
                 anyhow!("loading the XDP program needs root (or CAP_BPF + CAP_NET_ADMIN): {e}")
             } else {
                 anyhow!(e).context("loading the XDP object")
@@ -78,29 +117,55 @@ impl Dataplane {
         Ok(Dataplane {
             ebpf,
             link: None,
-            pinned: None,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            adopted,
         })
+    }
+
+    /// Whether a previous agent's pinned data plane was found (and its maps reused).
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     pub fn program(&self) -> &Xdp {
         self.ebpf
             .program(PROGRAM_NAME)
             .and_then(|p| p.try_into().ok())
-            .expect("loaded in load_bytes")
+            .expect("loaded in load_with")
     }
 
-    /// Attaches to `iface`. `mode` None = driver mode, falling back to skb mode with a log line.
-    pub fn attach(&mut self, iface: &str, mode: Option<AttachMode>) -> Result<AttachMode> {
-        let prog: &mut Xdp = self
+    fn program_mut(&mut self) -> Result<&mut Xdp> {
+        Ok(self
             .ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("no program"))?
-            .try_into()?;
+            .try_into()?)
+    }
+
+    /// Attaches to `iface`. `mode` None = driver mode, falling back to skb mode with a log line.
+    /// In pinned mode, a link left by a previous agent gets this program atomically instead;
+    /// a new link is pinned.
+    pub fn attach(&mut self, iface: &str, mode: Option<AttachMode>) -> Result<AttachMode> {
+        let link_pin = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN));
+        if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
+            let pinned = PinnedLink::from_pin(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|e: LinkError| anyhow!(e))?;
+            let id = self
+                .program_mut()?
+                .attach_to_link(link)
+                .context("swapping the program into the pinned link")?;
+            self.link = Some(id);
+            return Ok(AttachMode::Adopted);
+        }
         let index = crate::netlink::if_index(iface)?;
+        let prog = self.program_mut()?;
         let attempt = |prog: &mut Xdp, m: AttachMode| {
-            let flags = match m {
-                AttachMode::Driver => XdpMode::Driver,
-                AttachMode::Skb => XdpMode::Skb,
+            let flags = if m == AttachMode::Skb {
+                XdpMode::Skb
+            } else {
+                XdpMode::Driver
             };
             prog.attach_to_if_index(index, flags)
         };
@@ -120,42 +185,27 @@ impl Dataplane {
                 }
             },
         };
-        self.link = Some((id, iface.to_string()));
+        match link_pin {
+            Some(path) => {
+                let link = prog.take_link(id)?;
+                let fd = FdLink::try_from(link)
+                    .map_err(|e| anyhow!("the kernel gave no bpf_link to pin: {e}"))?;
+                fd.pin(&path)
+                    .map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
+            }
+            None => self.link = Some(id),
+        }
         Ok(got)
     }
 
-    /// Detaches from the interface (if attached) and removes pins (if pinned).
-    pub fn detach(&mut self) -> Result<()> {
-        if let Some((id, iface)) = self.link.take() {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(PROGRAM_NAME)
-                .ok_or_else(|| anyhow!("no program"))?
-                .try_into()?;
-            prog.detach(id)
-                .with_context(|| format!("detaching XDP from {iface}"))?;
+    /// Detaches from the interface and removes every pin: the data plane is gone for good.
+    pub fn shutdown(&mut self) -> Result<()> {
+        if let Some(id) = self.link.take() {
+            self.program_mut()?.detach(id).context("detaching XDP")?;
         }
-        if let Some(dir) = self.pinned.take() {
-            pin::unpin_maps(&dir, &ALL_MAPS)?;
+        if let Some(dir) = self.pin_dir.take() {
+            remove_pinned(&dir)?;
         }
-        Ok(())
-    }
-
-    /// Pins every map under `dir` (a bpffs directory; bpffs is mounted at /sys/fs/bpf if
-    /// missing) so that `bpftool map dump pinned DIR/NAME` works.
-    pub fn pin_maps(&mut self, dir: &Path) -> Result<()> {
-        pin::ensure_bpffs(dir)?;
-        for name in ALL_MAPS {
-            let map = self
-                .ebpf
-                .map_mut(name)
-                .ok_or_else(|| anyhow!("no map {name}"))?;
-            let path = dir.join(name);
-            let _ = std::fs::remove_file(&path);
-            map.pin(&path)
-                .with_context(|| format!("pinning {}", path.display()))?;
-        }
-        self.pinned = Some(dir.to_path_buf());
         Ok(())
     }
 
@@ -164,10 +214,19 @@ impl Dataplane {
     }
 }
 
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        if let Err(e) = self.detach() {
-            tracing::error!(error = %e, "detaching the data plane");
-        }
+/// Detaches a pinned data plane and removes its pins (`lb-agent run --cleanup`, and
+/// `shutdown`). Nothing pinned is not an error.
+pub fn remove_pinned(dir: &Path) -> Result<()> {
+    let link = dir.join(LINK_PIN);
+    if link.exists() {
+        let pinned =
+            PinnedLink::from_pin(&link).with_context(|| format!("opening {}", link.display()))?;
+        // Unpinned and closed: the kernel detaches the program once no one holds the link.
+        drop(
+            pinned
+                .unpin()
+                .with_context(|| format!("unpinning {}", link.display()))?,
+        );
     }
+    pin::unpin_maps(dir, &ALL_MAPS)
 }

@@ -18,6 +18,16 @@ pub struct MapWriter<'a> {
     ebpf: &'a mut Ebpf,
 }
 
+/// What a previous agent left in pinned maps: enough to keep its ids and to diff against.
+#[derive(Debug, Clone, Default)]
+pub struct Adopted {
+    pub config: Config,
+    /// (key, entry) of every service found by key.
+    pub services: Vec<(ServiceKey, Service)>,
+    /// (id, entry) of every real server entry in use.
+    pub reals: Vec<(u32, Real)>,
+}
+
 /// Counters of the whole data plane, summed over CPUs.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
@@ -117,6 +127,38 @@ impl<'a> MapWriter<'a> {
         self.per_cpu::<V>(name)?
             .set(id, zeros, 0)
             .with_context(|| format!("zeroing {name}[{id}]"))
+    }
+
+    /// Reads back what the maps hold (after adopting a pinned data plane).
+    pub fn read_back(&mut self) -> Result<Adopted> {
+        let config = self.array::<Config>(MAP_CONFIG)?.get(&0, 0)?;
+        let keys: Vec<(ServiceKey, u32)> = self
+            .services()?
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading LB_SERVICES")?;
+        let info = self.array::<Service>(MAP_SVC_INFO)?;
+        let mut services = Vec::new();
+        for (key, id) in keys {
+            services.push((
+                key,
+                info.get(&id, 0)
+                    .with_context(|| format!("reading service {id}"))?,
+            ));
+        }
+        let reals_map = self.array::<Real>(MAP_REALS)?;
+        let mut reals = Vec::new();
+        for (id, r) in reals_map.iter().enumerate() {
+            let r = r.context("reading LB_REALS")?;
+            if r.family != 0 {
+                reals.push((id as u32, r));
+            }
+        }
+        Ok(Adopted {
+            config,
+            services,
+            reals,
+        })
     }
 
     /// The peers learned from VRRP adverts.

@@ -127,12 +127,20 @@ impl Lab {
         .unwrap()
     }
 
-    /// Starts a process inside a namespace; it is killed (by PID) when the lab drops.
+    /// A bpffs directory for this lab's pinned data planes (removed when the lab drops).
+    pub fn pin_dir(&self, host: &str) -> String {
+        format!("/sys/fs/bpf/{}-{host}", self.prefix)
+    }
+
+    /// Starts a process inside a namespace's network (but the host's mounts, so that pins
+    /// under /sys/fs/bpf outlive it, as they do on a real host); it is killed (by PID) when
+    /// the lab drops.
     pub fn spawn(&mut self, host: &str, args: &[&str], log: &str) -> u32 {
         let ns = self.ns(host);
-        let log = File::create(log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns])
+        let log = File::options().create(true).append(true).open(log).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -142,6 +150,15 @@ impl Lab {
         let pid = child.id();
         self.children.push(child);
         pid
+    }
+
+    /// Kills a process this lab started with SIGKILL, as a crash would.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut child = self.children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops a process this lab started: SIGTERM, then SIGKILL after 5 s.
@@ -293,6 +310,10 @@ impl Drop for Lab {
         }
         for ns in self.namespaces.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        // Pins left by a killed agent (or a failed test).
+        for host in ["lb", "lb1", "lb2", "h"] {
+            let _ = std::fs::remove_dir_all(self.pin_dir(host));
         }
     }
 }
