@@ -3,9 +3,11 @@
 //! - `config`: the TOML schema and its validation;
 //! - `balancer`: pure logic of pools (Maglev tables) and the desired data-plane state;
 //! - `dataplane`: the embedded XDP object, loading/attaching, and writing the maps;
-//! - `netlink`: what the kernel knows (interfaces, local addresses, neighbours).
+//! - `netlink`: what the kernel knows (interfaces, local addresses, neighbours);
+//! - `control`: the control socket, `status`, and metrics.
 
 pub mod balancer;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod netlink;

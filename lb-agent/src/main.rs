@@ -25,6 +25,19 @@ enum Command {
         #[arg(long)]
         cleanup: bool,
     },
+    /// Show services, real servers and counters of the running agent (over its control
+    /// socket; root only).
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The agent's configuration, to find its control socket.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The control socket (default: from --config, else /run/lb-agent/control.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Validate a config file: exit 0 when it is valid, 1 with the error otherwise.
     CheckConfig { file: PathBuf },
     /// Convert a keepalived.conf (with its includes) to this agent's TOML, on stdout or into
@@ -52,6 +65,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status {
+            json,
+            config,
+            socket,
+        } => status(json, config, socket),
         Command::ImportKeepalived {
             file,
             output,
@@ -68,5 +86,39 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn status(json: bool, config: Option<PathBuf>, socket: Option<PathBuf>) -> ExitCode {
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => match Config::load(&c) {
+            Ok(cfg) => lb_agent::control::socket_path(cfg.global.control_socket.as_deref()),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => lb_agent::control::socket_path(None),
+    };
+    match lb_agent::control::ask(&socket, &lb_agent::control::Request::Status) {
+        Ok(v) if json => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(v) => match serde_json::from_value::<lb_agent::control::status::Status>(v) {
+            Ok(s) => {
+                print!("{}", lb_agent::control::status::render(&s));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb-agent status: unexpected reply: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

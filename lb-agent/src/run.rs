@@ -10,6 +10,7 @@ use lb_agent::{
         ids::Planner,
     },
     config::{Config, XdpModeSetting},
+    control,
     dataplane::{AttachMode, Dataplane, LoadOptions, reconcile},
     netlink,
 };
@@ -17,6 +18,20 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// How often neighbours are re-read (MAC changes, late resolution).
 const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
+
+fn status_of(
+    dp: &mut Dataplane,
+    cfg: &Config,
+    state: &DesiredState,
+    mode: &str,
+) -> Result<control::status::Status> {
+    let sids: Vec<u32> = state.services.iter().map(|s| s.id).collect();
+    let rids: Vec<u32> = state.reals.keys().copied().collect();
+    let counters = dp.maps().counters(&sids, &rids)?;
+    let mut s = control::status::build(cfg, state, &counters, mode);
+    s.learned_peers = control::status::peers(&dp.maps().learned_peers()?);
+    Ok(s)
+}
 
 /// `lb-agent run --cleanup`: detach and unpin what an agent left pinned.
 pub fn cleanup(config_path: &Path) -> Result<()> {
@@ -109,6 +124,10 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         XdpModeSetting::Skb => Some(AttachMode::Skb),
     };
     let got = dp.attach(&iface, mode)?;
+    let attach_mode = format!("{got:?}").to_lowercase();
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(16);
+    let socket = control::socket_path(cfg.global.control_socket.as_deref());
+    control::serve(&socket, control_tx)?;
     tracing::info!(interface = %iface, mode = ?got, services = state.services.len(), reals = state.reals.len(), "data plane attached");
 
     // 6. Run until told to stop.
@@ -120,6 +139,15 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Some((request, reply)) = control_rx.recv() => {
+                let answer = match request {
+                    control::Request::Status => match status_of(&mut dp, &cfg, &state, &attach_mode) {
+                        Ok(s) => serde_json::to_string(&s).unwrap_or_else(|e| control::error_json(&e.to_string())),
+                        Err(e) => control::error_json(&format!("{e:#}")),
+                    },
+                };
+                let _ = reply.send(answer);
+            }
             _ = hup.recv() => {
                 // A reload applies the difference only; an invalid file changes nothing.
                 let new_cfg = match Config::load(config_path) {
@@ -166,6 +194,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     // 7. Clean exit: detach and unpin. (A killed agent leaves the data plane running, pinned,
     //    for the next one to adopt.)
     tracing::info!("stopping: detaching the data plane");
+    let _ = std::fs::remove_file(&socket);
     dp.shutdown()?;
     Ok(())
 }

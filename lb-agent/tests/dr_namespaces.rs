@@ -63,13 +63,32 @@ fn dr_topology(lab: &mut Lab) {
 /// The read VIP over the given real servers (plus `extra` TOML), pinned in the lab's place.
 fn read_vip_config(lab: &Lab, reals: &[&str], extra: &str) -> String {
     let pin_dir = lab.pin_dir("lb");
+    let socket = control_socket(lab);
     let mut t = format!(
-        "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"driver\"\npin_dir = \"{pin_dir}\"\n\n[[virtual_server]]\nname = \"mysql-read\"\naddress = \"{VIP}\"\nport = 3306\n"
+        "[global]\ncontrol_socket = \"{socket}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"driver\"\npin_dir = \"{pin_dir}\"\n\n[[virtual_server]]\nname = \"mysql-read\"\naddress = \"{VIP}\"\nport = 3306\n"
     );
     for r in reals {
         t += &format!("[[virtual_server.real_server]]\naddress = \"{r}\"\n");
     }
     t + extra
+}
+
+fn control_socket(lab: &Lab) -> String {
+    std::env::temp_dir()
+        .join(&lab.prefix)
+        .join("control.sock")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `lb-agent status` (`--json` when `json`) against the lab's agent.
+fn status(lab: &Lab, json: bool) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"));
+    cmd.args(["status", "--socket", &control_socket(lab)]);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().unwrap()
 }
 
 /// Starts lb-agent in the LB namespace with `config`; returns (pid, config path, log path).
@@ -169,6 +188,45 @@ fn tcp_through_the_vip_reaches_both_servers_and_replies_bypass_the_lb() {
     assert!(
         from_lb <= client_tx + 10,
         "the LB transmitted more than the client sent: replies went through it"
+    );
+
+    // `lb-agent status`: a table for people, JSON for tools, root only.
+    let out = status(&lab, false);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("lb-agent status:\n{table}");
+    assert!(
+        table.contains("mysql-read 10.99.0.100:3306/tcp active"),
+        "{table}"
+    );
+    let out = status(&lab, true);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    let svc = &v["services"][0];
+    assert!(svc["packets"].as_u64().unwrap() >= client_tx - 5, "{v}");
+    for r in svc["real_servers"].as_array().unwrap() {
+        assert_eq!(r["state"], "up", "{v}");
+        assert!(r["mac"].as_str().is_some_and(|m| m.len() == 17), "{v}");
+        assert!(r["packets"].as_u64().unwrap() > 0, "{v}");
+    }
+    let denied = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_lb-agent"),
+            "status",
+            "--socket",
+        ])
+        .arg(control_socket(&lab))
+        .output()
+        .unwrap();
+    assert!(
+        !denied.status.success(),
+        "a non-root user read the control socket"
     );
 
     // The maps carry BTF: bpftool prints the counters as typed fields.

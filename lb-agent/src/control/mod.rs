@@ -1,0 +1,112 @@
+//! Status and control: a root-only unix socket speaking one JSON request and one JSON reply
+//! per connection; `lb-agent status` is its client. The agent's main loop answers, so every
+//! answer reflects one consistent state.
+
+pub mod status;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt},
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+};
+
+/// Where the socket is when the configuration does not say.
+pub const DEFAULT_SOCKET: &str = "/run/lb-agent/control.sock";
+
+pub fn socket_path(configured: Option<&Path>) -> PathBuf {
+    configured
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+}
+
+/// A request waiting for the main loop's answer (JSON text).
+pub type Pending = (Request, oneshot::Sender<String>);
+
+/// Binds the socket (replacing a stale one), readable and writable by root only, and serves
+/// it: each request goes to `tx`, each answer back to its client.
+pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing the stale {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut line = String::new();
+                let read = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::io::BufReader::new(r).read_line(&mut line),
+                )
+                .await;
+                let reply = match read {
+                    Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => {
+                            let (otx, orx) = oneshot::channel();
+                            if tx.send((req, otx)).await.is_err() {
+                                return;
+                            }
+                            orx.await
+                                .unwrap_or_else(|_| error_json("the agent is stopping"))
+                        }
+                        Err(e) => error_json(&format!("bad request: {e}")),
+                    },
+                    _ => error_json("no request within 5 s"),
+                };
+                let _ = w.write_all(reply.as_bytes()).await;
+                let _ = w.write_all(b"\n").await;
+            });
+        }
+    });
+    Ok(())
+}
+
+pub fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+/// Sends one request and returns the JSON reply (the client side).
+pub fn ask(path: &Path, req: &Request) -> Result<serde_json::Value> {
+    let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to {} (is lb-agent running? are you root?)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(serde_json::to_string(req)?.as_bytes())?;
+    s.write_all(b"\n")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    let v: serde_json::Value = serde_json::from_str(&line).context("reading the agent's reply")?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("lb-agent: {e}");
+    }
+    Ok(v)
+}

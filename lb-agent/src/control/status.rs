@@ -1,0 +1,222 @@
+//! What `lb-agent status` shows: built from the desired state and the counters, sent as JSON
+//! over the control socket, printed as a table by the CLI.
+
+use std::{fmt::Write as _, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+use xdp_ebpf::maps::{REAL_LOCAL, REAL_VALID, SERVICE_ACTIVE};
+
+use crate::{balancer::desired::DesiredState, config::Config, dataplane::Counters};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub interface: String,
+    pub attach_mode: String,
+    pub services: Vec<ServiceStatus>,
+    /// `XDP_PASS` counts by reason, summed over CPUs.
+    pub passes: Vec<(String, u64)>,
+    /// Peer load balancers learned from VRRP adverts.
+    pub learned_peers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    /// Forwarding here (VRRP master, or a static configuration).
+    pub active: bool,
+    pub using_sorry_server: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub passed_local: u64,
+    pub passed_inactive: u64,
+    pub passed_peer: u64,
+    pub no_real: u64,
+    pub real_servers: Vec<RealStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RealStatus {
+    pub address: IpAddr,
+    pub weight: u32,
+    /// `up` (in the pool), `unresolved` (no MAC), `local` (this host), `sorry` (the sorry
+    /// server, in use), `standby` (the sorry server, not in use), `drained` (weight 0).
+    pub state: String,
+    /// Health checks come later; until then every server is `unchecked`.
+    pub health: String,
+    pub mac: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+fn mac_string(o: [u8; 6]) -> String {
+    crate::config::Mac(o).to_string()
+}
+
+/// Builds the status of `state` (computed from `cfg`) with `counters`.
+pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mode: &str) -> Status {
+    let svc_counters = |id: u32| {
+        counters
+            .services
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| *s)
+            .unwrap_or_default()
+    };
+    let real_counters = |id: u32| {
+        counters
+            .reals
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| *s)
+            .unwrap_or_default()
+    };
+    let mut services = Vec::new();
+    for (vs, ds) in cfg
+        .virtual_servers
+        .iter()
+        .map(|v| v.get_ref())
+        .zip(&state.services)
+    {
+        let c = svc_counters(ds.id);
+        let mut reals = Vec::new();
+        let entries = vs
+            .real_servers
+            .iter()
+            .map(|r| (r, false))
+            .chain(vs.sorry_server.iter().map(|r| (r, true)));
+        for (rs, is_sorry) in entries {
+            let Some(&(id, _)) = state.known.get(&rs.address) else {
+                continue;
+            };
+            let real = state.reals.get(&id).map(|(_, r)| *r).unwrap_or_default();
+            let in_pool = ds.members.contains(&id);
+            let st = match (is_sorry, in_pool) {
+                (true, true) => "sorry",
+                (true, false) => "standby",
+                _ if real.flags & REAL_VALID == 0 => "unresolved",
+                _ if rs.weight == 0 => "drained",
+                _ if real.flags & REAL_LOCAL != 0 => "local",
+                _ => "up",
+            };
+            let rc = real_counters(id);
+            reals.push(RealStatus {
+                address: rs.address,
+                weight: rs.weight,
+                state: st.into(),
+                health: "unchecked".into(),
+                mac: (real.flags & REAL_VALID != 0 && real.flags & REAL_LOCAL == 0)
+                    .then(|| mac_string(real.mac.octets)),
+                packets: rc.packets,
+                bytes: rc.bytes,
+                new_flows: rc.new_flows,
+            });
+        }
+        services.push(ServiceStatus {
+            name: ds.name.clone(),
+            address: vs.address,
+            port: vs.port,
+            protocol: vs.protocol.to_string(),
+            active: ds.flags & SERVICE_ACTIVE != 0,
+            using_sorry_server: ds.using_sorry,
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+            passed_local: c.passed_local,
+            passed_inactive: c.passed_inactive,
+            passed_peer: c.passed_peer,
+            no_real: c.no_real,
+            real_servers: reals,
+        });
+    }
+    Status {
+        interface: cfg.dataplane.interface.clone(),
+        attach_mode: attach_mode.into(),
+        services,
+        passes: counters
+            .passes
+            .iter()
+            .map(|(r, n)| (r.name().to_string(), *n))
+            .collect(),
+        learned_peers: vec![],
+    }
+}
+
+/// The human form of a status.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "interface {} (XDP {})", s.interface, s.attach_mode);
+    for svc in &s.services {
+        let addr = match svc.address {
+            IpAddr::V4(a) => format!("{a}:{}", svc.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", svc.port),
+        };
+        let _ = writeln!(
+            out,
+            "\n{} {}/{} {}{}  packets {}  bytes {}  new flows {}",
+            svc.name,
+            addr,
+            svc.protocol,
+            if svc.active { "active" } else { "inactive" },
+            if svc.using_sorry_server {
+                ", SORRY SERVER"
+            } else {
+                ""
+            },
+            svc.packets,
+            svc.bytes,
+            svc.new_flows
+        );
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>6} {:<11} {:<10} {:<17} {:>10} {:>12} {:>9}",
+            "real server", "weight", "state", "health", "mac", "packets", "bytes", "new flows"
+        );
+        for r in &svc.real_servers {
+            let _ = writeln!(
+                out,
+                "  {:<40} {:>6} {:<11} {:<10} {:<17} {:>10} {:>12} {:>9}",
+                r.address.to_string(),
+                r.weight,
+                r.state,
+                r.health,
+                r.mac.as_deref().unwrap_or("-"),
+                r.packets,
+                r.bytes,
+                r.new_flows
+            );
+        }
+    }
+    let passes: Vec<String> = s
+        .passes
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\npassed to the kernel: {}",
+        if passes.is_empty() {
+            "none".into()
+        } else {
+            passes.join(", ")
+        }
+    );
+    if !s.learned_peers.is_empty() {
+        let _ = writeln!(
+            out,
+            "peer load balancers learned: {}",
+            s.learned_peers.join(", ")
+        );
+    }
+    out
+}
+
+/// Addresses of learned peers, for the status.
+pub fn peers(macs: &[xdp_ebpf::maps::MacAddr]) -> Vec<String> {
+    macs.iter().map(|m| mac_string(m.octets)).collect()
+}
