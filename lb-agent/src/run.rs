@@ -127,6 +127,9 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     let attach_mode = format!("{got:?}").to_lowercase();
     let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(16);
     let socket = control::socket_path(cfg.global.control_socket.as_deref());
+    if let Some(addr) = cfg.global.metrics_listen {
+        control::metrics::serve(addr, control_tx.clone()).await?;
+    }
     control::serve(&socket, control_tx)?;
     tracing::info!(interface = %iface, mode = ?got, services = state.services.len(), reals = state.reals.len(), "data plane attached");
 

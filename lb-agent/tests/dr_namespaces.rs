@@ -65,7 +65,7 @@ fn read_vip_config(lab: &Lab, reals: &[&str], extra: &str) -> String {
     let pin_dir = lab.pin_dir("lb");
     let socket = control_socket(lab);
     let mut t = format!(
-        "[global]\ncontrol_socket = \"{socket}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"driver\"\npin_dir = \"{pin_dir}\"\n\n[[virtual_server]]\nname = \"mysql-read\"\naddress = \"{VIP}\"\nport = 3306\n"
+        "[global]\ncontrol_socket = \"{socket}\"\nmetrics_listen = \"127.0.0.1:9100\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"driver\"\npin_dir = \"{pin_dir}\"\n\n[[virtual_server]]\nname = \"mysql-read\"\naddress = \"{VIP}\"\nport = 3306\n"
     );
     for r in reals {
         t += &format!("[[virtual_server.real_server]]\naddress = \"{r}\"\n");
@@ -212,6 +212,32 @@ fn tcp_through_the_vip_reaches_both_servers_and_replies_bypass_the_lb() {
         assert!(r["mac"].as_str().is_some_and(|m| m.len() == 17), "{v}");
         assert!(r["packets"].as_u64().unwrap() > 0, "{v}");
     }
+    // Prometheus: the same figures under conventional names (inside the LB's namespace).
+    let metrics = lab.within("lb", || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9100").expect("metrics endpoint");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    let packets_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("lb_service_packets_total{") && l.contains("service=\"mysql-read\"")
+        })
+        .unwrap_or_else(|| panic!("no lb_service_packets_total:\n{metrics}"));
+    let n: u64 = packets_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= client_tx - 5, "{packets_line}");
+    assert!(
+        metrics.contains("lb_real_server_up{service=\"mysql-read\",real=\"10.99.0.11\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# EOF"), "{metrics}");
+
     let denied = std::process::Command::new("setpriv")
         .args([
             "--reuid=65534",

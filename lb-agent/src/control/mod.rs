@@ -2,6 +2,7 @@
 //! per connection; `lb-agent status` is its client. The agent's main loop answers, so every
 //! answer reflects one consistent state.
 
+pub mod metrics;
 pub mod status;
 
 use std::{

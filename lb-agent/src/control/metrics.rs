@@ -1,0 +1,197 @@
+//! The Prometheus endpoint (`global.metrics_listen`): the figures of `lb-agent status`, in the
+//! OpenMetrics text format, under conventional names. Each scrape asks the main loop for a
+//! fresh status, like `lb-agent status` does.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use anyhow::{Context, Result};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
+
+use super::{Pending, Request, status::Status};
+
+type Labels = Vec<(String, String)>;
+
+/// The OpenMetrics text of a status.
+pub fn encode_status(s: &Status) -> String {
+    let mut reg = Registry::with_prefix("lb");
+    let counter = |reg: &mut Registry, name: &str, help: &str| {
+        let f = Family::<Labels, Counter>::default();
+        reg.register(name, help, f.clone());
+        f
+    };
+    let gauge = |reg: &mut Registry, name: &str, help: &str| {
+        let f = Family::<Labels, Gauge>::default();
+        reg.register(name, help, f.clone());
+        f
+    };
+    let packets = counter(
+        &mut reg,
+        "service_packets",
+        "Frames of the service forwarded or passed to a local real server",
+    );
+    let bytes = counter(&mut reg, "service_bytes", "Bytes of those frames");
+    let flows = counter(
+        &mut reg,
+        "service_new_flows",
+        "Flows that took a new scheduling decision",
+    );
+    let passed = counter(
+        &mut reg,
+        "service_passed",
+        "Frames of the service passed to the kernel, by reason",
+    );
+    let active = gauge(
+        &mut reg,
+        "service_active",
+        "1 when this host forwards for the service",
+    );
+    let sorry = gauge(
+        &mut reg,
+        "service_sorry_server_in_use",
+        "1 when the sorry server has the traffic",
+    );
+    let real_up = gauge(
+        &mut reg,
+        "real_server_up",
+        "1 when the real server is in the service's pool",
+    );
+    let real_packets = counter(
+        &mut reg,
+        "real_server_packets",
+        "Frames sent to the real server",
+    );
+    let real_bytes = counter(
+        &mut reg,
+        "real_server_bytes",
+        "Bytes sent to the real server",
+    );
+    let real_flows = counter(
+        &mut reg,
+        "real_server_new_flows",
+        "New flows scheduled to the real server",
+    );
+    let xdp_passed = counter(
+        &mut reg,
+        "xdp_passed",
+        "Frames the XDP program passed to the kernel, by reason",
+    );
+
+    let mut reals = BTreeMap::new();
+    for svc in &s.services {
+        let l: Labels = vec![
+            ("service".into(), svc.name.clone()),
+            ("vip".into(), svc.address.to_string()),
+            ("port".into(), svc.port.to_string()),
+            ("protocol".into(), svc.protocol.clone()),
+        ];
+        packets.get_or_create(&l).inc_by(svc.packets);
+        bytes.get_or_create(&l).inc_by(svc.bytes);
+        flows.get_or_create(&l).inc_by(svc.new_flows);
+        for (reason, n) in [
+            ("local_real", svc.passed_local),
+            ("inactive", svc.passed_inactive),
+            ("from_peer", svc.passed_peer),
+            ("no_real", svc.no_real),
+        ] {
+            let mut lr = l.clone();
+            lr.push(("reason".into(), reason.into()));
+            passed.get_or_create(&lr).inc_by(n);
+        }
+        active.get_or_create(&l).set(svc.active as i64);
+        sorry.get_or_create(&l).set(svc.using_sorry_server as i64);
+        for r in &svc.real_servers {
+            let lr: Labels = vec![
+                ("service".into(), svc.name.clone()),
+                ("real".into(), r.address.to_string()),
+            ];
+            real_up
+                .get_or_create(&lr)
+                .set(matches!(r.state.as_str(), "up" | "local" | "sorry") as i64);
+            reals.insert(r.address, (r.packets, r.bytes, r.new_flows));
+        }
+    }
+    // Real server counters are per server, whatever services share it.
+    for (addr, (p, b, f)) in reals {
+        let l: Labels = vec![("real".into(), addr.to_string())];
+        real_packets.get_or_create(&l).inc_by(p);
+        real_bytes.get_or_create(&l).inc_by(b);
+        real_flows.get_or_create(&l).inc_by(f);
+    }
+    for (reason, n) in &s.passes {
+        xdp_passed
+            .get_or_create(&vec![("reason".into(), reason.clone())])
+            .inc_by(*n);
+    }
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String");
+    out
+}
+
+/// Serves `GET /metrics` on `addr` (anything else: 404).
+pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics_listen {addr}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                // The request head, bounded in size and time.
+                let read = tokio::time::timeout(Duration::from_secs(5), async {
+                    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => n += k,
+                        }
+                    }
+                })
+                .await;
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let wanted = read.is_ok()
+                    && (head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?"));
+                let (code, ctype, body) = if !wanted {
+                    ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+                } else {
+                    let (otx, orx) = oneshot::channel();
+                    let answer = match tx.send((Request::Status, otx)).await {
+                        Ok(()) => orx.await.ok(),
+                        Err(_) => None,
+                    };
+                    match answer.and_then(|a| serde_json::from_str::<Status>(&a).ok()) {
+                        Some(s) => (
+                            "200 OK",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            encode_status(&s),
+                        ),
+                        None => (
+                            "503 Service Unavailable",
+                            "text/plain",
+                            "status unavailable\n".to_string(),
+                        ),
+                    }
+                };
+                let head = format!(
+                    "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
