@@ -114,7 +114,16 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     } else {
         None
     };
-    let mut state = resolve(&handle, &cfg, &iface, index, iface_mac, true, &mut planner).await?;
+    let mut state = resolve(
+        &handle,
+        &cfg,
+        &iface,
+        index,
+        iface_mac,
+        Resolve::ProbeAndWait,
+        &mut planner,
+    )
+    .await?;
     let ops = reconcile::plan(previous.as_ref(), &mut state);
     dp.maps().execute(&ops)?;
     report(&state);
@@ -137,6 +146,9 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Neighbour and address changes apply at once; the tick also catches what no event told
+    // us, and probes what is still unresolved.
+    let mut changes = netlink::watch()?;
     let mut tick = tokio::time::interval(NEIGHBOUR_POLL);
     loop {
         tokio::select! {
@@ -165,7 +177,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                     tracing::error!("reload refused: dataplane.interface, xdp_mode and pin_dir need a restart");
                     continue;
                 }
-                match resolve(&handle, &new_cfg, &iface, index, iface_mac, true, &mut planner).await {
+                match resolve(&handle, &new_cfg, &iface, index, iface_mac, Resolve::ProbeAndWait, &mut planner).await {
                     Ok(mut next) => {
                         let ops = reconcile::plan(Some(&state), &mut next);
                         dp.maps().execute(&ops)?;
@@ -177,19 +189,13 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused, the running configuration stays"),
                 }
             }
+            Some(()) = futures_util::StreamExt::next(&mut changes) => {
+                // A burst of notifications is one look.
+                while let Some(Some(())) = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut changes)) {}
+                refresh(&handle, &cfg, &iface, index, iface_mac, Resolve::Look, &mut planner, &mut dp, &mut state).await?;
+            }
             _ = tick.tick() => {
-                match resolve(&handle, &cfg, &iface, index, iface_mac, false, &mut planner).await {
-                    Ok(mut next) => {
-                        let ops = reconcile::plan(Some(&state), &mut next);
-                        if !ops.is_empty() {
-                            dp.maps().execute(&ops)?;
-                            report(&next);
-                            tracing::info!(writes = ops.len(), "real servers changed, maps updated");
-                            state = next;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading neighbours"),
-                }
+                refresh(&handle, &cfg, &iface, index, iface_mac, Resolve::Probe, &mut planner, &mut dp, &mut state).await?;
             }
         }
     }
@@ -208,15 +214,53 @@ fn report(state: &DesiredState) {
     }
 }
 
-/// Reads local addresses and neighbours and computes the desired state. With `wait`, missing
-/// neighbours are probed and waited for (bounded: 1 s).
+/// Looks at the neighbours again and writes what changed.
+#[allow(clippy::too_many_arguments)]
+async fn refresh(
+    handle: &rtnetlink::Handle,
+    cfg: &Config,
+    iface: &str,
+    index: u32,
+    iface_mac: [u8; 6],
+    how: Resolve,
+    planner: &mut Planner,
+    dp: &mut Dataplane,
+    state: &mut DesiredState,
+) -> Result<()> {
+    match resolve(handle, cfg, iface, index, iface_mac, how, planner).await {
+        Ok(mut next) => {
+            let ops = reconcile::plan(Some(state), &mut next);
+            if !ops.is_empty() {
+                dp.maps().execute(&ops)?;
+                report(&next);
+                tracing::info!(writes = ops.len(), "real servers changed, maps updated");
+                *state = next;
+            }
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading neighbours"),
+    }
+    Ok(())
+}
+
+/// How hard `resolve` tries for real servers without a MAC.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resolve {
+    /// Read only (after a notification: probing here would notify again, and again).
+    Look,
+    /// Send a probe to each missing one.
+    Probe,
+    /// Probe, and wait for the answers (bounded: 1 s).
+    ProbeAndWait,
+}
+
+/// Reads local addresses and neighbours and computes the desired state.
 async fn resolve(
     handle: &rtnetlink::Handle,
     cfg: &Config,
     iface: &str,
     index: u32,
     iface_mac: [u8; 6],
-    wait: bool,
+    how: Resolve,
     planner: &mut Planner,
 ) -> Result<DesiredState> {
     let local = netlink::local_addresses(handle).await?;
@@ -240,13 +284,13 @@ async fn resolve(
             .collect()
     };
     let todo = missing(&neigh);
-    if !todo.is_empty() {
+    if !todo.is_empty() && how != Resolve::Look {
         for a in &todo {
             if let Err(e) = netlink::probe(iface, *a) {
                 tracing::warn!(real = %a, error = %e, "neighbour probe failed");
             }
         }
-        if wait {
+        if how == Resolve::ProbeAndWait {
             for _ in 0..20 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 neigh = netlink::neighbours(handle, index).await?;

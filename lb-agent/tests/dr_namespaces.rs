@@ -685,3 +685,122 @@ fn cleanup_removes_what_a_killed_agent_left() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_real_server_mac_change_reaches_the_map_within_a_second() {
+    let mut lab = Lab::new("mac");
+    dr_topology(&mut lab);
+    lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
+    lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
+    let config = read_vip_config(&lab, &["10.99.0.11", "10.99.0.12"], "");
+    let (pid, _, _log) = start_agent(&mut lab, &config);
+    let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
+    let client = lab.ns("cl");
+    let mac_of_r1 = |lab: &Lab| -> String {
+        let v: serde_json::Value = serde_json::from_slice(&status(lab, true).stdout).unwrap();
+        v["services"][0]["real_servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["address"] == "10.99.0.11")
+            .and_then(|r| r["mac"].as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    assert_eq!(mac_of_r1(&lab), lab.mac("r1", "eth0"));
+
+    // r1 gets a new MAC; it announces it (arp_notify), and the LB's kernel takes it (set
+    // here explicitly, so the test does not depend on ARP lock times).
+    let new_mac = "02:99:00:00:00:11";
+    lab.sysctl("r1", "net.ipv4.conf.eth0.arp_notify", "1");
+    lab.ip("r1", &["link", "set", "dev", "eth0", "address", new_mac]);
+    let changed = Instant::now();
+    lab.ip(
+        "lb",
+        &[
+            "neigh",
+            "replace",
+            "10.99.0.11",
+            "lladdr",
+            new_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "reachable",
+        ],
+    );
+    while mac_of_r1(&lab) != new_mac {
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "the new MAC is not in the map after 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("MAC change reached the map after {:?}", changed.elapsed());
+    // New connections reach r1 at its new MAC.
+    let mut r1 = 0;
+    for i in 0..20 {
+        let mut c = common::connect_from(&client, vip);
+        let reply = common::round_trip(&mut c, &format!("m{i}"))
+            .expect("a connection after the MAC change");
+        r1 += reply.starts_with("r1:") as u32;
+    }
+    assert!(r1 > 0, "no connection reached r1 after its MAC changed");
+    assert!(lab.stop(pid).unwrap().success());
+}
+
+#[test]
+fn rss_stays_under_30_mb_with_100_services_of_10_real_servers() {
+    let mut lab = Lab::new("rss");
+    lab.add_ns("h");
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pin_dir = lab.pin_dir("h");
+    let socket = dir.join("control.sock");
+    let mut text = format!(
+        "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"lo\"\nxdp_mode = \"skb\"\npin_dir = \"{pin_dir}\"\n",
+        socket.display()
+    );
+    for s in 0..100 {
+        text += &format!(
+            "[[virtual_server]]\naddress = \"10.200.0.{}\"\nport = 3306\n",
+            s + 1
+        );
+        for r in 0..10 {
+            text += &format!(
+                "[[virtual_server.real_server]]\naddress = \"10.201.{s}.{}\"\nmac = \"02:00:00:00:{s:02x}:{r:02x}\"\n",
+                r + 1
+            );
+        }
+    }
+    let config = dir.join("lb.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let agent = env!("CARGO_BIN_EXE_lb-agent");
+    let pid = lab.spawn(
+        "h",
+        &[agent, "run", "--config", config.to_str().unwrap()],
+        &log,
+    );
+    wait_for_log(&log, "data plane attached", &mut lab, pid);
+    // A status request walks every service and counter once more.
+    let out = std::process::Command::new(agent)
+        .args(["status", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    println!(
+        "lb-agent RSS with 100 services x 10 real servers: {:.1} MB",
+        rss_kb as f64 / 1024.0
+    );
+    assert!(rss_kb <= 30 * 1024, "RSS {rss_kb} kB over 30 MB");
+    assert!(lab.stop(pid).unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,6 +33,24 @@ pub fn connect() -> Result<Handle> {
     Ok(handle)
 }
 
+/// Notifications of neighbour, address and link changes (RTMGRP_NEIGH, _IFADDR, _LINK), on a
+/// connection of their own. Every message means "look again".
+pub fn watch() -> Result<futures_util::stream::BoxStream<'static, ()>> {
+    use futures_util::StreamExt;
+    use netlink_sys::{AsyncSocket, SocketAddr};
+    let (mut conn, _, messages) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let groups = (libc::RTMGRP_NEIGH
+        | libc::RTMGRP_IPV4_IFADDR
+        | libc::RTMGRP_IPV6_IFADDR
+        | libc::RTMGRP_LINK) as u32;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, groups))
+        .context("subscribing to neighbour and address changes")?;
+    tokio::spawn(conn);
+    Ok(messages.map(|_| ()).boxed())
+}
+
 /// The interface's MAC address.
 pub async fn iface_mac(handle: &Handle, name: &str) -> Result<[u8; 6]> {
     let index = if_index(name)?;
