@@ -628,6 +628,13 @@ fn a_killed_agent_is_replaced_without_a_failed_connection() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("adopting the pinned data plane"), "{text}");
 
+    assert!(
+        std::path::Path::new(&lab.pin_dir("lb"))
+            .join("prog")
+            .exists(),
+        "the running program is not pinned"
+    );
+
     // A clean stop detaches and unpins for good.
     assert!(lab.stop(pid).unwrap().success());
     assert!(!lab.ip("lb", &["link", "show", "eth0"]).contains("prog/xdp"));

@@ -30,6 +30,8 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// The pinned XDP link's name in the pin directory.
 const LINK_PIN: &str = "link";
+/// The pinned program (the one the link runs), for inspection with bpftool.
+const PROG_PIN: &str = "prog";
 
 /// How the program ended up attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +148,18 @@ impl Dataplane {
     /// In pinned mode, a link left by a previous agent gets this program atomically instead;
     /// a new link is pinned.
     pub fn attach(&mut self, iface: &str, mode: Option<AttachMode>) -> Result<AttachMode> {
+        let got = self.attach_link(iface, mode)?;
+        if let Some(dir) = self.pin_dir.clone() {
+            let path = dir.join(PROG_PIN);
+            let _ = std::fs::remove_file(&path);
+            self.program_mut()?
+                .pin(&path)
+                .map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
+        }
+        Ok(got)
+    }
+
+    fn attach_link(&mut self, iface: &str, mode: Option<AttachMode>) -> Result<AttachMode> {
         let link_pin = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN));
         if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
             let pinned = PinnedLink::from_pin(path)
@@ -228,5 +242,8 @@ pub fn remove_pinned(dir: &Path) -> Result<()> {
                 .with_context(|| format!("unpinning {}", link.display()))?,
         );
     }
-    pin::unpin_maps(dir, &ALL_MAPS)
+    pin::unpin_maps(
+        dir,
+        &[PROG_PIN].into_iter().chain(ALL_MAPS).collect::<Vec<_>>(),
+    )
 }
