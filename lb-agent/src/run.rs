@@ -178,12 +178,9 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                     continue;
                 }
                 match resolve(&handle, &new_cfg, &iface, index, iface_mac, Resolve::ProbeAndWait, &mut planner).await {
-                    Ok(mut next) => {
-                        let ops = reconcile::plan(Some(&state), &mut next);
-                        dp.maps().execute(&ops)?;
-                        report(&next);
-                        tracing::info!(writes = ops.len(), services = next.services.len(), "configuration reloaded");
-                        state = next;
+                    Ok(next) => {
+                        let writes = apply(&mut dp, &mut state, next)?;
+                        tracing::info!(writes, services = state.services.len(), "configuration reloaded");
                         cfg = new_cfg;
                     }
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused, the running configuration stays"),
@@ -228,18 +225,27 @@ async fn refresh(
     state: &mut DesiredState,
 ) -> Result<()> {
     match resolve(handle, cfg, iface, index, iface_mac, how, planner).await {
-        Ok(mut next) => {
-            let ops = reconcile::plan(Some(state), &mut next);
-            if !ops.is_empty() {
-                dp.maps().execute(&ops)?;
-                report(&next);
-                tracing::info!(writes = ops.len(), "real servers changed, maps updated");
-                *state = next;
+        Ok(next) => {
+            let writes = apply(dp, state, next)?;
+            if writes > 0 {
+                tracing::info!(writes, "real servers changed, maps updated");
             }
         }
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading neighbours"),
     }
     Ok(())
+}
+
+/// Writes the difference from `state` to `next` and makes `next` the state; returns how many
+/// map writes that took (0: nothing changed, nothing reported).
+fn apply(dp: &mut Dataplane, state: &mut DesiredState, mut next: DesiredState) -> Result<usize> {
+    let ops = reconcile::plan(Some(state), &mut next);
+    if !ops.is_empty() {
+        dp.maps().execute(&ops)?;
+        report(&next);
+    }
+    *state = next;
+    Ok(ops.len())
 }
 
 /// How hard `resolve` tries for real servers without a MAC.

@@ -178,35 +178,39 @@ impl Lab {
     }
 
     /// A TCP server in `host` on `addr` that answers every connection with `reply` and
-    /// closes. It runs on a thread that entered the namespace (`setns` is per thread).
+    /// closes.
     pub fn serve(&mut self, host: &str, addr: SocketAddr, reply: &'static str) {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let ns = self.ns(host);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let t = std::thread::spawn(move || {
-            enter(&ns);
-            let l = TcpListener::bind(addr).expect("bind in namespace");
-            l.set_nonblocking(true).unwrap();
-            tx.send(()).unwrap();
-            while !flag.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        let _ = s.write_all(reply.as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
+        self.serve_with(host, addr, move |mut s| {
+            let _ = s.write_all(reply.as_bytes());
         });
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("server started");
-        self.threads.push((stop, t));
     }
 
     /// A TCP server in `host` on `addr` that answers each line with `name:line` for as long
     /// as the client keeps the connection (reads time out after 10 s).
     pub fn serve_echo(&mut self, host: &str, addr: SocketAddr, name: &'static str) {
+        self.serve_with(host, addr, move |s| {
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut w = s.try_clone().unwrap();
+                for line in std::io::BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    if w.write_all(format!("{name}:{line}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        });
+    }
+
+    /// A TCP server in `host` on `addr` handing each connection to `handle`, on a thread that
+    /// entered the namespace (`setns` is per thread); it stops when the lab drops.
+    fn serve_with(
+        &mut self,
+        host: &str,
+        addr: SocketAddr,
+        handle: impl Fn(TcpStream) + Send + 'static,
+    ) {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let ns = self.ns(host);
@@ -219,18 +223,8 @@ impl Lab {
             while !flag.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        std::thread::spawn(move || {
-                            use std::io::BufRead;
-                            s.set_nonblocking(false).unwrap();
-                            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                            let mut w = s.try_clone().unwrap();
-                            for line in std::io::BufReader::new(s).lines() {
-                                let Ok(line) = line else { break };
-                                if w.write_all(format!("{name}:{line}\n").as_bytes()).is_err() {
-                                    break;
-                                }
-                            }
-                        });
+                        s.set_nonblocking(false).unwrap();
+                        handle(s);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
