@@ -4,10 +4,12 @@
 //! - `balancer`: pure logic of pools (Maglev tables) and the desired data-plane state;
 //! - `dataplane`: the embedded XDP object, loading/attaching, and writing the maps;
 //! - `netlink`: what the kernel knows (interfaces, local addresses, neighbours);
-//! - `control`: the control socket, `status`, and metrics.
+//! - `control`: the control socket, `status`, and metrics;
+//! - `vrrp`: the VRRP protocol (so far: the packet codec).
 
 pub mod balancer;
 pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod netlink;
+pub mod vrrp;
