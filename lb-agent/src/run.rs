@@ -1,7 +1,12 @@
 //! The daemon, in start-up order: config, privileges, interface, logging, data plane, maps,
 //! then a loop that follows neighbour changes until SIGINT/SIGTERM, then a clean detach.
 
-use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use lb_agent::{
@@ -13,6 +18,7 @@ use lb_agent::{
     control,
     dataplane::{AttachMode, Dataplane, LoadOptions, reconcile},
     netlink,
+    vrrp::driver::Vrrp,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -24,12 +30,14 @@ fn status_of(
     cfg: &Config,
     state: &DesiredState,
     mode: &str,
+    vrrp: &Vrrp,
 ) -> Result<control::status::Status> {
     let sids: Vec<u32> = state.services.iter().map(|s| s.id).collect();
     let rids: Vec<u32> = state.reals.keys().copied().collect();
     let counters = dp.maps().counters(&sids, &rids)?;
     let mut s = control::status::build(cfg, state, &counters, mode);
     s.learned_peers = control::status::peers(&dp.maps().learned_peers()?);
+    s.vrrp = vrrp.status();
     Ok(s)
 }
 
@@ -122,6 +130,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         iface_mac,
         Resolve::ProbeAndWait,
         &mut planner,
+        &HashSet::new(),
     )
     .await?;
     let ops = reconcile::plan(previous.as_ref(), &mut state);
@@ -142,7 +151,12 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     control::serve(&socket, control_tx)?;
     tracing::info!(interface = %iface, mode = ?got, services = state.services.len(), reals = state.reals.len(), "data plane attached");
 
-    // 6. Run until told to stop.
+    // 6. VRRP: until an instance is master here, the services of its VIPs stay inactive (the
+    //    state above was computed with no masters).
+    let (mut vrrp, mut adverts) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
+    vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
+
+    // 7. Run until told to stop.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -151,12 +165,21 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     let mut changes = netlink::watch()?;
     let mut tick = tokio::time::interval(NEIGHBOUR_POLL);
     loop {
+        let deadline = vrrp.next_deadline();
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Some(advert) = adverts.recv() => {
+                vrrp.advert_received(std::time::Instant::now(), advert);
+                vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
+            }
+            _ = sleep_until(deadline) => {
+                vrrp.handle_timeout(std::time::Instant::now());
+                vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
+            }
             Some((request, reply)) = control_rx.recv() => {
                 let answer = match request {
-                    control::Request::Status => match status_of(&mut dp, &cfg, &state, &attach_mode) {
+                    control::Request::Status => match status_of(&mut dp, &cfg, &state, &attach_mode, &vrrp) {
                         Ok(s) => serde_json::to_string(&s).unwrap_or_else(|e| control::error_json(&e.to_string())),
                         Err(e) => control::error_json(&format!("{e:#}")),
                     },
@@ -177,7 +200,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                     tracing::error!("reload refused: dataplane.interface, xdp_mode and pin_dir need a restart");
                     continue;
                 }
-                match resolve(&handle, &new_cfg, &iface, index, iface_mac, Resolve::ProbeAndWait, &mut planner).await {
+                match resolve(&handle, &new_cfg, &iface, index, iface_mac, Resolve::ProbeAndWait, &mut planner, &vrrp.masters()).await {
                     Ok(next) => {
                         let writes = apply(&mut dp, &mut state, next)?;
                         tracing::info!(writes, services = state.services.len(), "configuration reloaded");
@@ -189,16 +212,18 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
             Some(()) = futures_util::StreamExt::next(&mut changes) => {
                 // A burst of notifications is one look.
                 while let Some(Some(())) = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut changes)) {}
-                refresh(&handle, &cfg, &iface, index, iface_mac, Resolve::Look, &mut planner, &mut dp, &mut state).await?;
+                refresh(&handle, &cfg, &iface, index, iface_mac, Resolve::Look, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
             }
             _ = tick.tick() => {
-                refresh(&handle, &cfg, &iface, index, iface_mac, Resolve::Probe, &mut planner, &mut dp, &mut state).await?;
+                refresh(&handle, &cfg, &iface, index, iface_mac, Resolve::Probe, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
             }
         }
     }
 
-    // 7. Clean exit: detach and unpin. (A killed agent leaves the data plane running, pinned,
-    //    for the next one to adopt.)
+    // 8. Clean exit: resign from VRRP (priority 0: the peer takes over after skew time), then
+    //    detach and unpin. (A killed agent leaves the data plane running, pinned, for the next
+    //    one to adopt.)
+    vrrp.shutdown(&handle).await?;
     tracing::info!("stopping: detaching the data plane");
     let _ = std::fs::remove_file(&socket);
     dp.shutdown()?;
@@ -209,6 +234,33 @@ fn report(state: &DesiredState) {
     for w in state.warnings() {
         tracing::warn!("{w}");
     }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out the VRRP instances' actions; when the VIPs we are master for changed, flips the
+/// services' active flags (one map write each).
+async fn vrrp_step(
+    vrrp: &mut Vrrp,
+    handle: &rtnetlink::Handle,
+    cfg: &Config,
+    dp: &mut Dataplane,
+    state: &mut DesiredState,
+) -> Result<()> {
+    if vrrp.run_actions(handle).await? {
+        let masters = vrrp.masters();
+        let mut next = state.clone();
+        next.apply_vrrp(cfg, &masters);
+        let writes = apply(dp, state, next)?;
+        tracing::info!(writes, masters = ?masters, "VRRP ownership changed, services flipped");
+    }
+    Ok(())
 }
 
 /// Looks at the neighbours again and writes what changed.
@@ -223,8 +275,9 @@ async fn refresh(
     planner: &mut Planner,
     dp: &mut Dataplane,
     state: &mut DesiredState,
+    masters: &HashSet<IpAddr>,
 ) -> Result<()> {
-    match resolve(handle, cfg, iface, index, iface_mac, how, planner).await {
+    match resolve(handle, cfg, iface, index, iface_mac, how, planner, masters).await {
         Ok(next) => {
             let writes = apply(dp, state, next)?;
             if writes > 0 {
@@ -268,6 +321,7 @@ async fn resolve(
     iface_mac: [u8; 6],
     how: Resolve,
     planner: &mut Planner,
+    masters: &HashSet<IpAddr>,
 ) -> Result<DesiredState> {
     let local = netlink::local_addresses(handle).await?;
     let configured: HashMap<IpAddr, Option<[u8; 6]>> = cfg
@@ -306,7 +360,7 @@ async fn resolve(
             }
         }
     }
-    desired::compute(
+    let mut state = desired::compute(
         cfg,
         iface_mac,
         |a| RealInfo {
@@ -320,5 +374,7 @@ async fn resolve(
         planner,
     )
     .map_err(anyhow::Error::msg)
-    .context("computing the data-plane state")
+    .context("computing the data-plane state")?;
+    state.apply_vrrp(cfg, masters);
+    Ok(state)
 }

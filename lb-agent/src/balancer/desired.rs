@@ -85,6 +85,31 @@ impl DesiredState {
         self.known.insert(addr, (id, ri));
     }
 
+    /// VRRP decides who forwards: a service whose VIP belongs to a VRRP instance is active
+    /// exactly when this host is master for that VIP (`masters`); a backup keeps its tables
+    /// warm and passes everything to the local stack, so a takeover is one flag flip.
+    pub fn apply_vrrp(&mut self, cfg: &Config, masters: &HashSet<IpAddr>) {
+        let managed: HashSet<IpAddr> = cfg
+            .vrrp_instances
+            .iter()
+            .flat_map(|vi| vi.get_ref().virtual_addresses.iter().map(|v| v.address))
+            .collect();
+        for (vs, s) in cfg
+            .virtual_servers
+            .iter()
+            .map(|v| v.get_ref())
+            .zip(self.services.iter_mut())
+        {
+            if managed.contains(&vs.address) {
+                s.flags = if masters.contains(&vs.address) {
+                    SERVICE_ACTIVE
+                } else {
+                    0
+                };
+            }
+        }
+    }
+
     /// Things an operator should hear about: unresolved MACs, sorry servers in use, empty
     /// pools.
     pub fn warnings(&self) -> Vec<String> {

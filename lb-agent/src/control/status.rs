@@ -17,6 +17,9 @@ pub struct Status {
     pub passes: Vec<(String, u64)>,
     /// Peer load balancers learned from VRRP adverts.
     pub learned_peers: Vec<String>,
+    /// VRRP instances: state, priority, counters.
+    #[serde(default)]
+    pub vrrp: Vec<crate::vrrp::driver::RouterStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -143,6 +146,7 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             .map(|(r, n)| (r.name().to_string(), *n))
             .collect(),
         learned_peers: vec![],
+        vrrp: vec![],
     }
 }
 
@@ -150,6 +154,24 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "interface {} (XDP {})", s.interface, s.attach_mode);
+    for r in &s.vrrp {
+        let discards: Vec<String> = r.discards.iter().map(|(d, n)| format!("{d} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "vrrp {}: {} (priority {}), adverts sent {} received {}, became master {} time(s){}",
+            r.name,
+            r.state,
+            r.priority,
+            r.adverts_sent,
+            r.adverts_received,
+            r.became_master,
+            if discards.is_empty() {
+                String::new()
+            } else {
+                format!(", discarded: {}", discards.join(", "))
+            }
+        );
+    }
     for svc in &s.services {
         let addr = match svc.address {
             IpAddr::V4(a) => format!("{a}:{}", svc.port),

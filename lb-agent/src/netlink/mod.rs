@@ -15,6 +15,8 @@ use netlink_packet_route::{
 };
 use rtnetlink::Handle;
 
+pub mod vips;
+
 /// The interface's index, with a clear error when it does not exist.
 pub fn if_index(name: &str) -> Result<u32> {
     let c = std::ffi::CString::new(name).map_err(|_| anyhow!("bad interface name {name:?}"))?;

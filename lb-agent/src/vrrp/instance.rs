@@ -121,6 +121,15 @@ impl Instance {
         self.cfg.version
     }
 
+    pub fn vrid(&self) -> u8 {
+        self.cfg.vrid
+    }
+
+    /// An advert the driver could not even decode.
+    pub fn count_discard(&mut self, reason: Discard) {
+        self.discard(reason);
+    }
+
     /// The advert to send for `Action::SendAdvert { priority }`.
     pub fn advert(&self, priority: u8) -> Advert {
         Advert {

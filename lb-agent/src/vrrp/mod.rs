@@ -2,8 +2,10 @@
 //! virtual router as a state machine without I/O. Sockets, timers and addresses (the driver)
 //! come next.
 
+pub mod driver;
 pub mod instance;
 pub mod packet;
+pub mod socket;
 
 #[cfg(test)]
 mod tests;
