@@ -78,8 +78,12 @@ pub fn run(config_path: &Path) -> Result<()> {
 
 async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()> {
     let handle = netlink::connect()?;
-    let iface_mac = netlink::iface_mac(&handle, &iface).await?;
-    let index = netlink::if_index(&iface)?;
+    let link = Link {
+        handle: handle.clone(),
+        mac: netlink::iface_mac(&handle, &iface).await?,
+        index: netlink::if_index(&iface)?,
+        name: iface.clone(),
+    };
 
     // 5. The data plane: load (verifier) with the maps pinned, fill them, then attach, so that
     //    the first frame already sees the full configuration. A data plane left pinned by a
@@ -123,11 +127,8 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         None
     };
     let mut state = resolve(
-        &handle,
         &cfg,
-        &iface,
-        index,
-        iface_mac,
+        &link,
         Resolve::ProbeAndWait,
         &mut planner,
         &HashSet::new(),
@@ -200,7 +201,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                     tracing::error!("reload refused: dataplane.interface, xdp_mode and pin_dir need a restart");
                     continue;
                 }
-                match resolve(&handle, &new_cfg, &iface, index, iface_mac, Resolve::ProbeAndWait, &mut planner, &vrrp.masters()).await {
+                match resolve(&new_cfg, &link, Resolve::ProbeAndWait, &mut planner, &vrrp.masters()).await {
                     Ok(next) => {
                         let writes = apply(&mut dp, &mut state, next)?;
                         tracing::info!(writes, services = state.services.len(), "configuration reloaded");
@@ -212,10 +213,10 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
             Some(()) = futures_util::StreamExt::next(&mut changes) => {
                 // A burst of notifications is one look.
                 while let Some(Some(())) = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut changes)) {}
-                refresh(&handle, &cfg, &iface, index, iface_mac, Resolve::Look, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
+                refresh(&cfg, &link, Resolve::Look, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
             }
             _ = tick.tick() => {
-                refresh(&handle, &cfg, &iface, index, iface_mac, Resolve::Probe, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
+                refresh(&cfg, &link, Resolve::Probe, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
             }
         }
     }
@@ -264,20 +265,16 @@ async fn vrrp_step(
 }
 
 /// Looks at the neighbours again and writes what changed.
-#[allow(clippy::too_many_arguments)]
 async fn refresh(
-    handle: &rtnetlink::Handle,
     cfg: &Config,
-    iface: &str,
-    index: u32,
-    iface_mac: [u8; 6],
+    link: &Link,
     how: Resolve,
     planner: &mut Planner,
     dp: &mut Dataplane,
     state: &mut DesiredState,
     masters: &HashSet<IpAddr>,
 ) -> Result<()> {
-    match resolve(handle, cfg, iface, index, iface_mac, how, planner, masters).await {
+    match resolve(cfg, link, how, planner, masters).await {
         Ok(next) => {
             let writes = apply(dp, state, next)?;
             if writes > 0 {
@@ -301,6 +298,14 @@ fn apply(dp: &mut Dataplane, state: &mut DesiredState, mut next: DesiredState) -
     Ok(ops.len())
 }
 
+/// The data-plane interface, and the rtnetlink connection that reads it.
+struct Link {
+    handle: rtnetlink::Handle,
+    name: String,
+    index: u32,
+    mac: [u8; 6],
+}
+
 /// How hard `resolve` tries for real servers without a MAC.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Resolve {
@@ -314,16 +319,13 @@ enum Resolve {
 
 /// Reads local addresses and neighbours and computes the desired state.
 async fn resolve(
-    handle: &rtnetlink::Handle,
     cfg: &Config,
-    iface: &str,
-    index: u32,
-    iface_mac: [u8; 6],
+    link: &Link,
     how: Resolve,
     planner: &mut Planner,
     masters: &HashSet<IpAddr>,
 ) -> Result<DesiredState> {
-    let local = netlink::local_addresses(handle).await?;
+    let local = netlink::local_addresses(&link.handle).await?;
     let configured: HashMap<IpAddr, Option<[u8; 6]>> = cfg
         .virtual_servers
         .iter()
@@ -335,7 +337,7 @@ async fn resolve(
                 .map(|r| (r.address, r.mac.map(|m| m.0)))
         })
         .collect();
-    let mut neigh = netlink::neighbours(handle, index).await?;
+    let mut neigh = netlink::neighbours(&link.handle, link.index).await?;
     let missing = |neigh: &HashMap<IpAddr, [u8; 6]>| -> Vec<IpAddr> {
         configured
             .iter()
@@ -346,14 +348,14 @@ async fn resolve(
     let todo = missing(&neigh);
     if !todo.is_empty() && how != Resolve::Look {
         for a in &todo {
-            if let Err(e) = netlink::probe(iface, *a) {
+            if let Err(e) = netlink::probe(&link.name, *a) {
                 tracing::warn!(real = %a, error = %e, "neighbour probe failed");
             }
         }
         if how == Resolve::ProbeAndWait {
             for _ in 0..20 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                neigh = netlink::neighbours(handle, index).await?;
+                neigh = netlink::neighbours(&link.handle, link.index).await?;
                 if missing(&neigh).is_empty() {
                     break;
                 }
@@ -362,7 +364,7 @@ async fn resolve(
     }
     let mut state = desired::compute(
         cfg,
-        iface_mac,
+        link.mac,
         |a| RealInfo {
             mac: configured
                 .get(a)
