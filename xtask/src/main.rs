@@ -136,6 +136,7 @@ fn test(root: &Path) -> Result<()> {
         ("ip", "iproute2"),
         ("ethtool", "ethtool"),
         ("bpftool", "bpftool"),
+        ("keepalived", "keepalived"),
     ])?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     build(root)?;

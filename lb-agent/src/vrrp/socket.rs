@@ -5,7 +5,7 @@
 use std::{
     io,
     mem::MaybeUninit,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use anyhow::{Context, Result};
@@ -29,8 +29,8 @@ impl VrrpSocket {
         .context("opening a raw VRRP socket (needs CAP_NET_RAW)")?;
         s.bind_device(Some(iface.as_bytes()))
             .with_context(|| format!("binding the VRRP socket to {iface}"))?;
-        s.bind(&SockAddr::from(SocketAddrV4::new(local, 0)))
-            .with_context(|| format!("binding the VRRP socket to {local}"))?;
+        // No bind(): on a raw socket it would filter on the destination address, and drop the
+        // multicast adverts. The source of multicast adverts comes from IP_MULTICAST_IF.
         s.set_multicast_ttl_v4(TTL as u32)?;
         s.set_ttl_v4(TTL as u32)?;
         s.set_multicast_loop_v4(false)?;

@@ -152,6 +152,29 @@ impl Lab {
         pid
     }
 
+    /// Starts a process from the host as it is (for programs that enter a namespace
+    /// themselves, like `keepalived --namespace`); killed by PID when the lab drops.
+    pub fn spawn_host(&mut self, args: &[&str], log: &str) -> u32 {
+        let log = File::options().create(true).append(true).open(log).unwrap();
+        let child = Command::new(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Whether `addr` is configured in `host` (on any interface).
+    pub fn has_address(&self, host: &str, addr: &str) -> bool {
+        self.ip(host, &["-o", "addr", "show"])
+            .split_whitespace()
+            .any(|w| w.split('/').next() == Some(addr))
+    }
+
     /// Kills a process this lab started with SIGKILL, as a crash would.
     pub fn kill(&mut self, pid: u32) {
         if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
@@ -305,6 +328,7 @@ impl Drop for Lab {
         for ns in self.namespaces.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.prefix));
         // Pins left by a killed agent (or a failed test).
         for host in ["lb", "lb1", "lb2", "h"] {
             let _ = std::fs::remove_dir_all(self.pin_dir(host));

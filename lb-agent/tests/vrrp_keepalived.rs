@@ -1,0 +1,194 @@
+//! VRRP interoperability with Debian's keepalived (the reference peer), in namespaces: two LB
+//! hosts on a bridge, one running lb-agent and one keepalived (`--vrrp`: the kernel has no
+//! IPVS), VRRPv2 with `auth_type PASS` over multicast.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Lab;
+
+const VIP: &str = "10.98.0.100";
+
+fn keepalived_conf(priority: u8, state: &str) -> String {
+    format!(
+        "global_defs {{\n  router_id KA\n}}\nvrrp_instance VI_1 {{\n  state {state}\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 1\n  authentication {{\n    auth_type PASS\n    auth_pass 1111\n  }}\n  virtual_ipaddress {{\n    {VIP}/32 dev eth0 label eth0:1\n  }}\n}}\n"
+    )
+}
+
+fn agent_conf(lab: &Lab, priority: u8) -> String {
+    format!(
+        "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\npriority = {priority}\nadvert_interval = \"1s\"\nauth_pass = \"1111\"\n[[vrrp_instance.virtual_address]]\naddress = \"{VIP}\"\ndevice = \"eth0\"\nlabel = \"eth0:1\"\n",
+        std::env::temp_dir()
+            .join(&lab.prefix)
+            .join("control.sock")
+            .display(),
+        lab.pin_dir("lb1")
+    )
+}
+
+/// SIGKILLs the children of a process this test started (keepalived's VRRP child).
+fn kill_children(pid: u32) {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+    {
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+}
+
+/// Waits (bounded) until `cond` holds; returns how long that took.
+fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn lb_agent_and_keepalived_elect_one_master_and_fail_over_both_ways() {
+    let mut lab = Lab::new("ka");
+    lab.bridge();
+    lab.host("lb1", "10.98.0.1/24");
+    lab.host("lb2", "10.98.0.2/24");
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = env!("CARGO_BIN_EXE_lb-agent");
+    let agent_log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let ka_log = dir.join("keepalived.log").to_string_lossy().into_owned();
+    let ka_conf = dir.join("keepalived.conf");
+    let agent_cfg = dir.join("lb.toml");
+
+    // 1. lb-agent (180) master, keepalived (150) backup.
+    std::fs::write(&agent_cfg, agent_conf(&lab, 180)).unwrap();
+    std::fs::write(&ka_conf, keepalived_conf(150, "BACKUP")).unwrap();
+    let ns2 = lab.ns("lb2");
+    let ka_args = |conf: &std::path::Path| -> Vec<String> {
+        vec![
+            "keepalived".into(),
+            format!("--namespace={ns2}"),
+            "-n".into(),
+            "-l".into(),
+            "-D".into(),
+            "--vrrp".into(),
+            "-f".into(),
+            conf.to_string_lossy().into_owned(),
+        ]
+    };
+    let args = ka_args(&ka_conf);
+    let a = lab.spawn(
+        "lb1",
+        &[agent, "run", "--config", agent_cfg.to_str().unwrap()],
+        &agent_log,
+    );
+    let took = wait(
+        "lb-agent master with the VIP",
+        Duration::from_secs(8),
+        || lab.has_address("lb1", VIP),
+    );
+    println!("lb-agent became master after {took:?}");
+    // keepalived joins as backup and must stay there.
+    let ka = lab.spawn_host(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &ka_log,
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        lab.has_address("lb1", VIP) && !lab.has_address("lb2", VIP),
+        "the VIP must be on exactly one host"
+    );
+    let ka_text = std::fs::read_to_string(&ka_log).unwrap_or_default();
+    assert!(
+        !ka_text.contains("Entering MASTER STATE"),
+        "keepalived became master against a higher priority:\n{ka_text}"
+    );
+
+    // lb-agent stops cleanly: it resigns (priority 0), keepalived takes over within skew time.
+    assert!(lab.stop(a).unwrap().success());
+    let took = wait(
+        "keepalived takes over after a clean stop",
+        Duration::from_secs(3),
+        || lab.has_address("lb2", VIP),
+    );
+    println!("keepalived took over {took:?} after lb-agent stopped cleanly");
+    assert!(!lab.has_address("lb1", VIP), "lb-agent left its VIP behind");
+
+    // lb-agent returns with the higher priority: it preempts.
+    let a = lab.spawn(
+        "lb1",
+        &[agent, "run", "--config", agent_cfg.to_str().unwrap()],
+        &agent_log,
+    );
+    wait(
+        "lb-agent preempts keepalived",
+        Duration::from_secs(8),
+        || lab.has_address("lb1", VIP) && !lab.has_address("lb2", VIP),
+    );
+
+    // lb-agent is killed: keepalived takes over after its master-down interval (~3.4 s).
+    lab.kill(a);
+    let took = wait(
+        "keepalived takes over after a kill",
+        Duration::from_secs(6),
+        || lab.has_address("lb2", VIP),
+    );
+    println!("keepalived took over {took:?} after lb-agent was killed");
+    // The killed agent's VIP is still configured on lb1 (nobody removed it); the next start
+    // cleans it.
+    let status = std::process::Command::new(agent)
+        .args(["run", "--cleanup", "--config"])
+        .arg(&agent_cfg)
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    lab.ip("lb1", &["addr", "del", &format!("{VIP}/32"), "dev", "eth0"]);
+    lab.stop(ka);
+
+    // 2. The reverse: keepalived (200) master, lb-agent (100) backup, then keepalived killed.
+    std::fs::write(&agent_cfg, agent_conf(&lab, 100)).unwrap();
+    std::fs::write(&ka_conf, keepalived_conf(200, "MASTER")).unwrap();
+    let ka = lab.spawn_host(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &ka_log,
+    );
+    wait("keepalived master", Duration::from_secs(8), || {
+        lab.has_address("lb2", VIP)
+    });
+    let a = lab.spawn(
+        "lb1",
+        &[agent, "run", "--config", agent_cfg.to_str().unwrap()],
+        &agent_log,
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !lab.has_address("lb1", VIP),
+        "lb-agent (100) took the VIP from keepalived (200)"
+    );
+    // SIGKILL keepalived's VRRP child first (a crash: no resignation), then its parent (which
+    // would otherwise stop the child cleanly).
+    kill_children(ka);
+    lab.kill(ka);
+    let took = wait(
+        "lb-agent takes over from a killed keepalived",
+        Duration::from_secs(6),
+        || lab.has_address("lb1", VIP),
+    );
+    println!("lb-agent took over {took:?} after keepalived was killed");
+    let out = std::process::Command::new(agent)
+        .args(["status", "--socket"])
+        .arg(dir.join("control.sock"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("vrrp VI_1: master (priority 100)"), "{text}");
+    assert!(lab.stop(a).unwrap().success());
+    assert!(
+        !lab.has_address("lb1", VIP),
+        "lb-agent kept the VIP after a clean stop"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
