@@ -1,6 +1,8 @@
 //! VRRP interoperability with Debian's keepalived (the reference peer), in namespaces: two LB
 //! hosts on a bridge, one running lb-agent and one keepalived (`--vrrp`: the kernel has no
-//! IPVS), VRRPv2 with `auth_type PASS` over multicast.
+//! IPVS). Each variant (v2 with `auth_type PASS` over multicast, v2 without authentication over
+//! unicast, v3 over multicast) runs both directions: lb-agent master with keepalived backup
+//! (clean stop, kill, preemption), and keepalived master with lb-agent backup (kill).
 
 mod common;
 
@@ -10,20 +12,45 @@ use common::Lab;
 
 const VIP: &str = "10.98.0.100";
 
-fn keepalived_conf(priority: u8, state: &str) -> String {
+#[derive(Clone, Copy)]
+struct Variant {
+    version: u8,
+    auth: bool,
+    unicast: bool,
+}
+
+fn keepalived_conf(v: Variant, priority: u8, state: &str) -> String {
+    let auth = if v.auth {
+        "  authentication {\n    auth_type PASS\n    auth_pass 1111\n  }\n"
+    } else {
+        ""
+    };
+    let unicast = if v.unicast {
+        "  unicast_src_ip 10.98.0.2\n  unicast_peer {\n    10.98.0.1\n  }\n"
+    } else {
+        ""
+    };
     format!(
-        "global_defs {{\n  router_id KA\n}}\nvrrp_instance VI_1 {{\n  state {state}\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 1\n  authentication {{\n    auth_type PASS\n    auth_pass 1111\n  }}\n  virtual_ipaddress {{\n    {VIP}/32 dev eth0 label eth0:1\n  }}\n}}\n"
+        "global_defs {{\n  router_id KA\n}}\nvrrp_instance VI_1 {{\n  state {state}\n  interface eth0\n  virtual_router_id 51\n  version {}\n  priority {priority}\n  advert_int 1\n{auth}{unicast}  virtual_ipaddress {{\n    {VIP}/32 dev eth0 label eth0:1\n  }}\n}}\n",
+        v.version
     )
 }
 
-fn agent_conf(lab: &Lab, priority: u8) -> String {
+fn agent_conf(lab: &Lab, v: Variant, priority: u8) -> String {
+    let auth = if v.auth { "auth_pass = \"1111\"\n" } else { "" };
+    let unicast = if v.unicast {
+        "unicast_src = \"10.98.0.1\"\nunicast_peers = [\"10.98.0.2\"]\n"
+    } else {
+        ""
+    };
     format!(
-        "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\npriority = {priority}\nadvert_interval = \"1s\"\nauth_pass = \"1111\"\n[[vrrp_instance.virtual_address]]\naddress = \"{VIP}\"\ndevice = \"eth0\"\nlabel = \"eth0:1\"\n",
+        "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nversion = {}\npriority = {priority}\nadvert_interval = \"1s\"\n{auth}{unicast}[[vrrp_instance.virtual_address]]\naddress = \"{VIP}\"\ndevice = \"eth0\"\nlabel = \"eth0:1\"\n",
         std::env::temp_dir()
             .join(&lab.prefix)
             .join("control.sock")
             .display(),
-        lab.pin_dir("lb1")
+        lab.pin_dir("lb1"),
+        v.version
     )
 }
 
@@ -50,8 +77,43 @@ fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration
 }
 
 #[test]
-fn lb_agent_and_keepalived_elect_one_master_and_fail_over_both_ways() {
-    let mut lab = Lab::new("ka");
+fn v2_auth_pass_multicast() {
+    interop(
+        "ka2p",
+        Variant {
+            version: 2,
+            auth: true,
+            unicast: false,
+        },
+    );
+}
+
+#[test]
+fn v2_no_auth_unicast() {
+    interop(
+        "ka2u",
+        Variant {
+            version: 2,
+            auth: false,
+            unicast: true,
+        },
+    );
+}
+
+#[test]
+fn v3_multicast() {
+    interop(
+        "ka3m",
+        Variant {
+            version: 3,
+            auth: false,
+            unicast: false,
+        },
+    );
+}
+
+fn interop(tag: &str, v: Variant) {
+    let mut lab = Lab::new(tag);
     lab.bridge();
     lab.host("lb1", "10.98.0.1/24");
     lab.host("lb2", "10.98.0.2/24");
@@ -64,8 +126,8 @@ fn lb_agent_and_keepalived_elect_one_master_and_fail_over_both_ways() {
     let agent_cfg = dir.join("lb.toml");
 
     // 1. lb-agent (180) master, keepalived (150) backup.
-    std::fs::write(&agent_cfg, agent_conf(&lab, 180)).unwrap();
-    std::fs::write(&ka_conf, keepalived_conf(150, "BACKUP")).unwrap();
+    std::fs::write(&agent_cfg, agent_conf(&lab, v, 180)).unwrap();
+    std::fs::write(&ka_conf, keepalived_conf(v, 150, "BACKUP")).unwrap();
     let ns2 = lab.ns("lb2");
     let ka_args = |conf: &std::path::Path| -> Vec<String> {
         vec![
@@ -149,8 +211,8 @@ fn lb_agent_and_keepalived_elect_one_master_and_fail_over_both_ways() {
     lab.stop(ka);
 
     // 2. The reverse: keepalived (200) master, lb-agent (100) backup, then keepalived killed.
-    std::fs::write(&agent_cfg, agent_conf(&lab, 100)).unwrap();
-    std::fs::write(&ka_conf, keepalived_conf(200, "MASTER")).unwrap();
+    std::fs::write(&agent_cfg, agent_conf(&lab, v, 100)).unwrap();
+    std::fs::write(&ka_conf, keepalived_conf(v, 200, "MASTER")).unwrap();
     let ka = lab.spawn_host(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &ka_log,
