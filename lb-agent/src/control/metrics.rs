@@ -84,6 +84,28 @@ pub fn encode_status(s: &Status) -> String {
         "xdp_passed",
         "Frames the XDP program passed to the kernel, by reason",
     );
+    let vrrp_master = gauge(
+        &mut reg,
+        "vrrp_master",
+        "1 when the VRRP instance is master here",
+    );
+    let vrrp_priority = gauge(
+        &mut reg,
+        "vrrp_priority",
+        "The VRRP instance's current priority",
+    );
+    let vrrp_sent = counter(&mut reg, "vrrp_adverts_sent", "VRRP adverts sent");
+    let vrrp_received = counter(
+        &mut reg,
+        "vrrp_adverts_received",
+        "VRRP adverts received and accepted",
+    );
+    let vrrp_became_master = counter(&mut reg, "vrrp_became_master", "Transitions to master");
+    let vrrp_discards = counter(
+        &mut reg,
+        "vrrp_discards",
+        "VRRP adverts discarded, by reason",
+    );
 
     let mut reals = BTreeMap::new();
     for svc in &s.services {
@@ -125,6 +147,21 @@ pub fn encode_status(s: &Status) -> String {
         real_packets.get_or_create(&l).inc_by(p);
         real_bytes.get_or_create(&l).inc_by(b);
         real_flows.get_or_create(&l).inc_by(f);
+    }
+    for r in &s.vrrp {
+        let l: Labels = vec![("instance".into(), r.name.clone())];
+        vrrp_master
+            .get_or_create(&l)
+            .set((r.state == "master") as i64);
+        vrrp_priority.get_or_create(&l).set(r.priority as i64);
+        vrrp_sent.get_or_create(&l).inc_by(r.adverts_sent);
+        vrrp_received.get_or_create(&l).inc_by(r.adverts_received);
+        vrrp_became_master.get_or_create(&l).inc_by(r.became_master);
+        for (reason, n) in &r.discards {
+            let mut lr = l.clone();
+            lr.push(("reason".into(), reason.clone()));
+            vrrp_discards.get_or_create(&lr).inc_by(*n);
+        }
     }
     for (reason, n) in &s.passes {
         xdp_passed
@@ -194,4 +231,43 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{control::status::Status, vrrp::driver::RouterStatus};
+
+    #[test]
+    fn vrrp_figures_are_exported() {
+        let s = Status {
+            interface: "eth0".into(),
+            attach_mode: "driver".into(),
+            services: vec![],
+            passes: vec![("not_ip".into(), 3)],
+            learned_peers: vec![],
+            vrrp: vec![RouterStatus {
+                name: "VI_1".into(),
+                state: "master".into(),
+                priority: 180,
+                adverts_received: 2,
+                adverts_sent: 40,
+                became_master: 1,
+                discards: vec![("auth_failure".into(), 5)],
+            }],
+        };
+        let text = encode_status(&s);
+        for line in [
+            "lb_vrrp_master{instance=\"VI_1\"} 1",
+            "lb_vrrp_priority{instance=\"VI_1\"} 180",
+            "lb_vrrp_adverts_sent_total{instance=\"VI_1\"} 40",
+            "lb_vrrp_discards_total{instance=\"VI_1\",reason=\"auth_failure\"} 5",
+            "lb_xdp_passed_total{reason=\"not_ip\"} 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
 }
