@@ -48,6 +48,8 @@ pub type Incoming = (usize, Received, Vec<u8>);
 
 pub struct Vrrp {
     routers: Vec<Router>,
+    /// Per router: its sync group (index into `vrrp_sync_group`), if any.
+    groups: Vec<Option<usize>>,
 }
 
 /// What `status` shows of one instance.
@@ -60,6 +62,26 @@ pub struct RouterStatus {
     pub adverts_sent: u64,
     pub became_master: u64,
     pub discards: Vec<(String, u64)>,
+}
+
+/// Makes the other members of `leader`'s sync group follow its move to `to`.
+fn apply_group(
+    routers: &mut [Router],
+    groups: &[Option<usize>],
+    leader: usize,
+    to: State,
+    now: std::time::Instant,
+) {
+    let Some(g) = groups[leader] else { return };
+    for (j, r) in routers.iter_mut().enumerate() {
+        if j != leader && groups[j] == Some(g) {
+            if to == State::Master {
+                r.inst.follow_master(now);
+            } else {
+                r.inst.follow_backup(now);
+            }
+        }
+    }
 }
 
 /// The interface's first IPv4 address that is not one of `vips`.
@@ -185,7 +207,16 @@ impl Vrrp {
                 mac,
             });
         }
-        Ok((Vrrp { routers }, incoming))
+        let groups = cfg
+            .vrrp_instances
+            .iter()
+            .map(|vi| {
+                cfg.sync_groups
+                    .iter()
+                    .position(|g| g.get_ref().members.contains(&vi.get_ref().name))
+            })
+            .collect();
+        Ok((Vrrp { routers, groups }, incoming))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -223,10 +254,33 @@ impl Vrrp {
         }
     }
 
-    /// Carries out pending actions; returns whether the set of VIPs we are master for changed.
+    /// Carries out pending actions (sync groups included); returns whether the set of VIPs we
+    /// are master for changed.
     pub async fn run_actions(&mut self, handle: &Handle) -> Result<bool> {
         let mut changed = false;
-        for r in &mut self.routers {
+        // A group's followers queue actions of their own: go round until nothing is left
+        // (bounded: each round can only move members in the direction of the first change).
+        for _ in 0..=self.routers.len() {
+            let moves = self.run_actions_once(handle, &mut changed).await?;
+            if moves.is_empty() {
+                break;
+            }
+            let now = std::time::Instant::now();
+            for (leader, to) in moves {
+                apply_group(&mut self.routers, &self.groups, leader, to, now);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// One pass over the queued actions; returns the transitions of grouped routers.
+    async fn run_actions_once(
+        &mut self,
+        handle: &Handle,
+        changed: &mut bool,
+    ) -> Result<Vec<(usize, State)>> {
+        let mut moves = Vec::new();
+        for (i, r) in self.routers.iter_mut().enumerate() {
             while let Some(a) = r.inst.poll_action() {
                 match a {
                     Action::SendAdvert { priority } => {
@@ -260,21 +314,26 @@ impl Vrrp {
                                 tracing::warn!(instance = %r.name, error = %e, "gratuitous ARP");
                             }
                         }
-                        changed = true;
+                        *changed = true;
                     }
                     Action::ReleaseAddresses => {
                         for v in &r.vips {
                             vips::remove(handle, v).await?;
                         }
-                        changed = true;
+                        *changed = true;
                     }
                     Action::Transition { from, to, reason } => {
                         tracing::info!(instance = %r.name, from = ?from, to = ?to, reason, "VRRP transition");
+                        if self.groups[i].is_some()
+                            && (to == State::Master || from == State::Master)
+                        {
+                            moves.push((i, to));
+                        }
                     }
                 }
             }
         }
-        Ok(changed)
+        Ok(moves)
     }
 
     /// The VIPs of every instance that is master here.

@@ -331,6 +331,20 @@ impl Instance {
         }
     }
 
+    /// A sync-group member went master: follow it (RFC-external, keepalived's semantics).
+    pub fn follow_master(&mut self, now: Instant) {
+        if self.state == State::Backup {
+            self.become_master(now, "sync group: a member became master");
+        }
+    }
+
+    /// A sync-group member left master: follow it.
+    pub fn follow_backup(&mut self, now: Instant) {
+        if self.state == State::Master {
+            self.become_backup(now, "sync group: a member left master");
+        }
+    }
+
     /// The interface went down: Fault, addresses released, silent.
     pub fn interface_down(&mut self) {
         self.timers = [None; 2];

@@ -439,3 +439,28 @@ fn v3_backups_learn_the_masters_interval() {
     let took = lan.became_master_at(1).unwrap() - last;
     assert!(took < Duration::from_millis(500), "took {took:?}");
 }
+
+#[test]
+fn sync_group_members_follow() {
+    let now = Instant::now();
+    let mut a = Instance::new(cfg(Version::V2, 150, 1));
+    a.startup(now);
+    while a.poll_action().is_some() {}
+    a.follow_master(now);
+    assert_eq!(a.state(), State::Master);
+    let actions: Vec<Action> = std::iter::from_fn(|| a.poll_action()).collect();
+    assert!(actions.contains(&Action::TakeAddresses), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|x| matches!(x, Action::SendAdvert { priority: 150 }))
+    );
+    a.follow_backup(now);
+    assert_eq!(a.state(), State::Backup);
+    let actions: Vec<Action> = std::iter::from_fn(|| a.poll_action()).collect();
+    assert!(actions.contains(&Action::ReleaseAddresses), "{actions:?}");
+    // Following is a no-op from Initialize and Fault.
+    let mut b = Instance::new(cfg(Version::V2, 150, 2));
+    b.follow_master(now);
+    assert_eq!(b.state(), State::Initialize);
+}
