@@ -5,7 +5,7 @@
 //! - `dataplane`: the embedded XDP object, loading/attaching, and writing the maps;
 //! - `netlink`: what the kernel knows (interfaces, local addresses, neighbours);
 //! - `control`: the control socket, `status`, and metrics;
-//! - `vrrp`: the VRRP protocol (so far: the packet codec).
+//! - `vrrp`: VRRP: packet codec, sans-IO state machine, socket and driver.
 
 pub mod balancer;
 pub mod config;
