@@ -180,7 +180,8 @@ fn lab(root: &Path) -> Result<()> {
 }
 
 fn bench(root: &Path) -> Result<()> {
-    setup::require_root("the benchmarks run XDP programs in the kernel")?;
+    setup::require_root("the benchmarks run XDP programs in the kernel and namespaces")?;
+    setup::apt(&[("ip", "iproute2"), ("keepalived", "keepalived")])?;
     build_ebpf(root)?;
     run(cargo().args([
         "run",
@@ -190,5 +191,26 @@ fn bench(root: &Path) -> Result<()> {
         "bpf-tests",
         "--bin",
         "xdp-bench",
-    ]))
+    ]))?;
+    run(cargo().args([
+        "run",
+        "--locked",
+        "--release",
+        "-p",
+        "bpf-tests",
+        "--bin",
+        "reconcile-bench",
+    ]))?;
+    // VRRP failover of lb-agent and keepalived, measured in namespaces in the same run.
+    run(cargo()
+        .args([
+            "test",
+            "--locked",
+            "--release",
+            "-p",
+            "lb-agent",
+            "--test",
+            "failover_bench",
+        ])
+        .args(["--", "--ignored", "--nocapture"]))
 }

@@ -10,6 +10,9 @@ use std::{collections::VecDeque, net::IpAddr, time::Duration};
 
 use super::packet::{Advert, Auth, Discard, Version};
 
+/// The longest wait after a master resigns (see `Instance::resign_skew`).
+const RESIGN_SKEW_BASE: Duration = Duration::from_millis(50);
+
 /// Time as the caller measures it (monotonic).
 pub type Instant = std::time::Instant;
 
@@ -164,6 +167,16 @@ impl Instance {
         }
     }
 
+    /// The wait after a master resigns (priority 0). RFC 5798 6.4.2 says Skew_Time, which at a
+    /// 1 s interval is up to a second of nobody forwarding after a clean stop. We scale the
+    /// same priority-ordered skew to at most 50 ms: backups still take over in priority
+    /// order (the highest first), only sooner. A deliberate, interoperable deviation: a peer
+    /// that waits the full Skew_Time just loses the race to a lower-priority us by a little.
+    fn resign_skew(&self) -> Duration {
+        let base = self.master_interval.min(RESIGN_SKEW_BASE);
+        base * (256 - self.priority as u32) / 256
+    }
+
     /// Master_Down_Interval = 3 × Master_Adver_Interval + Skew_Time.
     fn master_down_interval(&self) -> Duration {
         self.master_interval * 3 + self.skew()
@@ -271,8 +284,8 @@ impl Instance {
         match self.state {
             State::Backup => {
                 if adv.priority == 0 {
-                    // The master resigned: take over after Skew_Time only.
-                    self.set(Timer::MasterDown, Some(now + self.skew()));
+                    // The master resigned: take over after a short, priority-ordered wait.
+                    self.set(Timer::MasterDown, Some(now + self.resign_skew()));
                     return;
                 }
                 let may_preempt = self.cfg.preempt

@@ -329,9 +329,14 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.prefix));
-        // Pins left by a killed agent (or a failed test).
-        for host in ["lb", "lb1", "lb2", "h"] {
-            let _ = std::fs::remove_dir_all(self.pin_dir(host));
+        // Pins left by a killed agent (or a failed test): every /sys/fs/bpf/<prefix>-*.
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+            let mine = format!("{}-", self.prefix);
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&mine) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
         }
     }
 }
