@@ -98,10 +98,16 @@ fn start(lab: &mut Lab, peer: Peer, host: &str, s: Setting, priority: u8) -> u32
 
 /// One measurement: the unserved time after the master (lbA) is killed or stopped.
 fn measure(peer: Peer, s: Setting, kill: bool) -> Duration {
-    let mut lab = Lab::new(match peer {
-        Peer::LbAgent => "fa",
-        Peer::Keepalived => "fk",
-    });
+    // A fresh name per run: keepalived keeps pid files per namespace name.
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUN.fetch_add(1, Ordering::Relaxed);
+    let mut lab = Lab::new(&format!(
+        "{}{n}",
+        match peer {
+            Peer::LbAgent => "fa",
+            Peer::Keepalived => "fk",
+        }
+    ));
     lab.bridge();
     lab.host("cl", "10.97.0.10/24");
     lab.host("lbA", "10.97.0.1/24");
@@ -111,7 +117,13 @@ fn measure(peer: Peer, s: Setting, kill: bool) -> Duration {
     let a = start(&mut lab, peer, "lbA", s, 200);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !lab.has_address("lbA", VIP) {
-        assert!(Instant::now() < deadline, "lbA never became master");
+        if Instant::now() > deadline {
+            let log = std::env::temp_dir().join(&lab.prefix).join("lbA.log");
+            panic!(
+                "lbA never became master:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let _b = start(&mut lab, peer, "lbB", s, 100);

@@ -327,6 +327,8 @@ impl Drop for Lab {
         }
         for ns in self.namespaces.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            // keepalived --namespace keeps its pid files here.
+            let _ = std::fs::remove_dir_all(format!("/run/keepalived/{ns}"));
         }
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.prefix));
         // Pins left by a killed agent (or a failed test): every /sys/fs/bpf/<prefix>-*.
