@@ -60,6 +60,18 @@ fn dr_topology(lab: &mut Lab) {
     lab.exec("cl", &["ethtool", "-K", "eth0", "tx", "off"]);
 }
 
+/// The DR topology with line-echo servers on both real servers and an agent balancing over
+/// them: (lab, agent pid, config path, log path).
+fn echo_lab(tag: &str) -> (Lab, u32, std::path::PathBuf, String) {
+    let mut lab = Lab::new(tag);
+    dr_topology(&mut lab);
+    lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
+    lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
+    let config = read_vip_config(&lab, &["10.99.0.11", "10.99.0.12"], "");
+    let (pid, path, log) = start_agent(&mut lab, &config);
+    (lab, pid, path, log)
+}
+
 /// The read VIP over the given real servers (plus `extra` TOML), pinned in the lab's place.
 fn read_vip_config(lab: &Lab, reals: &[&str], extra: &str) -> String {
     let pin_dir = lab.pin_dir("lb");
@@ -422,12 +434,7 @@ mac = "02:00:00:00:00:02"
 
 #[test]
 fn sighup_applies_the_difference_and_keeps_established_flows() {
-    let mut lab = Lab::new("hup");
-    dr_topology(&mut lab);
-    lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
-    lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
-    let config = read_vip_config(&lab, &["10.99.0.11", "10.99.0.12"], "");
-    let (pid, path, log) = start_agent(&mut lab, &config);
+    let (mut lab, pid, path, log) = echo_lab("hup");
     let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
     let client = lab.ns("cl");
 
@@ -525,12 +532,7 @@ fn a_killed_agent_is_replaced_without_a_failed_connection() {
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     };
-    let mut lab = Lab::new("kill");
-    dr_topology(&mut lab);
-    lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
-    lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
-    let config = read_vip_config(&lab, &["10.99.0.11", "10.99.0.12"], "");
-    let (pid, path, log) = start_agent(&mut lab, &config);
+    let (mut lab, pid, path, log) = echo_lab("kill");
     let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
     let client = lab.ns("cl");
 
@@ -695,12 +697,7 @@ fn cleanup_removes_what_a_killed_agent_left() {
 
 #[test]
 fn a_real_server_mac_change_reaches_the_map_within_a_second() {
-    let mut lab = Lab::new("mac");
-    dr_topology(&mut lab);
-    lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
-    lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
-    let config = read_vip_config(&lab, &["10.99.0.11", "10.99.0.12"], "");
-    let (pid, _, _log) = start_agent(&mut lab, &config);
+    let (mut lab, pid, _, _log) = echo_lab("mac");
     let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
     let client = lab.ns("cl");
     let mac_of_r1 = |lab: &Lab| -> String {

@@ -136,28 +136,26 @@ impl Lab {
     /// under /sys/fs/bpf outlive it, as they do on a real host); it is killed (by PID) when
     /// the lab drops.
     pub fn spawn(&mut self, host: &str, args: &[&str], log: &str) -> u32 {
-        let ns = self.ns(host);
-        let log = File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns(host)))
             .arg("--")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        self.children.push(child);
-        pid
+            .args(args);
+        self.launch(cmd, log)
     }
 
     /// Starts a process from the host as it is (for programs that enter a namespace
     /// themselves, like `keepalived --namespace`); killed by PID when the lab drops.
     pub fn spawn_host(&mut self, args: &[&str], log: &str) -> u32 {
+        let mut cmd = Command::new(args[0]);
+        cmd.args(&args[1..]);
+        self.launch(cmd, log)
+    }
+
+    /// Starts `cmd` with no stdin and its output appended to `log`; remembers it for `stop`,
+    /// `kill` and the drop.
+    fn launch(&mut self, mut cmd: Command, log: &str) -> u32 {
         let log = File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new(args[0])
-            .args(&args[1..])
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
