@@ -162,55 +162,51 @@ fn test(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `cargo test --release -p PKG --test FILE -- ARGS`.
+fn test_file(pkg: &str, file: &str, args: &[&str]) -> Command {
+    let mut c = cargo();
+    c.args([
+        "test",
+        "--locked",
+        "--release",
+        "-p",
+        pkg,
+        "--test",
+        file,
+        "--",
+    ])
+    .args(args);
+    c
+}
+
+/// `cargo run --release -p PKG --bin BIN`.
+fn run_bin(pkg: &str, bin: &str) -> Command {
+    let mut c = cargo();
+    c.args(["run", "--locked", "--release", "-p", pkg, "--bin", bin]);
+    c
+}
+
 fn lab(root: &Path) -> Result<()> {
     setup::require_root("the lab creates network namespaces and attaches XDP")?;
     setup::apt(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
     build(root)?;
-    run(cargo()
-        .args([
-            "test",
-            "--locked",
-            "--release",
-            "-p",
-            "lb-agent",
-            "--test",
-            "dr_namespaces",
-        ])
-        .args(["--", "--nocapture", "--test-threads=1"]))
+    run(&mut test_file(
+        "lb-agent",
+        "dr_namespaces",
+        &["--nocapture", "--test-threads=1"],
+    ))
 }
 
 fn bench(root: &Path) -> Result<()> {
     setup::require_root("the benchmarks run XDP programs in the kernel and namespaces")?;
     setup::apt(&[("ip", "iproute2"), ("keepalived", "keepalived")])?;
     build_ebpf(root)?;
-    run(cargo().args([
-        "run",
-        "--locked",
-        "--release",
-        "-p",
-        "bpf-tests",
-        "--bin",
-        "xdp-bench",
-    ]))?;
-    run(cargo().args([
-        "run",
-        "--locked",
-        "--release",
-        "-p",
-        "bpf-tests",
-        "--bin",
-        "reconcile-bench",
-    ]))?;
+    run(&mut run_bin("bpf-tests", "xdp-bench"))?;
+    run(&mut run_bin("bpf-tests", "reconcile-bench"))?;
     // VRRP failover of lb-agent and keepalived, measured in namespaces in the same run.
-    run(cargo()
-        .args([
-            "test",
-            "--locked",
-            "--release",
-            "-p",
-            "lb-agent",
-            "--test",
-            "failover_bench",
-        ])
-        .args(["--", "--ignored", "--nocapture"]))
+    run(&mut test_file(
+        "lb-agent",
+        "failover_bench",
+        &["--ignored", "--nocapture"],
+    ))
 }
