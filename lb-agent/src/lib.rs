@@ -12,4 +12,5 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod netlink;
+pub mod notify;
 pub mod vrrp;

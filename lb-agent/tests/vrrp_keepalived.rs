@@ -38,13 +38,17 @@ fn keepalived_conf(v: Variant, priority: u8, state: &str) -> String {
 
 fn agent_conf(lab: &Lab, v: Variant, priority: u8) -> String {
     let auth = if v.auth { "auth_pass = \"1111\"\n" } else { "" };
+    let log = notify_log(lab);
+    let notify = format!(
+        "notify_master = \"echo master >> {log}\"\nnotify_backup = \"echo backup >> {log}\"\n"
+    );
     let unicast = if v.unicast {
         "unicast_src = \"10.98.0.1\"\nunicast_peers = [\"10.98.0.2\"]\n"
     } else {
         ""
     };
     format!(
-        "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nversion = {}\npriority = {priority}\nadvert_interval = \"1s\"\n{auth}{unicast}[[vrrp_instance.virtual_address]]\naddress = \"{VIP}\"\ndevice = \"eth0\"\nlabel = \"eth0:1\"\n",
+        "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nversion = {}\npriority = {priority}\nadvert_interval = \"1s\"\n{auth}{unicast}{notify}[[vrrp_instance.virtual_address]]\naddress = \"{VIP}\"\ndevice = \"eth0\"\nlabel = \"eth0:1\"\n",
         std::env::temp_dir()
             .join(&lab.prefix)
             .join("control.sock")
@@ -52,6 +56,15 @@ fn agent_conf(lab: &Lab, v: Variant, priority: u8) -> String {
         lab.pin_dir("lb1"),
         v.version
     )
+}
+
+/// Where the notify scripts write the transitions they were told of.
+fn notify_log(lab: &Lab) -> String {
+    std::env::temp_dir()
+        .join(&lab.prefix)
+        .join("notify.log")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// SIGKILLs the children of a process this test started (keepalived's VRRP child).
@@ -220,6 +233,7 @@ fn interop(tag: &str, v: Variant) {
     wait("keepalived master", Duration::from_secs(8), || {
         lab.has_address("lb2", VIP)
     });
+    std::fs::write(notify_log(&lab), "").unwrap();
     let a = lab.spawn(
         "lb1",
         &[agent, "run", "--config", agent_cfg.to_str().unwrap()],
@@ -240,6 +254,15 @@ fn interop(tag: &str, v: Variant) {
         || lab.has_address("lb1", VIP),
     );
     println!("lb-agent took over {took:?} after keepalived was killed");
+    // notify_backup at start, notify_master on takeover (run in the background).
+    let log = notify_log(&lab);
+    wait("the notify scripts", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .collect::<Vec<_>>()
+            == ["backup", "master"]
+    });
     let out = std::process::Command::new(agent)
         .args(["status", "--socket"])
         .arg(dir.join("control.sock"))

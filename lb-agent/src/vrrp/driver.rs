@@ -33,6 +33,8 @@ const GARP_COUNT: usize = 5;
 
 struct Router {
     name: String,
+    /// notify_master, notify_backup, notify_fault.
+    notify: [Option<String>; 3],
     inst: Instance,
     socket: Arc<VrrpSocket>,
     local: Ipv4Addr,
@@ -198,6 +200,11 @@ impl Vrrp {
             inst.startup(now);
             routers.push(Router {
                 name: vi.name.clone(),
+                notify: [
+                    vi.notify_master.clone(),
+                    vi.notify_backup.clone(),
+                    vi.notify_fault.clone(),
+                ],
                 inst,
                 socket,
                 local,
@@ -324,6 +331,15 @@ impl Vrrp {
                     }
                     Action::Transition { from, to, reason } => {
                         tracing::info!(instance = %r.name, from = ?from, to = ?to, reason, "VRRP transition");
+                        let script = match to {
+                            State::Master => r.notify[0].clone().map(|c| ("notify_master", c)),
+                            State::Backup => r.notify[1].clone().map(|c| ("notify_backup", c)),
+                            State::Fault => r.notify[2].clone().map(|c| ("notify_fault", c)),
+                            State::Initialize => None,
+                        };
+                        if let Some((what, command)) = script {
+                            crate::notify::spawn_script(what, command);
+                        }
                         if self.groups[i].is_some()
                             && (to == State::Master || from == State::Master)
                         {
