@@ -105,6 +105,12 @@ fn status(lab: &Lab, json: bool) -> std::process::Output {
 
 /// Starts lb-agent in the LB namespace with `config`; returns (pid, config path, log path).
 fn start_agent(lab: &mut Lab, config: &str) -> (u32, std::path::PathBuf, String) {
+    start_agent_in(lab, "lb", config)
+}
+
+/// Starts lb-agent in `host` with `config` and waits until its data plane is attached;
+/// returns (pid, config path, log path).
+fn start_agent_in(lab: &mut Lab, host: &str, config: &str) -> (u32, std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(&lab.prefix);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lb.toml");
@@ -112,7 +118,7 @@ fn start_agent(lab: &mut Lab, config: &str) -> (u32, std::path::PathBuf, String)
     let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
     let agent = env!("CARGO_BIN_EXE_lb-agent");
     let pid = lab.spawn(
-        "lb",
+        host,
         &[agent, "run", "--config", path.to_str().unwrap()],
         &log,
     );
@@ -389,14 +395,9 @@ fn auto_mode_falls_back_to_skb_with_a_log_line() {
     // `lo` has no driver-mode XDP: `xdp_mode = "auto"` must fall back to generic XDP.
     let mut lab = Lab::new("skb");
     lab.add_ns("h");
-    let dir = std::env::temp_dir().join(&lab.prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("lb.toml");
     let pin_dir = lab.pin_dir("h");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let text = format!(
+        r#"
 [dataplane]
 interface = "lo"
 pin_dir = "{pin_dir}"
@@ -407,17 +408,8 @@ port = 3306
 address = "127.0.0.2"
 mac = "02:00:00:00:00:02"
 "#
-        ),
-    )
-    .unwrap();
-    let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
-    let agent = env!("CARGO_BIN_EXE_lb-agent");
-    let pid = lab.spawn(
-        "h",
-        &[agent, "run", "--config", config.to_str().unwrap()],
-        &log,
     );
-    wait_for_log(&log, "data plane attached", &mut lab, pid);
+    let (pid, _, log) = start_agent_in(&mut lab, "h", &text);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("falling back to skb mode") && text.contains("mode=Skb"),
@@ -429,7 +421,6 @@ mac = "02:00:00:00:00:02"
         !lab.ip("h", &["link", "show", "lo"]).contains("xdp"),
         "still attached after SIGTERM"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -650,23 +641,11 @@ fn a_killed_agent_is_replaced_without_a_failed_connection() {
 fn cleanup_removes_what_a_killed_agent_left() {
     let mut lab = Lab::new("clean");
     lab.add_ns("h");
-    let dir = std::env::temp_dir().join(&lab.prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("lb.toml");
     let pin_dir = lab.pin_dir("h");
-    std::fs::write(
-        &config,
-        format!("[dataplane]\ninterface = \"lo\"\nxdp_mode = \"skb\"\npin_dir = \"{pin_dir}\"\n"),
-    )
-    .unwrap();
-    let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let text =
+        format!("[dataplane]\ninterface = \"lo\"\nxdp_mode = \"skb\"\npin_dir = \"{pin_dir}\"\n");
+    let (pid, config, _) = start_agent_in(&mut lab, "h", &text);
     let agent = env!("CARGO_BIN_EXE_lb-agent");
-    let pid = lab.spawn(
-        "h",
-        &[agent, "run", "--config", config.to_str().unwrap()],
-        &log,
-    );
-    wait_for_log(&log, "data plane attached", &mut lab, pid);
     lab.kill(pid);
     assert!(
         lab.ip("h", &["link", "show", "lo"]).contains("xdpgeneric"),
@@ -692,7 +671,6 @@ fn cleanup_removes_what_a_killed_agent_left() {
         !std::path::Path::new(&pin_dir).exists(),
         "pins left after --cleanup"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -776,16 +754,8 @@ fn rss_stays_under_30_mb_with_100_services_of_10_real_servers() {
             );
         }
     }
-    let config = dir.join("lb.toml");
-    std::fs::write(&config, text).unwrap();
-    let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let (pid, _, _) = start_agent_in(&mut lab, "h", &text);
     let agent = env!("CARGO_BIN_EXE_lb-agent");
-    let pid = lab.spawn(
-        "h",
-        &[agent, "run", "--config", config.to_str().unwrap()],
-        &log,
-    );
-    wait_for_log(&log, "data plane attached", &mut lab, pid);
     // A status request walks every service and counter once more.
     let out = std::process::Command::new(agent)
         .args(["status", "--json", "--socket"])
