@@ -5,12 +5,14 @@
 //! - `dataplane`: the embedded XDP object, loading/attaching, and writing the maps;
 //! - `netlink`: what the kernel knows (interfaces, local addresses, neighbours);
 //! - `control`: the control socket, `status`, and metrics;
+//! - `health`: check commands and rise/fall hysteresis;
 //! - `vrrp`: VRRP: packet codec, sans-IO state machine, socket and driver.
 
 pub mod balancer;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod health;
 pub mod netlink;
 pub mod notify;
 pub mod vrrp;

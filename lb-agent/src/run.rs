@@ -154,7 +154,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
 
     // 6. VRRP: until an instance is master here, the services of its VIPs stay inactive (the
     //    state above was computed with no masters).
-    let (mut vrrp, mut adverts) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
+    let (mut vrrp, mut vrrp_events) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
     vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
 
     // 7. Run until told to stop.
@@ -170,8 +170,8 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            Some(advert) = adverts.recv() => {
-                vrrp.advert_received(std::time::Instant::now(), advert);
+            Some(event) = vrrp_events.recv() => {
+                vrrp.handle_event(std::time::Instant::now(), event);
                 vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
             }
             _ = sleep_until(deadline) => {
@@ -213,9 +213,13 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
             Some(()) = futures_util::StreamExt::next(&mut changes) => {
                 // A burst of notifications is one look.
                 while let Some(Some(())) = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut changes)) {}
+                vrrp.refresh_links(&handle, std::time::Instant::now()).await;
+                vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
                 refresh(&cfg, &link, Resolve::Look, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
             }
             _ = tick.tick() => {
+                vrrp.refresh_links(&handle, std::time::Instant::now()).await;
+                vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
                 refresh(&cfg, &link, Resolve::Probe, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
             }
         }

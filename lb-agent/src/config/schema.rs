@@ -32,6 +32,8 @@ pub struct Config {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub sync_groups: Vec<Spanned<SyncGroup>>,
+    #[serde(default, rename = "vrrp_script", skip_serializing_if = "Vec::is_empty")]
+    pub vrrp_scripts: Vec<Spanned<VrrpScript>>,
     #[serde(
         default,
         rename = "virtual_server",
@@ -153,6 +155,77 @@ pub struct VrrpInstance {
     pub notify_backup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_fault: Option<String>,
+    /// E-mail every state change to `global.notification_email` (keepalived's `smtp_alert`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub smtp_alert: bool,
+    /// Gratuitous ARPs (unsolicited NAs for IPv6) per VIP sent at once on becoming master.
+    #[serde(default = "five", skip_serializing_if = "is_five")]
+    pub garp_master_repeat: u32,
+    /// A second burst this long after becoming master (switches that missed the first);
+    /// "0s" = none.
+    #[serde(default = "five_seconds", skip_serializing_if = "is_five_seconds")]
+    pub garp_master_delay: DurationStr,
+    /// While master, a burst every this long; "0s" (the default) = none.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub garp_master_refresh: DurationStr,
+    /// Messages per VIP in each refresh burst.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub garp_master_refresh_repeat: u32,
+    /// Interfaces whose state moves the priority (or, with weight 0, faults the instance).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub track_interface: Vec<Track>,
+    /// `vrrp_script`s whose result moves the priority (or, with weight 0, faults the instance).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub track_script: Vec<Track>,
+}
+
+/// A tracked interface or script, with keepalived's weight semantics: 0 = Fault while it is
+/// down; > 0 = added to the priority while it is up; < 0 = added while it is down.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Track {
+    pub name: String,
+    /// For a script: its own `weight` when omitted; for an interface: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+}
+
+/// keepalived's `vrrp_script`: a command run every `interval`; exit 0 = up.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpScript {
+    pub name: String,
+    pub script: String,
+    #[serde(default = "default_advert")]
+    pub interval: DurationStr,
+    /// Killed (and counted as a failure) after this long; `interval` when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationStr>,
+    /// -253..=253; see `Track`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub weight: i32,
+    /// Successes in a row before a failed script counts as up again.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub rise: u32,
+    /// Failures in a row before it counts as down.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub fall: u32,
+    /// Start as down until `rise` successes (keepalived's `init_fail`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub init_fail: bool,
+}
+
+fn five() -> u32 {
+    5
+}
+fn is_five(v: &u32) -> bool {
+    *v == 5
+}
+fn five_seconds() -> DurationStr {
+    DurationStr(Duration::from_secs(5))
+}
+fn is_five_seconds(v: &DurationStr) -> bool {
+    v.0 == Duration::from_secs(5)
 }
 
 fn default_priority() -> u8 {

@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, ops::Range, time::Duration};
 
-use super::{Check, Config, Failback, VirtualServer, VrrpInstance};
+use super::{Check, Config, Failback, VirtualServer, VrrpInstance, VrrpScript};
 
 pub struct ValidationError {
     pub span: Option<Range<usize>>,
@@ -27,6 +27,11 @@ pub fn validate(c: &Config) -> Result<(), ValidationError> {
             message: "must name an interface".into(),
         });
     }
+    crate::notify::mail::check(&c.global).map_err(|(key, message)| ValidationError {
+        span: None,
+        key: format!("global.{key}"),
+        message,
+    })?;
     let mut names = HashSet::new();
     let mut vrids = HashSet::new();
     for vi in &c.vrrp_instances {
@@ -50,6 +55,31 @@ pub fn validate(c: &Config) -> Result<(), ValidationError> {
             ));
         }
         vrrp_instance(vi).map_err(|(key, m)| err(&span, &format!("vrrp_instance.{key}"), m))?;
+    }
+    let mut scripts = HashSet::new();
+    for sc in &c.vrrp_scripts {
+        let span = sc.span();
+        let sc = sc.get_ref();
+        if !scripts.insert(sc.name.as_str()) {
+            return Err(err(
+                &span,
+                "vrrp_script.name",
+                format!("script {:?} is defined twice", sc.name),
+            ));
+        }
+        vrrp_script(sc).map_err(|(key, m)| err(&span, &format!("vrrp_script.{key}"), m))?;
+    }
+    for vi in &c.vrrp_instances {
+        let span = vi.span();
+        for t in &vi.get_ref().track_script {
+            if !scripts.contains(t.name.as_str()) {
+                return Err(err(
+                    &span,
+                    "vrrp_instance.track_script",
+                    format!("no vrrp_script named {:?}", t.name),
+                ));
+            }
+        }
     }
     let mut grouped = HashSet::new();
     for g in &c.sync_groups {
@@ -93,7 +123,49 @@ fn field(key: &str, message: impl Into<String>) -> FieldError {
     (key.into(), message.into())
 }
 
+/// keepalived's bounds: a weight moves a priority within 1–254.
+const MAX_WEIGHT: i32 = 253;
+
+fn vrrp_script(sc: &VrrpScript) -> Result<(), FieldError> {
+    if sc.script.trim().is_empty() {
+        return Err(field("script", "must name a command"));
+    }
+    if sc.interval.0.is_zero() {
+        return Err(field("interval", "must be longer than 0s"));
+    }
+    if sc.timeout.is_some_and(|t| t.0.is_zero()) {
+        return Err(field("timeout", "must be longer than 0s"));
+    }
+    if sc.weight.abs() > MAX_WEIGHT {
+        return Err(field("weight", "must be -253..=253"));
+    }
+    if sc.rise == 0 || sc.fall == 0 {
+        return Err(field("rise", "rise and fall must be at least 1"));
+    }
+    Ok(())
+}
+
 fn vrrp_instance(vi: &VrrpInstance) -> Result<(), FieldError> {
+    for t in vi.track_interface.iter().chain(&vi.track_script) {
+        if t.weight.is_some_and(|w| w.abs() > MAX_WEIGHT) {
+            return Err(field(
+                "track",
+                format!("{}: weight must be -253..=253", t.name),
+            ));
+        }
+    }
+    if vi.priority == 255
+        && vi
+            .track_interface
+            .iter()
+            .chain(&vi.track_script)
+            .any(|t| t.weight.is_some_and(|w| w != 0))
+    {
+        return Err(field(
+            "track",
+            "an address owner (priority 255) keeps its priority: tracking weights do not apply",
+        ));
+    }
     if vi.virtual_router_id == 0 {
         return Err(field("virtual_router_id", "must be 1–255"));
     }
@@ -148,6 +220,23 @@ fn vrrp_instance(vi: &VrrpInstance) -> Result<(), FieldError> {
             "virtual_address",
             "an instance needs at least one virtual address",
         ));
+    }
+    let v6 = vi.virtual_addresses[0].address.is_ipv6();
+    if vi
+        .virtual_addresses
+        .iter()
+        .any(|va| va.address.is_ipv6() != v6)
+        || vi.unicast_peers.iter().any(|p| p.is_ipv6() != v6)
+        || vi.unicast_src.is_some_and(|a| a.is_ipv6() != v6)
+    {
+        return Err(field(
+            "virtual_address",
+            "an instance is either IPv4 or IPv6: its virtual addresses, unicast_src and \
+             unicast_peers must all be of one family (use two instances for both)",
+        ));
+    }
+    if v6 && vi.version != 3 {
+        return Err(field("version", "VRRP over IPv6 needs version 3"));
     }
     for va in &vi.virtual_addresses {
         let max = if va.address.is_ipv4() { 32 } else { 128 };

@@ -249,6 +249,7 @@ mod tests {
             vrrp: vec![RouterStatus {
                 name: "VI_1".into(),
                 state: "master".into(),
+                master: None,
                 priority: 180,
                 adverts_received: 2,
                 adverts_sent: 40,

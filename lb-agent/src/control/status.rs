@@ -158,10 +158,11 @@ pub fn render(s: &Status) -> String {
         let discards: Vec<String> = r.discards.iter().map(|(d, n)| format!("{d} {n}")).collect();
         let _ = writeln!(
             out,
-            "vrrp {}: {} (priority {}), adverts sent {} received {}, became master {} time(s){}",
+            "vrrp {}: {} (priority {}, master {}), adverts sent {} received {}, became master {} time(s){}",
             r.name,
             r.state,
             r.priority,
+            r.master.map_or("unknown".to_string(), |m| m.to_string()),
             r.adverts_sent,
             r.adverts_received,
             r.became_master,

@@ -69,6 +69,23 @@ pub async fn iface_mac(handle: &Handle, name: &str) -> Result<[u8; 6]> {
     bail!("interface {name} has no Ethernet address")
 }
 
+/// Whether interface `name` is up with a carrier (`UP` and `LOWER_UP`); a missing interface is
+/// down.
+pub async fn link_up(handle: &Handle, name: &str) -> Result<bool> {
+    use netlink_packet_route::link::LinkFlag;
+    let Ok(index) = if_index(name) else {
+        return Ok(false);
+    };
+    let mut links = handle.link().get().match_index(index).execute();
+    Ok(match links.try_next().await {
+        Ok(Some(msg)) => {
+            let f = &msg.header.flags;
+            f.contains(&LinkFlag::Up) && f.contains(&LinkFlag::LowerUp)
+        }
+        _ => false,
+    })
+}
+
 /// Every address configured on this host (all interfaces, `lo` included).
 pub async fn local_addresses(handle: &Handle) -> Result<HashSet<IpAddr>> {
     let mut out = HashSet::new();

@@ -1,11 +1,12 @@
 //! Virtual addresses on an interface (`ip addr add VIP/32 dev eth0 label eth0:1`), and the
-//! gratuitous ARP that tells the LAN where they went.
+//! gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6) that tells the LAN
+//! where they went.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result, bail};
 use futures_util::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlag};
 use rtnetlink::Handle;
 
 /// A virtual address as the driver adds it.
@@ -24,6 +25,13 @@ pub async fn add(handle: &Handle, vip: &Vip) -> Result<()> {
         req.message_mut()
             .attributes
             .push(AddressAttribute::Label(l.clone()));
+    }
+    if vip.address.is_ipv6() {
+        // No duplicate address detection: the peer may still answer for the VIP for a moment,
+        // and a tentative address would not be usable (keepalived adds it the same way).
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(vec![AddressFlag::Nodad]));
     }
     match req.execute().await {
         Ok(()) => Ok(()),
@@ -103,5 +111,53 @@ pub fn gratuitous_arp(index: u32, mac: [u8; 6], addr: Ipv4Addr, count: usize) ->
         }
         libc::close(fd);
         result
+    }
+}
+
+/// The unsolicited neighbour advertisement (RFC 4861 7.2.6) for `target` from `mac`: ICMPv6
+/// type 136 with the Override flag and the target link-layer address option. The checksum is
+/// left 0: the kernel fills it in on raw ICMPv6 sockets.
+pub fn unsolicited_na(mac: [u8; 6], target: Ipv6Addr) -> Vec<u8> {
+    let mut m = Vec::with_capacity(32);
+    m.extend_from_slice(&[136, 0, 0, 0]);
+    m.extend_from_slice(&0x2000_0000u32.to_be_bytes());
+    m.extend_from_slice(&target.octets());
+    m.extend_from_slice(&[2, 1]);
+    m.extend_from_slice(&mac);
+    m
+}
+
+/// Sends `count` unsolicited neighbour advertisements for `target` to all nodes (ff02::1) on
+/// interface `index`, with hop limit 255 as receivers demand.
+pub fn unsolicited_nas(index: u32, mac: [u8; 6], target: Ipv6Addr, count: usize) -> Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+        .context("opening an ICMPv6 socket for neighbour advertisements")?;
+    s.set_multicast_if_v6(index)?;
+    s.set_multicast_hops_v6(255)?;
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let to = SockAddr::from(std::net::SocketAddrV6::new(all_nodes, 0, 0, index));
+    let na = unsolicited_na(mac, target);
+    for _ in 0..count {
+        s.send_to(&na, &to)
+            .with_context(|| format!("sending a neighbour advertisement for {target}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsolicited_na_bytes() {
+        let na = unsolicited_na([2, 0, 0, 0, 0, 1], "2001:db8::10".parse().unwrap());
+        assert_eq!(
+            na,
+            [
+                136, 0, 0, 0, 0x20, 0, 0, 0, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, 0x10, 2, 1, 2, 0, 0, 0, 0, 1
+            ]
+        );
     }
 }

@@ -90,6 +90,9 @@ pub struct Instance {
     started: Option<Instant>,
     actions: VecDeque<Action>,
     stats: Stats,
+    /// The current master as far as we know: us, the sender of the adverts we follow, or
+    /// nobody (starting, fault, or the master resigned).
+    master: Option<IpAddr>,
 }
 
 impl Instance {
@@ -105,6 +108,7 @@ impl Instance {
             started: None,
             actions: VecDeque::new(),
             stats: Stats::default(),
+            master: None,
         }
     }
 
@@ -114,6 +118,10 @@ impl Instance {
 
     pub fn priority(&self) -> u8 {
         self.priority
+    }
+
+    pub fn master(&self) -> Option<IpAddr> {
+        self.master
     }
 
     pub fn stats(&self) -> &Stats {
@@ -193,6 +201,11 @@ impl Instance {
             return;
         }
         self.state = to;
+        self.master = match to {
+            State::Master => Some(self.cfg.primary),
+            State::Backup => self.master,
+            State::Initialize | State::Fault => None,
+        };
         match (from, to) {
             (_, State::Master) => {
                 self.stats.became_master += 1;
@@ -285,6 +298,7 @@ impl Instance {
             State::Backup => {
                 if adv.priority == 0 {
                     // The master resigned: take over after a short, priority-ordered wait.
+                    self.master = None;
                     self.set(Timer::MasterDown, Some(now + self.resign_skew()));
                     return;
                 }
@@ -294,6 +308,7 @@ impl Instance {
                         .is_none_or(|s| now.duration_since(s) >= self.cfg.preempt_delay)
                     || self.priority == 255;
                 if !may_preempt || adv.priority >= self.priority {
+                    self.master = Some(src);
                     if self.cfg.version == Version::V3 {
                         self.master_interval = adv.interval;
                     }
@@ -312,6 +327,7 @@ impl Instance {
                         self.master_interval = adv.interval;
                     }
                     self.become_backup(now, "a higher-priority master");
+                    self.master = Some(src);
                 }
                 // A lower-priority master: ignore; our next advert makes it back down.
             }
@@ -358,20 +374,29 @@ impl Instance {
         }
     }
 
-    /// The interface went down: Fault, addresses released, silent.
-    pub fn interface_down(&mut self) {
+    /// The interface, or a tracked interface or script with weight 0, went down: Fault,
+    /// addresses released, silent.
+    pub fn fault(&mut self, reason: &'static str) {
+        if self.state == State::Fault {
+            return;
+        }
+        // Like a shutdown (and like keepalived): a master resigns so a backup takes over after
+        // skew time. If the interface itself is down the advert is lost, harmlessly.
+        if self.state == State::Master {
+            self.send_advert(0);
+        }
         self.timers = [None; 2];
-        self.transition(State::Fault, "interface down");
+        self.transition(State::Fault, reason);
     }
 
-    /// The interface came back: start again.
-    pub fn interface_up(&mut self, now: Instant) {
+    /// What caused the fault is back: start again.
+    pub fn recover(&mut self, now: Instant, reason: &'static str) {
         if self.state == State::Fault {
             self.state = State::Initialize;
             self.actions.push_back(Action::Transition {
                 from: State::Fault,
                 to: State::Initialize,
-                reason: "interface up",
+                reason,
             });
             self.startup(now);
         }

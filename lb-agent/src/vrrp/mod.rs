@@ -6,6 +6,7 @@ pub mod driver;
 pub mod instance;
 pub mod packet;
 pub mod socket;
+pub mod track;
 
 #[cfg(test)]
 mod tests;

@@ -410,13 +410,13 @@ fn interface_down_is_fault_and_up_starts_again() {
     lan.start(0);
     lan.start(1);
     lan.run_until(secs(10.0));
-    lan.nodes[0].inst.interface_down();
+    lan.nodes[0].inst.fault("interface down");
     lan.pump();
     assert_eq!(lan.nodes[0].inst.state(), State::Fault);
     lan.run_until(secs(20.0));
     assert_eq!(lan.masters(), vec![1]);
     let now = lan.now;
-    lan.nodes[0].inst.interface_up(now);
+    lan.nodes[0].inst.recover(now, "interface up");
     lan.pump();
     lan.run_until(secs(30.0));
     assert_eq!(lan.masters(), vec![0]);

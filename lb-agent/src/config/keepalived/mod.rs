@@ -13,7 +13,8 @@ pub use tree::{Node, Place, SyntaxError};
 
 use super::{
     Algorithm, Check, Config, Dataplane, DurationStr, Failback, Forwarding, Global, InitialState,
-    Protocol, RealServer, SyncGroup, VirtualAddress, VirtualServer, VrrpInstance, XdpModeSetting,
+    Protocol, RealServer, SyncGroup, Track, VirtualAddress, VirtualServer, VrrpInstance,
+    VrrpScript, XdpModeSetting,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +137,7 @@ fn convert(nodes: &[Node]) -> Import {
     let mut instances = Vec::new();
     let mut groups = Vec::new();
     let mut servers = Vec::new();
+    let mut scripts = Vec::new();
     let mut version = None;
     for n in nodes {
         match n.keyword.as_str() {
@@ -156,7 +158,9 @@ fn convert(nodes: &[Node]) -> Import {
                 }
             }
             "vrrp_script" => {
-                cv.unsupported(n, "track scripts are not supported yet; use a health check")
+                if let Some(sc) = vrrp_script(&mut cv, n) {
+                    scripts.push(sc);
+                }
             }
             "virtual_server_group" => cv.unsupported(n, "virtual server groups are not supported"),
             _ => cv.unknown(n, "the top level"),
@@ -184,12 +188,80 @@ fn convert(nodes: &[Node]) -> Import {
             .map(|v| Spanned::new(0..0, v))
             .collect(),
         sync_groups: groups.into_iter().map(|g| Spanned::new(0..0, g)).collect(),
+        vrrp_scripts: scripts.into_iter().map(|s| Spanned::new(0..0, s)).collect(),
         virtual_servers: servers.into_iter().map(|v| Spanned::new(0..0, v)).collect(),
     };
     Import {
         config,
         findings: cv.findings,
     }
+}
+
+/// `track_interface { eth0  eth1 weight -20 }` and `track_script { ... }`.
+fn tracks(cv: &mut Converter, n: &Node) -> Vec<Track> {
+    let mut out = Vec::new();
+    for c in n.children() {
+        match c.args.as_slice() {
+            [] => out.push(Track {
+                name: c.keyword.clone(),
+                weight: None,
+            }),
+            [w, v] if w == "weight" => match v.parse() {
+                Ok(weight) => out.push(Track {
+                    name: c.keyword.clone(),
+                    weight: Some(weight),
+                }),
+                Err(_) => cv.unsupported(c, format!("cannot read weight {v:?}")),
+            },
+            _ => cv.unsupported(c, "expected `NAME [weight N]`"),
+        }
+    }
+    out
+}
+
+fn vrrp_script(cv: &mut Converter, n: &Node) -> Option<VrrpScript> {
+    let [name] = n.args.as_slice() else {
+        cv.unsupported(n, "expected `vrrp_script NAME { ... }`");
+        return None;
+    };
+    let mut sc = VrrpScript {
+        name: name.clone(),
+        script: String::new(),
+        interval: DurationStr(Duration::from_secs(1)),
+        timeout: None,
+        weight: 0,
+        rise: 1,
+        fall: 1,
+        init_fail: false,
+    };
+    for c in n.children() {
+        match c.keyword.as_str() {
+            "script" => sc.script = c.args.join(" "),
+            "interval" => {
+                if let Some(d) = cv.seconds(c) {
+                    sc.interval = d;
+                }
+            }
+            "timeout" => sc.timeout = cv.seconds(c),
+            "weight" => match c.args.as_slice() {
+                [w] => match w.parse() {
+                    Ok(w) => sc.weight = w,
+                    Err(_) => cv.unsupported(c, format!("cannot read {w:?}")),
+                },
+                _ => cv.unsupported(c, "expected `weight N` (`reverse` is not supported)"),
+            },
+            "rise" => sc.rise = cv.arg(c).unwrap_or(1),
+            "fall" => sc.fall = cv.arg(c).unwrap_or(1),
+            "init_fail" => sc.init_fail = true,
+            "user" => cv.note(c, "the script runs as the agent's user"),
+            _ => cv.unknown(c, "vrrp_script"),
+        }
+    }
+    if sc.script.is_empty() {
+        cv.unsupported(n, "a vrrp_script needs a `script`");
+        return None;
+    }
+    Some(sc)
 }
 
 fn global_defs(cv: &mut Converter, n: &Node, g: &mut Global, version: &mut Option<u8>) {
@@ -243,6 +315,13 @@ fn vrrp_instance(cv: &mut Converter, n: &Node) -> Option<VrrpInstance> {
         notify_master: None,
         notify_backup: None,
         notify_fault: None,
+        smtp_alert: false,
+        garp_master_repeat: 5,
+        garp_master_delay: DurationStr(Duration::from_secs(5)),
+        garp_master_refresh: DurationStr::default(),
+        garp_master_refresh_repeat: 1,
+        track_interface: vec![],
+        track_script: vec![],
     };
     for c in n.children() {
         match c.keyword.as_str() {
@@ -294,10 +373,17 @@ fn vrrp_instance(cv: &mut Converter, n: &Node) -> Option<VrrpInstance> {
             "notify_master" => vi.notify_master = Some(c.args.join(" ")),
             "notify_backup" => vi.notify_backup = Some(c.args.join(" ")),
             "notify_fault" => vi.notify_fault = Some(c.args.join(" ")),
-            "smtp_alert" => cv.note(
-                c,
-                "e-mail goes to global.notification_email on every state change",
-            ),
+            "smtp_alert" => vi.smtp_alert = true,
+            "garp_master_repeat" => vi.garp_master_repeat = cv.arg(c).unwrap_or(5),
+            "garp_master_delay" => {
+                if let Some(d) = cv.seconds(c) {
+                    vi.garp_master_delay = d;
+                }
+            }
+            "garp_master_refresh" => vi.garp_master_refresh = cv.seconds(c).unwrap_or_default(),
+            "garp_master_refresh_repeat" => vi.garp_master_refresh_repeat = cv.arg(c).unwrap_or(1),
+            "track_interface" => vi.track_interface = tracks(cv, c),
+            "track_script" => vi.track_script = tracks(cv, c),
             // The recipe spells it `inteface`; keepalived accepts both.
             "lvs_sync_daemon_interface" | "lvs_sync_daemon_inteface" => cv.note(
                 c,

@@ -1,6 +1,9 @@
-//! Notify scripts (keepalived's `notify_master`, `notify_backup`, `notify_fault`): run through
-//! `sh -c` in the background with a timeout. A failing or hanging script is logged and killed;
-//! it never delays the data path or the VRRP loop.
+//! Notifications. Notify scripts (keepalived's `notify_master`, `notify_backup`,
+//! `notify_fault`, `notify_up`, `notify_down`) run through `sh -c` in the background with a
+//! timeout; `mail` sends alerts through SMTP. A failing or hanging notifier is logged (and a
+//! script killed); it never delays the data path or the VRRP loop.
+
+pub mod mail;
 
 use std::time::Duration;
 
