@@ -1,8 +1,9 @@
 //! VRRP interoperability with Debian's keepalived (the reference peer), in namespaces: two LB
 //! hosts on a bridge, one running lb-agent and one keepalived (`--vrrp`: the kernel has no
 //! IPVS). Each variant (v2 with `auth_type PASS` over multicast, v2 without authentication over
-//! unicast, v3 over multicast) runs both directions: lb-agent master with keepalived backup
-//! (clean stop, kill, preemption), and keepalived master with lb-agent backup (kill).
+//! unicast, v3 over IPv4 multicast, v3 over IPv6 multicast) runs both directions: lb-agent
+//! master with keepalived backup (clean stop, kill, preemption), and keepalived master with
+//! lb-agent backup (kill). A last test covers `nopreempt` and a track script's weight.
 
 mod common;
 
@@ -10,13 +11,23 @@ use std::time::{Duration, Instant};
 
 use common::Lab;
 
-const VIP: &str = "10.98.0.100";
-
 #[derive(Clone, Copy)]
 struct Variant {
     version: u8,
     auth: bool,
     unicast: bool,
+    v6: bool,
+}
+
+impl Variant {
+    fn vip(self) -> &'static str {
+        if self.v6 { "fd98::100" } else { "10.98.0.100" }
+    }
+
+    /// The VIP with its prefix, as `ip addr` and keepalived take it.
+    fn vip_cidr(self) -> String {
+        format!("{}/{}", self.vip(), if self.v6 { 128 } else { 32 })
+    }
 }
 
 fn keepalived_conf(v: Variant, priority: u8, state: &str) -> String {
@@ -30,9 +41,12 @@ fn keepalived_conf(v: Variant, priority: u8, state: &str) -> String {
     } else {
         ""
     };
+    // keepalived labels IPv4 addresses only.
+    let label = if v.v6 { "" } else { " label eth0:1" };
     format!(
-        "global_defs {{\n  router_id KA\n}}\nvrrp_instance VI_1 {{\n  state {state}\n  interface eth0\n  virtual_router_id 51\n  version {}\n  priority {priority}\n  advert_int 1\n{auth}{unicast}  virtual_ipaddress {{\n    {VIP}/32 dev eth0 label eth0:1\n  }}\n}}\n",
-        v.version
+        "global_defs {{\n  router_id KA\n}}\nvrrp_instance VI_1 {{\n  state {state}\n  interface eth0\n  virtual_router_id 51\n  version {}\n  priority {priority}\n  advert_int 1\n{auth}{unicast}  virtual_ipaddress {{\n    {} dev eth0{label}\n  }}\n}}\n",
+        v.version,
+        v.vip_cidr()
     )
 }
 
@@ -48,13 +62,15 @@ fn agent_conf(lab: &Lab, v: Variant, priority: u8) -> String {
         ""
     };
     format!(
-        "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nversion = {}\npriority = {priority}\nadvert_interval = \"1s\"\n{auth}{unicast}{notify}[[vrrp_instance.virtual_address]]\naddress = \"{VIP}\"\ndevice = \"eth0\"\nlabel = \"eth0:1\"\n",
+        "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nversion = {}\npriority = {priority}\nadvert_interval = \"1s\"\n{auth}{unicast}{notify}[[vrrp_instance.virtual_address]]\naddress = \"{}\"\ndevice = \"eth0\"\n{}",
         std::env::temp_dir()
             .join(&lab.prefix)
             .join("control.sock")
             .display(),
         lab.pin_dir("lb1"),
-        v.version
+        v.version,
+        v.vip(),
+        if v.v6 { "" } else { "label = \"eth0:1\"\n" }
     )
 }
 
@@ -97,6 +113,7 @@ fn v2_auth_pass_multicast() {
             version: 2,
             auth: true,
             unicast: false,
+            v6: false,
         },
     );
 }
@@ -109,6 +126,7 @@ fn v2_no_auth_unicast() {
             version: 2,
             auth: false,
             unicast: true,
+            v6: false,
         },
     );
 }
@@ -121,11 +139,26 @@ fn v3_multicast() {
             version: 3,
             auth: false,
             unicast: false,
+            v6: false,
+        },
+    );
+}
+
+#[test]
+fn v3_ipv6_multicast() {
+    interop(
+        "ka6m",
+        Variant {
+            version: 3,
+            auth: false,
+            unicast: false,
+            v6: true,
         },
     );
 }
 
 fn interop(tag: &str, v: Variant) {
+    let vip = v.vip();
     let mut lab = Lab::new(tag);
     lab.bridge();
     lab.host("lb1", "10.98.0.1/24");
@@ -163,7 +196,7 @@ fn interop(tag: &str, v: Variant) {
     let took = wait(
         "lb-agent master with the VIP",
         Duration::from_secs(8),
-        || lab.has_address("lb1", VIP),
+        || lab.has_address("lb1", vip),
     );
     println!("lb-agent became master after {took:?}");
     // keepalived joins as backup and must stay there.
@@ -173,7 +206,7 @@ fn interop(tag: &str, v: Variant) {
     );
     std::thread::sleep(Duration::from_secs(5));
     assert!(
-        lab.has_address("lb1", VIP) && !lab.has_address("lb2", VIP),
+        lab.has_address("lb1", vip) && !lab.has_address("lb2", vip),
         "the VIP must be on exactly one host"
     );
     let ka_text = std::fs::read_to_string(&ka_log).unwrap_or_default();
@@ -187,10 +220,10 @@ fn interop(tag: &str, v: Variant) {
     let took = wait(
         "keepalived takes over after a clean stop",
         Duration::from_secs(3),
-        || lab.has_address("lb2", VIP),
+        || lab.has_address("lb2", vip),
     );
     println!("keepalived took over {took:?} after lb-agent stopped cleanly");
-    assert!(!lab.has_address("lb1", VIP), "lb-agent left its VIP behind");
+    assert!(!lab.has_address("lb1", vip), "lb-agent left its VIP behind");
 
     // lb-agent returns with the higher priority: it preempts.
     let a = lab.spawn(
@@ -201,7 +234,7 @@ fn interop(tag: &str, v: Variant) {
     wait(
         "lb-agent preempts keepalived",
         Duration::from_secs(8),
-        || lab.has_address("lb1", VIP) && !lab.has_address("lb2", VIP),
+        || lab.has_address("lb1", vip) && !lab.has_address("lb2", vip),
     );
 
     // lb-agent is killed: keepalived takes over after its master-down interval (~3.4 s).
@@ -209,7 +242,7 @@ fn interop(tag: &str, v: Variant) {
     let took = wait(
         "keepalived takes over after a kill",
         Duration::from_secs(6),
-        || lab.has_address("lb2", VIP),
+        || lab.has_address("lb2", vip),
     );
     println!("keepalived took over {took:?} after lb-agent was killed");
     // The killed agent's VIP is still configured on lb1 (nobody removed it); the next start
@@ -220,7 +253,7 @@ fn interop(tag: &str, v: Variant) {
         .output()
         .unwrap();
     assert!(status.status.success());
-    lab.ip("lb1", &["addr", "del", &format!("{VIP}/32"), "dev", "eth0"]);
+    lab.ip("lb1", &["addr", "del", &v.vip_cidr(), "dev", "eth0"]);
     lab.stop(ka);
 
     // 2. The reverse: keepalived (200) master, lb-agent (100) backup, then keepalived killed.
@@ -231,7 +264,7 @@ fn interop(tag: &str, v: Variant) {
         &ka_log,
     );
     wait("keepalived master", Duration::from_secs(8), || {
-        lab.has_address("lb2", VIP)
+        lab.has_address("lb2", vip)
     });
     std::fs::write(notify_log(&lab), "").unwrap();
     let a = lab.spawn(
@@ -241,7 +274,7 @@ fn interop(tag: &str, v: Variant) {
     );
     std::thread::sleep(Duration::from_secs(5));
     assert!(
-        !lab.has_address("lb1", VIP),
+        !lab.has_address("lb1", vip),
         "lb-agent (100) took the VIP from keepalived (200)"
     );
     // SIGKILL keepalived's VRRP child first (a crash: no resignation), then its parent (which
@@ -251,7 +284,7 @@ fn interop(tag: &str, v: Variant) {
     let took = wait(
         "lb-agent takes over from a killed keepalived",
         Duration::from_secs(6),
-        || lab.has_address("lb1", VIP),
+        || lab.has_address("lb1", vip),
     );
     println!("lb-agent took over {took:?} after keepalived was killed");
     // notify_backup at start, notify_master on takeover (run in the background).
@@ -269,11 +302,129 @@ fn interop(tag: &str, v: Variant) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("vrrp VI_1: master (priority 100)"), "{text}");
+    assert!(
+        text.contains("vrrp VI_1: master (priority 100, master "),
+        "{text}"
+    );
     assert!(lab.stop(a).unwrap().success());
     assert!(
-        !lab.has_address("lb1", VIP),
+        !lab.has_address("lb1", vip),
         "lb-agent kept the VIP after a clean stop"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `nopreempt` and a track script, against keepalived: lb-agent (180, nopreempt) joins a
+/// keepalived master (150) and stays backup; takes over when keepalived is killed; a failing
+/// track script (weight -60: 120) hands the master role to keepalived, and recovering it does
+/// not take it back (nopreempt).
+#[test]
+fn nopreempt_and_track_script() {
+    let v = Variant {
+        version: 2,
+        auth: false,
+        unicast: false,
+        v6: false,
+    };
+    let vip = v.vip();
+    let mut lab = Lab::new("kanp");
+    lab.bridge();
+    lab.host("lb1", "10.98.0.1/24");
+    lab.host("lb2", "10.98.0.2/24");
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = env!("CARGO_BIN_EXE_lb-agent");
+    let agent_log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let ka_log = dir.join("keepalived.log").to_string_lossy().into_owned();
+    let ka_conf = dir.join("keepalived.conf");
+    let agent_cfg = dir.join("lb.toml");
+    let fail = dir.join("fail");
+    let conf = agent_conf(&lab, v, 180).replace(
+        "[[vrrp_instance.virtual_address]]",
+        "preempt = false\ntrack_script = [{ name = \"chk\" }]\n[[vrrp_instance.virtual_address]]",
+    );
+    let conf = format!(
+        "{conf}\n[[vrrp_script]]\nname = \"chk\"\nscript = \"test ! -e {}\"\ninterval = \"200ms\"\nweight = -60\nfall = 2\nrise = 2\n",
+        fail.display()
+    );
+    std::fs::write(&agent_cfg, conf).unwrap();
+    std::fs::write(&ka_conf, keepalived_conf(v, 150, "MASTER")).unwrap();
+    let ka_args = [
+        "keepalived".to_string(),
+        format!("--namespace={}", lab.ns("lb2")),
+        "-n".into(),
+        "-l".into(),
+        "-D".into(),
+        "--vrrp".into(),
+        "-f".into(),
+        ka_conf.to_string_lossy().into_owned(),
+    ];
+    let ka_args: Vec<&str> = ka_args.iter().map(String::as_str).collect();
+    let status = || {
+        let out = std::process::Command::new(agent)
+            .args(["status", "--socket"])
+            .arg(dir.join("control.sock"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let ka = lab.spawn_host(&ka_args, &ka_log);
+    wait("keepalived master", Duration::from_secs(8), || {
+        lab.has_address("lb2", vip)
+    });
+    let a = lab.spawn(
+        "lb1",
+        &[agent, "run", "--config", agent_cfg.to_str().unwrap()],
+        &agent_log,
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        lab.has_address("lb2", vip) && !lab.has_address("lb1", vip),
+        "nopreempt: lb-agent (180) must not take the VIP from keepalived (150)"
+    );
+    let text = status();
+    assert!(
+        text.contains("vrrp VI_1: backup (priority 180, master 10.98.0.2)"),
+        "{text}"
+    );
+
+    kill_children(ka);
+    lab.kill(ka);
+    wait(
+        "lb-agent takes over from a killed keepalived",
+        Duration::from_secs(6),
+        || lab.has_address("lb1", vip),
+    );
+    let ka = lab.spawn_host(&ka_args, &ka_log);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        lab.has_address("lb1", vip) && !lab.has_address("lb2", vip),
+        "keepalived (150) took the VIP from lb-agent (180)"
+    );
+
+    // The track script fails: 180 - 60 = 120 < 150, and keepalived preempts.
+    std::fs::write(&fail, "").unwrap();
+    let took = wait(
+        "keepalived preempts after lb-agent's track script failed",
+        Duration::from_secs(6),
+        || lab.has_address("lb2", vip) && !lab.has_address("lb1", vip),
+    );
+    println!("keepalived took over {took:?} after the track script failed");
+    let text = status();
+    assert!(text.contains("vrrp VI_1: backup (priority 120,"), "{text}");
+
+    // It recovers: priority 180 again, but nopreempt keeps lb-agent backup.
+    std::fs::remove_file(&fail).unwrap();
+    wait("priority back to 180", Duration::from_secs(3), || {
+        status().contains("vrrp VI_1: backup (priority 180,")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        lab.has_address("lb2", vip) && !lab.has_address("lb1", vip),
+        "nopreempt: lb-agent took the VIP back"
+    );
+    assert!(lab.stop(a).unwrap().success());
+    lab.stop(ka);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -107,6 +107,8 @@ impl Lab {
         );
         self.ip("br", &["link", "set", &port, "master", "br0", "up"]);
         self.ip(host, &["addr", "add", cidr, "dev", "eth0"]);
+        // The IPv6 link-local address is usable at once (VRRPv3 over IPv6 sends from it).
+        self.sysctl(host, "net.ipv6.conf.eth0.accept_dad", "0");
         self.ip(host, &["link", "set", "eth0", "up"]);
         let _ = br;
     }
