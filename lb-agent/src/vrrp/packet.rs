@@ -559,4 +559,100 @@ mod tests {
             }
         }
     }
+
+    mod properties {
+        //! The decoder's fuzz target, as properties with shrinking: no input panics, and every
+        //! advert the encoder can produce decodes back to itself.
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn receiver() -> impl Strategy<Value = Received> {
+            prop_oneof![
+                (any::<[u8; 4]>(), any::<u8>()).prop_map(|(s, ttl)| Received {
+                    src: IpAddr::V4(s.into()),
+                    dst: IpAddr::V4(MULTICAST_V4),
+                    ttl,
+                }),
+                (any::<[u8; 16]>(), any::<u8>()).prop_map(|(s, ttl)| Received {
+                    src: IpAddr::V6(s.into()),
+                    dst: IpAddr::V6(MULTICAST_V6),
+                    ttl,
+                }),
+            ]
+        }
+
+        fn advert(v6: bool) -> impl Strategy<Value = Advert> {
+            let addr = move || -> BoxedStrategy<IpAddr> {
+                if v6 {
+                    any::<[u8; 16]>().prop_map(|a| IpAddr::V6(a.into())).boxed()
+                } else {
+                    any::<[u8; 4]>().prop_map(|a| IpAddr::V4(a.into())).boxed()
+                }
+            };
+            (
+                any::<bool>(),
+                1u8..=255,
+                any::<u8>(),
+                1u64..=255,
+                1u64..=4095,
+                proptest::collection::vec(addr(), 1..20),
+                proptest::option::of(any::<[u8; AUTH_LEN]>()),
+            )
+                .prop_map(move |(v3, vrid, priority, secs, cs, addresses, pass)| {
+                    let v3 = v3 || v6;
+                    Advert {
+                        version: if v3 { Version::V3 } else { Version::V2 },
+                        vrid,
+                        priority,
+                        interval: if v3 {
+                            Duration::from_millis(cs * 10)
+                        } else {
+                            Duration::from_secs(secs)
+                        },
+                        addresses,
+                        auth: match pass {
+                            Some(p) if !v3 => Auth::Pass(p),
+                            _ => Auth::None,
+                        },
+                    }
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+            #[test]
+            fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128), r in receiver()) {
+                for v in [V3Ipv4Checksum::WithPseudoHeader, V3Ipv4Checksum::WithoutPseudoHeader] {
+                    let _ = Advert::decode(&bytes, r, v);
+                }
+            }
+
+            #[test]
+            fn mutated_adverts_never_panic(a in advert(false), at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
+                let r = Received { src: "10.1.1.113".parse().unwrap(), dst: IpAddr::V4(MULTICAST_V4), ttl: 255 };
+                let mut b = a.encode(r.src, r.dst, V3Ipv4Checksum::default());
+                let i = at.index(b.len());
+                b[i] = byte;
+                b.truncate(cut.index(b.len() + 1));
+                let _ = Advert::decode(&b, r, V3Ipv4Checksum::default());
+            }
+
+            #[test]
+            fn what_is_encoded_decodes_back(a in prop_oneof![advert(false), advert(true)]) {
+                let v6 = a.addresses[0].is_ipv6();
+                let (src, dst) = if v6 {
+                    ("fe80::1".parse().unwrap(), IpAddr::V6(MULTICAST_V6))
+                } else {
+                    ("10.1.1.113".parse().unwrap(), IpAddr::V4(MULTICAST_V4))
+                };
+                let r = Received { src, dst, ttl: 255 };
+                for v in [V3Ipv4Checksum::WithPseudoHeader, V3Ipv4Checksum::WithoutPseudoHeader] {
+                    let bytes = a.encode(src, dst, v);
+                    prop_assert_eq!(Advert::decode(&bytes, r, v), Ok(a.clone()));
+                }
+            }
+        }
+    }
 }
