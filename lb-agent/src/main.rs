@@ -38,6 +38,16 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Hand a service's traffic back from its sorry server to its real servers (services with
+    /// `failback = "manual"`; refused while they fail their checks).
+    Failback {
+        /// The virtual server's name (as `status` shows it).
+        service: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Validate a config file: exit 0 when it is valid, 1 with the error otherwise.
     CheckConfig { file: PathBuf },
     /// Convert a keepalived.conf (with its includes) to this agent's TOML, on stdout or into
@@ -70,6 +80,26 @@ fn main() -> ExitCode {
             config,
             socket,
         } => status(json, config, socket),
+        Command::Failback {
+            service,
+            config,
+            socket,
+        } => {
+            let Some(socket) = socket_of(config, socket) else {
+                return ExitCode::FAILURE;
+            };
+            match lb_agent::control::ask(&socket, &lb_agent::control::Request::Failback { service })
+            {
+                Ok(v) => {
+                    println!("{}", v.get("ok").and_then(|o| o.as_str()).unwrap_or("done"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::ImportKeepalived {
             file,
             output,
@@ -89,17 +119,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn status(json: bool, config: Option<PathBuf>, socket: Option<PathBuf>) -> ExitCode {
-    let socket = match (socket, config) {
+/// The control socket: given, from the configuration, or the default.
+fn socket_of(config: Option<PathBuf>, socket: Option<PathBuf>) -> Option<PathBuf> {
+    Some(match (socket, config) {
         (Some(s), _) => s,
         (None, Some(c)) => match Config::load(&c) {
             Ok(cfg) => lb_agent::control::socket_path(cfg.global.control_socket.as_deref()),
             Err(e) => {
                 eprintln!("{e}");
-                return ExitCode::FAILURE;
+                return None;
             }
         },
         (None, None) => lb_agent::control::socket_path(None),
+    })
+}
+
+fn status(json: bool, config: Option<PathBuf>, socket: Option<PathBuf>) -> ExitCode {
+    let Some(socket) = socket_of(config, socket) else {
+        return ExitCode::FAILURE;
     };
     match lb_agent::control::ask(&socket, &lb_agent::control::Request::Status) {
         Ok(v) if json => {

@@ -17,7 +17,11 @@ use lb_agent::{
     config::{Config, XdpModeSetting},
     control,
     dataplane::{AttachMode, Dataplane, LoadOptions, reconcile},
-    netlink,
+    health::{
+        monitor::Report,
+        state::{Flip, HealthState},
+    },
+    netlink, notify,
     vrrp::driver::Vrrp,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -31,6 +35,7 @@ fn status_of(
     state: &DesiredState,
     mode: &str,
     vrrp: &Vrrp,
+    health: &HealthState,
 ) -> Result<control::status::Status> {
     let sids: Vec<u32> = state.services.iter().map(|s| s.id).collect();
     let rids: Vec<u32> = state.reals.keys().copied().collect();
@@ -38,6 +43,7 @@ fn status_of(
     let mut s = control::status::build(cfg, state, &counters, mode);
     s.learned_peers = control::status::peers(&dp.maps().learned_peers()?);
     s.vrrp = vrrp.status();
+    control::status::add_health(&mut s, &health.eval.reports);
     Ok(s)
 }
 
@@ -89,6 +95,16 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     //    the first frame already sees the full configuration. A data plane left pinned by a
     //    previous agent (killed, crashed, upgraded) keeps forwarding meanwhile: we take over
     //    its maps and ids, write the difference, and swap our program into its link.
+    // 5. Health checks first: a password file that cannot be used stops the start before the
+    //    data plane changes. Until its first result a checked server counts as up
+    //    (keepalived's default).
+    let (check_tx, mut check_rx) = tokio::sync::mpsc::channel::<Report>(256);
+    let mut health = HealthState::start(&cfg, check_tx, std::time::Instant::now())?;
+
+    // 6. The data plane: load (verifier) with the maps pinned, fill them, then attach, so that
+    //    the first frame already sees the full configuration. A data plane left pinned by a
+    //    previous agent (killed, crashed, upgraded) keeps forwarding meanwhile: we take over
+    //    its maps and ids, write the difference, and swap our program into its link.
     let mut dp = Dataplane::load_pinned(&cfg.dataplane.pin_dir, &LoadOptions::default())?;
     let mut planner = Planner::default();
     let previous = if dp.adopted() {
@@ -132,6 +148,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         Resolve::ProbeAndWait,
         &mut planner,
         &HashSet::new(),
+        health.verdicts(),
     )
     .await?;
     let ops = reconcile::plan(previous.as_ref(), &mut state);
@@ -152,12 +169,12 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     control::serve(&socket, control_tx)?;
     tracing::info!(interface = %iface, mode = ?got, services = state.services.len(), reals = state.reals.len(), "data plane attached");
 
-    // 6. VRRP: until an instance is master here, the services of its VIPs stay inactive (the
+    // 7. VRRP: until an instance is master here, the services of its VIPs stay inactive (the
     //    state above was computed with no masters).
     let (mut vrrp, mut vrrp_events) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
     vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
 
-    // 7. Run until told to stop.
+    // 8. Run until told to stop.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -167,6 +184,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     let mut tick = tokio::time::interval(NEIGHBOUR_POLL);
     loop {
         let deadline = vrrp.next_deadline();
+        let health_deadline = health.next_deadline();
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -178,11 +196,31 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                 vrrp.handle_timeout(std::time::Instant::now());
                 vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
             }
+            Some(report) = check_rx.recv() => {
+                let (flip, changed) = health.record(report);
+                if let Some(f) = flip {
+                    notify_real(&cfg, &f);
+                }
+                if changed {
+                    health_step(&mut health, &cfg, &mut planner, &mut dp, &mut state, &vrrp).await?;
+                }
+            }
+            _ = sleep_until(health_deadline) => {
+                health_step(&mut health, &cfg, &mut planner, &mut dp, &mut state, &vrrp).await?;
+            }
             Some((request, reply)) = control_rx.recv() => {
                 let answer = match request {
-                    control::Request::Status => match status_of(&mut dp, &cfg, &state, &attach_mode, &vrrp) {
+                    control::Request::Status => match status_of(&mut dp, &cfg, &state, &attach_mode, &vrrp, &health) {
                         Ok(s) => serde_json::to_string(&s).unwrap_or_else(|e| control::error_json(&e.to_string())),
                         Err(e) => control::error_json(&format!("{e:#}")),
+                    },
+                    control::Request::Failback { service } => match health.request_failback(&cfg, &service) {
+                        Ok(()) => {
+                            tracing::info!(service, "failback requested");
+                            health_step(&mut health, &cfg, &mut planner, &mut dp, &mut state, &vrrp).await?;
+                            serde_json::json!({ "ok": format!("{service}: failback requested") }).to_string()
+                        }
+                        Err(e) => control::error_json(&format!("{service}: {e}")),
                     },
                 };
                 let _ = reply.send(answer);
@@ -201,7 +239,14 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                     tracing::error!("reload refused: dataplane.interface, xdp_mode and pin_dir need a restart");
                     continue;
                 }
-                match resolve(&new_cfg, &link, Resolve::ProbeAndWait, &mut planner, &vrrp.masters()).await {
+                // New checks (password files read again): a failure refuses the reload.
+                let (tx, rx) = tokio::sync::mpsc::channel::<Report>(256);
+                if let Err(e) = health.reload(&new_cfg, tx, std::time::Instant::now()) {
+                    tracing::error!(error = %format!("{e:#}"), "reload refused, the running configuration stays");
+                    continue;
+                }
+                check_rx = rx;
+                match resolve(&new_cfg, &link, Resolve::ProbeAndWait, &mut planner, &vrrp.masters(), health.verdicts()).await {
                     Ok(next) => {
                         let writes = apply(&mut dp, &mut state, next)?;
                         tracing::info!(writes, services = state.services.len(), "configuration reloaded");
@@ -215,20 +260,20 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                 while let Some(Some(())) = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut changes)) {}
                 vrrp.refresh_links(&handle, std::time::Instant::now()).await;
                 vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
-                refresh(&cfg, &link, Resolve::Look, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
+                refresh(&cfg, &link, Resolve::Look, &mut planner, &mut dp, &mut state, &vrrp.masters(), health.verdicts()).await?;
             }
             _ = tick.tick() => {
                 vrrp.refresh_links(&handle, std::time::Instant::now()).await;
                 vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
-                refresh(&cfg, &link, Resolve::Probe, &mut planner, &mut dp, &mut state, &vrrp.masters()).await?;
+                refresh(&cfg, &link, Resolve::Probe, &mut planner, &mut dp, &mut state, &vrrp.masters(), health.verdicts()).await?;
             }
         }
     }
 
-    // 8. Clean exit: resign from VRRP (priority 0: the peer takes over after skew time), then
-    //    detach and unpin. (A killed agent leaves the data plane running, pinned, for the next
+    // 9. Clean exit: resign from VRRP (priority 0: the peer takes over after skew time; we
+    //    keep forwarding until it has), then detach and unpin. (A killed agent leaves the data plane running, pinned, for the next
     //    one to adopt.)
-    vrrp.shutdown(&handle).await?;
+    vrrp.shutdown(&handle, &mut vrrp_events).await?;
     tracing::info!("stopping: detaching the data plane");
     let _ = std::fs::remove_file(&socket);
     dp.shutdown()?;
@@ -268,7 +313,121 @@ async fn vrrp_step(
     Ok(())
 }
 
+/// Evaluates the services' health again and, when a verdict changed (a server failed or came
+/// back, a failback became due), writes the affected services: the decision-to-map-flip time
+/// is logged as `switch_us`.
+async fn health_step(
+    health: &mut HealthState,
+    cfg: &Config,
+    planner: &mut Planner,
+    dp: &mut Dataplane,
+    state: &mut DesiredState,
+    vrrp: &Vrrp,
+) -> Result<()> {
+    let decided = std::time::Instant::now();
+    let Some(before) = health.evaluate(cfg, decided) else {
+        return Ok(());
+    };
+    let mut next = state.clone();
+    next.apply_health(cfg, health.verdicts(), &before, planner);
+    next.apply_vrrp(cfg, &vrrp.masters());
+    let sorry_before: Vec<bool> = state.services.iter().map(|s| s.using_sorry).collect();
+    let writes = apply(dp, state, next)?;
+    let switch_us = decided.elapsed().as_micros() as u64;
+    tracing::info!(writes, switch_us, "health verdicts changed, maps updated");
+    for (i, (vs, svc)) in cfg
+        .virtual_servers
+        .iter()
+        .map(|v| v.get_ref())
+        .zip(&state.services)
+        .enumerate()
+    {
+        if sorry_before.get(i) == Some(&svc.using_sorry) {
+            continue;
+        }
+        let (what, script, text) = if svc.using_sorry {
+            (
+                "quorum_down",
+                vs.quorum_down.clone(),
+                "lost its quorum: the sorry server takes the traffic",
+            )
+        } else {
+            (
+                "quorum_up",
+                vs.quorum_up.clone(),
+                "is back on its real servers",
+            )
+        };
+        tracing::warn!(service = %svc.name, "{text}");
+        if let Some(command) = script {
+            notify::spawn_script(what, command);
+        }
+        if vs.smtp_alert
+            && let Some(m) = notify::mail::Mailer::from_config(&cfg.global)
+        {
+            m.send(
+                format!(
+                    "=> {} {} <=",
+                    svc.name,
+                    if svc.using_sorry {
+                        "QUORUM DOWN"
+                    } else {
+                        "QUORUM UP"
+                    }
+                ),
+                format!("{} {text}", svc.name),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// notify_up / notify_down of every real server entry at the flipped address and port, and
+/// e-mail for services with `smtp_alert`.
+fn notify_real(cfg: &Config, f: &Flip) {
+    if f.up {
+        tracing::info!(real = %f.addr, port = f.port, "real server up");
+    } else {
+        tracing::warn!(real = %f.addr, port = f.port, reason = f.reason.as_deref().unwrap_or(""), "real server down");
+    }
+    let mut mailed = false;
+    for vs in cfg.virtual_servers.iter().map(|v| v.get_ref()) {
+        for rs in vs.real_servers.iter().chain(vs.sorry_server.iter()) {
+            if rs.address != f.addr || rs.port.unwrap_or(vs.port) != f.port {
+                continue;
+            }
+            let script = if f.up { &rs.notify_up } else { &rs.notify_down };
+            if let Some(command) = script {
+                notify::spawn_script(
+                    if f.up { "notify_up" } else { "notify_down" },
+                    command.clone(),
+                );
+            }
+            if vs.smtp_alert
+                && !mailed
+                && let Some(m) = notify::mail::Mailer::from_config(&cfg.global)
+            {
+                mailed = true;
+                let state = if f.up { "UP" } else { "DOWN" };
+                m.send(
+                    format!("=> CHECK on service [{}]:{} {state} <=", f.addr, f.port),
+                    format!(
+                        "=> real server [{}]:{} is {state}{} <=",
+                        f.addr,
+                        f.port,
+                        f.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// Looks at the neighbours again and writes what changed.
+#[allow(clippy::too_many_arguments)]
 async fn refresh(
     cfg: &Config,
     link: &Link,
@@ -277,8 +436,9 @@ async fn refresh(
     dp: &mut Dataplane,
     state: &mut DesiredState,
     masters: &HashSet<IpAddr>,
+    verdicts: &[lb_agent::balancer::desired::ServiceVerdict],
 ) -> Result<()> {
-    match resolve(cfg, link, how, planner, masters).await {
+    match resolve(cfg, link, how, planner, masters, verdicts).await {
         Ok(next) => {
             let writes = apply(dp, state, next)?;
             if writes > 0 {
@@ -328,6 +488,7 @@ async fn resolve(
     how: Resolve,
     planner: &mut Planner,
     masters: &HashSet<IpAddr>,
+    verdicts: &[lb_agent::balancer::desired::ServiceVerdict],
 ) -> Result<DesiredState> {
     let local = netlink::local_addresses(&link.handle).await?;
     let configured: HashMap<IpAddr, Option<[u8; 6]>> = cfg
@@ -381,6 +542,7 @@ async fn resolve(
     )
     .map_err(anyhow::Error::msg)
     .context("computing the data-plane state")?;
+    state.apply_health(cfg, verdicts, &[], planner);
     state.apply_vrrp(cfg, masters);
     Ok(state)
 }

@@ -33,6 +33,19 @@ impl RealInfo {
     }
 }
 
+/// What health checks say of one service's members (see `health::verdict`); the default
+/// (nothing checked) leaves every resolved real server in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceVerdict {
+    /// Real servers that fail their check or role, with why: out of the pool (or, with
+    /// `inhibit_on_failure`, in it with weight 0).
+    pub failing: Vec<(IpAddr, String)>,
+    /// Weights set by dynamic exec checks.
+    pub weights: Vec<(IpAddr, u32)>,
+    /// The failback policy keeps the traffic on the sorry server.
+    pub hold_sorry: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct DesiredService {
     pub name: String,
@@ -107,6 +120,30 @@ impl DesiredState {
                     0
                 };
             }
+        }
+    }
+
+    /// Recomputes the services whose health verdict differs from `before` (both in
+    /// configuration order; a missing entry is the default, so `before = &[]` after
+    /// `compute`). Call before `apply_vrrp`.
+    pub fn apply_health(
+        &mut self,
+        cfg: &Config,
+        verdicts: &[ServiceVerdict],
+        before: &[ServiceVerdict],
+        planner: &mut Planner,
+    ) {
+        let none = ServiceVerdict::default();
+        for (i, vs) in cfg.virtual_servers.iter().map(|v| v.get_ref()).enumerate() {
+            let v = verdicts.get(i).unwrap_or(&none);
+            if v == before.get(i).unwrap_or(&none) {
+                continue;
+            }
+            let Some(old) = self.services.get(i) else {
+                continue;
+            };
+            let (key, id, generation) = (old.key, old.id, old.generation);
+            self.services[i] = service_state(vs, key, id, generation, &self.known, v, planner);
         }
     }
 
@@ -279,7 +316,15 @@ pub fn compute(
                 vs.display_name()
             )
         })?;
-        let svc = service_state(vs, key, id, generation, &state.known, planner);
+        let svc = service_state(
+            vs,
+            key,
+            id,
+            generation,
+            &state.known,
+            &ServiceVerdict::default(),
+            planner,
+        );
         state.services.push(svc);
     }
     let live_reals: HashSet<IpAddr> = state.known.keys().copied().collect();
@@ -328,7 +373,15 @@ pub fn update_reals(
             continue;
         };
         let (key, id, generation) = (old.key, old.id, old.generation);
-        state.services[i] = service_state(vs, key, id, generation, &state.known, planner);
+        state.services[i] = service_state(
+            vs,
+            key,
+            id,
+            generation,
+            &state.known,
+            &ServiceVerdict::default(),
+            planner,
+        );
     }
     state
 }
@@ -340,6 +393,7 @@ fn service_state(
     id: u32,
     generation: u32,
     known: &HashMap<IpAddr, (u32, RealInfo)>,
+    verdict: &ServiceVerdict,
     planner: &mut Planner,
 ) -> DesiredService {
     let backend = |r: &crate::config::RealServer| {
@@ -350,11 +404,26 @@ fn service_state(
             weight: r.weight,
         })
     };
-    let mut pool: Vec<Backend> = vs.real_servers.iter().filter_map(backend).collect();
+    let judged = |r: &crate::config::RealServer| {
+        let mut b = backend(r)?;
+        if let Some((_, w)) = verdict.weights.iter().find(|(a, _)| *a == r.address) {
+            b.weight = *w;
+        }
+        if verdict.failing.iter().any(|(a, _)| *a == r.address) {
+            // A failed server leaves, or stays with weight 0 (no new flows, keeps its
+            // place in the table) with inhibit_on_failure.
+            if !vs.inhibit_on_failure {
+                return None;
+            }
+            b.weight = 0;
+        }
+        Some(b)
+    };
+    let mut pool: Vec<Backend> = vs.real_servers.iter().filter_map(judged).collect();
     let mut using_sorry = false;
     let mut warning = None;
     let healthy = pool.iter().filter(|b| b.weight > 0).count() as u32;
-    if healthy < vs.quorum
+    if (healthy < vs.quorum || verdict.hold_sorry)
         && let Some(sorry) = &vs.sorry_server
     {
         pool = backend(sorry)
@@ -362,12 +431,22 @@ fn service_state(
             .into_iter()
             .collect();
         using_sorry = true;
-        warning = Some(format!(
-            "{}: {healthy} usable real server(s), quorum {}: using the sorry server {}",
-            vs.display_name(),
-            vs.quorum,
-            sorry.address
-        ));
+        warning = Some(if healthy < vs.quorum {
+            format!(
+                "{}: {healthy} usable real server(s), quorum {}: using the sorry server {}",
+                vs.display_name(),
+                vs.quorum,
+                sorry.address
+            )
+        } else {
+            format!(
+                "{}: the sorry server {} keeps the traffic until the failback policy ({:?}) \
+                 allows",
+                vs.display_name(),
+                sorry.address,
+                vs.failback
+            )
+        });
     }
     if pool.iter().all(|b| b.weight == 0) {
         warning = Some(format!(

@@ -332,6 +332,12 @@ pub struct VirtualServer {
     /// With `failback = "delay"`: how long the server must stay healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failback_delay: Option<DurationStr>,
+    /// What the real servers must be (MySQL checks): writable, or replicas within `max_lag`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub role: Role,
+    /// With `role = "replica"`: the most a real server may lag; 10 s when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag: Option<DurationStr>,
     /// A failed real server keeps its slot with weight 0 (no new flows) instead of leaving.
     #[serde(default, skip_serializing_if = "is_default")]
     pub inhibit_on_failure: bool,
@@ -344,6 +350,14 @@ pub struct VirtualServer {
     /// Used when fewer than `quorum` real servers are usable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry_server: Option<RealServer>,
+    /// Run when the quorum is regained / lost (keepalived's `quorum_up` / `quorum_down`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_up: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_down: Option<String>,
+    /// E-mail real-server and quorum changes to `global.notification_email`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub smtp_alert: bool,
 }
 
 fn one() -> u32 {
@@ -374,8 +388,9 @@ pub struct RealServer {
     pub notify_down: Option<String>,
 }
 
-/// A health check of a real server.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// A health check of a real server. Every kind takes `interval` (the service's
+/// `check_interval` when omitted), `rise` and `fall` (1 when omitted: keepalived's behaviour).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Check {
     /// keepalived's `TCP_CHECK`: a TCP connect.
@@ -392,6 +407,12 @@ pub enum Check {
         /// Pause between attempts; 1 s when omitted.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delay_before_retry: Option<DurationStr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interval: Option<DurationStr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rise: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fall: Option<u32>,
     },
     /// keepalived's `MISC_CHECK`: exit 0 healthy, 1 unhealthy, 2–255 (with `dynamic`) a new
     /// weight of exit code − 2.
@@ -402,5 +423,73 @@ pub enum Check {
         timeout: Option<DurationStr>,
         #[serde(default, skip_serializing_if = "is_default")]
         dynamic: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interval: Option<DurationStr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rise: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fall: Option<u32>,
     },
+    /// Log in to MySQL/MariaDB, read `read_only`, GTIDs and replication state, COM_QUIT.
+    Mysql {
+        /// The real server's port when omitted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        user: String,
+        /// A file holding the password; it must not be world-readable.
+        password_file: PathBuf,
+        /// For the whole check (connect, log in, queries, quit); 1 s when omitted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<DurationStr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interval: Option<DurationStr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rise: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fall: Option<u32>,
+    },
+}
+
+impl Check {
+    /// (interval, rise, fall), with `service_interval` standing in for a missing interval.
+    pub fn timing(&self, service_interval: Duration) -> (Duration, u32, u32) {
+        let (interval, rise, fall) = match self {
+            Check::Tcp {
+                interval,
+                rise,
+                fall,
+                ..
+            }
+            | Check::Exec {
+                interval,
+                rise,
+                fall,
+                ..
+            }
+            | Check::Mysql {
+                interval,
+                rise,
+                fall,
+                ..
+            } => (interval, rise, fall),
+        };
+        (
+            interval.map(|d| d.0).unwrap_or(service_interval),
+            rise.unwrap_or(1).max(1),
+            fall.unwrap_or(1).max(1),
+        )
+    }
+}
+
+/// What a service demands of its MySQL real servers beyond answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Answering its check is enough.
+    #[default]
+    Any,
+    /// Writable (`read_only=0`, `super_read_only=0`): the write VIP.
+    Writer,
+    /// Replicating with both threads running and at most `max_lag` behind: the read VIP.
+    Replica,
 }

@@ -15,7 +15,7 @@ where
 }
 
 /// A duration written as `"1s"`, `"200ms"`, `"1m30s"`, `"50us"` or `"0"`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct DurationStr(pub Duration);
 
 impl FromStr for DurationStr {

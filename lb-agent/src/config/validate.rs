@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, ops::Range, time::Duration};
 
-use super::{Check, Config, Failback, VirtualServer, VrrpInstance, VrrpScript};
+use super::{Check, Config, Failback, Role, VirtualServer, VrrpInstance, VrrpScript};
 
 pub struct ValidationError {
     pub span: Option<Range<usize>>,
@@ -358,8 +358,56 @@ fn virtual_server(vs: &VirtualServer) -> Result<(), FieldError> {
                 }
                 positive(&format!("{key}.check.timeout"), *timeout)?;
             }
+            Some(Check::Mysql {
+                user,
+                timeout,
+                password_file,
+                ..
+            }) => {
+                if user.is_empty() {
+                    return Err(field(&format!("{key}.check.user"), "must not be empty"));
+                }
+                if password_file.as_os_str().is_empty() {
+                    return Err(field(
+                        &format!("{key}.check.password_file"),
+                        "must name a file",
+                    ));
+                }
+                positive(&format!("{key}.check.timeout"), *timeout)?;
+            }
             None => {}
         }
+        if let Some(c) = &rs.check {
+            let interval = c.timing(Duration::from_secs(1)).0;
+            if interval.is_zero() {
+                return Err(field(
+                    &format!("{key}.check.interval"),
+                    "must be longer than 0s",
+                ));
+            }
+        }
+    }
+    let mysql_checked = |rs: &super::RealServer| matches!(rs.check, Some(Check::Mysql { .. }));
+    if vs.role != Role::Any && !vs.real_servers.iter().all(mysql_checked) {
+        return Err(field(
+            "role",
+            "a writer or replica role needs a `mysql` check on every real server",
+        ));
+    }
+    if vs.max_lag.is_some() && vs.role != Role::Replica {
+        return Err(field(
+            "max_lag",
+            "only meaningful with `role = \"replica\"`",
+        ));
+    }
+    if vs.failback == Failback::CaughtUp
+        && !(vs.real_servers.iter().all(mysql_checked)
+            && vs.sorry_server.as_ref().is_some_and(mysql_checked))
+    {
+        return Err(field(
+            "failback",
+            "`caught-up` compares GTIDs: the real servers and the sorry server need `mysql` checks",
+        ));
     }
     Ok(())
 }

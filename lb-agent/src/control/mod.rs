@@ -33,6 +33,10 @@ pub fn socket_path(configured: Option<&Path>) -> PathBuf {
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     Status,
+    /// Hand a service's traffic back from its sorry server (`failback = "manual"`).
+    Failback {
+        service: String,
+    },
 }
 
 /// A request waiting for the main loop's answer (JSON text).

@@ -39,6 +39,12 @@ pub struct ServiceStatus {
     pub passed_peer: u64,
     pub no_real: u64,
     pub real_servers: Vec<RealStatus>,
+    /// The failback policy.
+    #[serde(default)]
+    pub failback: String,
+    /// Why the sorry server keeps the traffic (failback pending), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback_waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -48,8 +54,14 @@ pub struct RealStatus {
     /// `up` (in the pool), `unresolved` (no MAC), `local` (this host), `sorry` (the sorry
     /// server, in use), `standby` (the sorry server, not in use), `drained` (weight 0).
     pub state: String,
-    /// Health checks come later; until then every server is `unchecked`.
+    /// `up`, `down` or `unchecked` (no check configured).
     pub health: String,
+    /// Why it takes no traffic: its check failed, or it does not fill the service's role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What its MySQL check read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mysql: Option<String>,
     pub mac: Option<String>,
     pub packets: u64,
     pub bytes: u64,
@@ -112,6 +124,8 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
                 weight: rs.weight,
                 state: st.into(),
                 health: "unchecked".into(),
+                reason: None,
+                mysql: None,
                 mac: (real.flags & REAL_VALID != 0 && real.flags & REAL_LOCAL == 0)
                     .then(|| mac_string(real.mac.octets)),
                 packets: rc.packets,
@@ -134,6 +148,8 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             passed_peer: c.passed_peer,
             no_real: c.no_real,
             real_servers: reals,
+            failback: format!("{:?}", vs.failback).to_lowercase(),
+            failback_waiting: None,
         });
     }
     Status {
@@ -147,6 +163,29 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             .collect(),
         learned_peers: vec![],
         vrrp: vec![],
+    }
+}
+
+/// Adds what the health checks say (`health` in configuration order, like the services).
+pub fn add_health(s: &mut Status, health: &[crate::health::verdict::ServiceHealth]) {
+    for (svc, h) in s.services.iter_mut().zip(health) {
+        svc.failback_waiting = h.waiting.clone();
+        for r in &mut svc.real_servers {
+            let Some(rh) = h
+                .reals
+                .iter()
+                .chain(h.sorry.iter())
+                .find(|x| x.address == r.address)
+            else {
+                continue;
+            };
+            r.health = rh.health.clone();
+            r.reason = rh.reason.clone();
+            r.mysql = rh.mysql.clone();
+            if !rh.usable && r.state == "up" {
+                r.state = "failed".into();
+            }
+        }
     }
 }
 
@@ -212,7 +251,22 @@ pub fn render(s: &Status) -> String {
                 r.bytes,
                 r.new_flows
             );
+            if let Some(why) = &r.reason {
+                let _ = writeln!(out, "    reason: {why}");
+            }
+            if let Some(m) = &r.mysql {
+                let _ = writeln!(out, "    mysql: {m}");
+            }
         }
+        let _ = writeln!(
+            out,
+            "  failback: {}{}",
+            svc.failback,
+            svc.failback_waiting
+                .as_ref()
+                .map(|w| format!(" — {w}"))
+                .unwrap_or_default()
+        );
     }
     let passes: Vec<String> = s
         .passes

@@ -26,6 +26,15 @@ impl Tracker {
         self.up
     }
 
+    /// Sets the state without hysteresis (the first result of a check); returns the new
+    /// state when it changed.
+    pub fn force(&mut self, up: bool) -> Option<bool> {
+        self.against = 0;
+        let changed = self.up != up;
+        self.up = up;
+        changed.then_some(up)
+    }
+
     /// Records one result; returns the new state when it changed.
     pub fn record(&mut self, ok: bool) -> Option<bool> {
         if ok == self.up {

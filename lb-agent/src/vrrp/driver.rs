@@ -88,7 +88,14 @@ pub struct Vrrp {
     scripts: Vec<Script>,
     /// For e-mail alerts: who sends, to whom, through which server.
     mail: Option<notify::mail::Mailer>,
+    /// While resigning: addresses stay until a backup has taken over (see `shutdown`).
+    keep_addresses: bool,
 }
+
+/// The longest a resigning master keeps its addresses waiting for a backup's first advert.
+const MAX_HANDOVER_WAIT: Duration = Duration::from_secs(3);
+/// Slack for the backup's processing and its gratuitous ARPs.
+const HANDOVER_MARGIN: Duration = Duration::from_millis(20);
 
 /// What `status` shows of one instance.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -245,6 +252,7 @@ impl Vrrp {
             groups,
             scripts,
             mail: notify::mail::Mailer::from_config(&cfg.global),
+            keep_addresses: false,
         };
         vrrp.refresh_links(handle, now).await;
         Ok((vrrp, events))
@@ -520,6 +528,9 @@ impl Vrrp {
                     }
                     Action::ReleaseAddresses => {
                         r.garp_due = None;
+                        if self.keep_addresses {
+                            continue;
+                        }
                         for v in &r.vips {
                             vips::remove(handle, v).await?;
                         }
@@ -571,14 +582,63 @@ impl Vrrp {
             .collect()
     }
 
-    /// Resign: priority-0 adverts, addresses released.
-    pub async fn shutdown(&mut self, handle: &Handle) -> Result<()> {
+    /// Resign: priority-0 adverts, then the addresses released — but only once a backup has
+    /// taken over (its first advert), or after a bound. Until then this host keeps answering
+    /// for its VIPs and forwarding, so that what clients send before the new master's
+    /// gratuitous ARP reaches them is still served rather than lost (in DR both load
+    /// balancers forward to the same real servers, so the short overlap is harmless).
+    pub async fn shutdown(
+        &mut self,
+        handle: &Handle,
+        events: &mut mpsc::Receiver<Event>,
+    ) -> Result<()> {
+        let resigning: HashSet<usize> = (0..self.routers.len())
+            .filter(|&i| self.routers[i].inst.state() == State::Master)
+            .collect();
+        // A backup takes over at most one advert interval (its Skew_Time) after our
+        // priority-0 advert.
+        let bound = resigning
+            .iter()
+            .map(|&i| self.routers[i].inst.master_interval())
+            .max()
+            .unwrap_or_default()
+            .min(MAX_HANDOVER_WAIT)
+            + HANDOVER_MARGIN;
         for r in &mut self.routers {
             r.inst.shutdown();
         }
-        self.run_actions(handle).await?;
-        // Give the resignation adverts a moment on the wire before the sockets close.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.keep_addresses = true;
+        let sent = self.run_actions(handle).await;
+        self.keep_addresses = false;
+        sent?;
+        let mut waiting = resigning.clone();
+        let deadline = tokio::time::Instant::now() + bound;
+        while !waiting.is_empty() {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Event::Advert(i, rx, bytes))) => {
+                    if let Some(r) = self.routers.get(i)
+                        && rx.src != r.local
+                        && Advert::decode(&bytes, rx, V3Ipv4Checksum::default())
+                            .is_ok_and(|a| a.vrid == r.inst.vrid() && a.priority > 0)
+                    {
+                        tracing::info!(instance = %r.name, new_master = %rx.src, "a backup took over");
+                        waiting.remove(&i);
+                    }
+                }
+                Ok(Some(Event::Script(..))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if !waiting.is_empty() {
+            tracing::info!(waited = ?bound, "no backup took over; releasing the addresses anyway");
+        }
+        // Its gratuitous ARPs leave right after its first advert: a moment for them to land.
+        tokio::time::sleep(HANDOVER_MARGIN).await;
+        for i in resigning {
+            for v in &self.routers[i].vips {
+                vips::remove(handle, v).await?;
+            }
+        }
         Ok(())
     }
 

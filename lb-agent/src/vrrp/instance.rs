@@ -120,6 +120,11 @@ impl Instance {
         self.priority
     }
 
+    /// The advert interval of the current master (ours, or learned from its adverts in v3).
+    pub fn master_interval(&self) -> Duration {
+        self.master_interval
+    }
+
     pub fn master(&self) -> Option<IpAddr> {
         self.master
     }

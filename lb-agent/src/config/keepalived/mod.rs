@@ -13,7 +13,7 @@ pub use tree::{Node, Place, SyntaxError};
 
 use super::{
     Algorithm, Check, Config, Dataplane, DurationStr, Failback, Forwarding, Global, InitialState,
-    Protocol, RealServer, SyncGroup, Track, VirtualAddress, VirtualServer, VrrpInstance,
+    Protocol, RealServer, Role, SyncGroup, Track, VirtualAddress, VirtualServer, VrrpInstance,
     VrrpScript, XdpModeSetting,
 };
 
@@ -487,10 +487,15 @@ fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServer> {
         quorum: 1,
         failback: Failback::Immediate,
         failback_delay: None,
+        role: Role::Any,
+        max_lag: None,
         inhibit_on_failure: false,
         active: true,
         real_servers: vec![],
         sorry_server: None,
+        quorum_up: None,
+        quorum_down: None,
+        smtp_alert: false,
     };
     for c in n.children() {
         match c.keyword.as_str() {
@@ -521,6 +526,9 @@ fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServer> {
                 }
             }
             "quorum" => vs.quorum = cv.arg(c).unwrap_or(1),
+            "quorum_up" => vs.quorum_up = Some(c.args.join(" ")),
+            "quorum_down" => vs.quorum_down = Some(c.args.join(" ")),
+            "smtp_alert" => vs.smtp_alert = true,
             "inhibit_on_failure" => vs.inhibit_on_failure = true,
             "real_server" => {
                 if let Some(rs) = real_server(cv, c, port, &mut vs.inhibit_on_failure) {
@@ -601,6 +609,9 @@ fn tcp_check(cv: &mut Converter, n: &Node) -> Check {
         connect_timeout,
         retry,
         delay_before_retry,
+        interval: None,
+        rise: None,
+        fall: None,
     }
 }
 
@@ -620,6 +631,9 @@ fn misc_check(cv: &mut Converter, n: &Node) -> Option<Check> {
             command,
             timeout,
             dynamic,
+            interval: None,
+            rise: None,
+            fall: None,
         }),
         None => {
             cv.unsupported(n, "MISC_CHECK without misc_path");

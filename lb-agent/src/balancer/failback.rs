@@ -1,0 +1,262 @@
+//! When a service's traffic goes to its sorry server and when it comes back, without I/O.
+//!
+//! Going to the sorry server is immediate: fewer usable real servers than the quorum. Coming
+//! back follows the service's policy, because the recipe's answer ("as soon as a TCP connect
+//! works") hands writes back to a MySQL server that has not yet replicated the writes the
+//! sorry server took meanwhile:
+//! - `immediate`: as soon as the quorum is back (keepalived's behaviour);
+//! - `delay`: after the quorum has held without interruption for the delay;
+//! - `manual`: when an operator asks (`lb-agent failback SERVICE`) and the quorum holds;
+//! - `caught-up`: when the health checks say every recovered server has replicated what the
+//!   sorry server holds (see `health::mysql`).
+
+use std::time::{Duration, Instant};
+
+use crate::config::Failback;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The real servers take the traffic.
+    Pool,
+    /// The sorry server does.
+    Sorry,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gate {
+    policy: Failback,
+    delay: Duration,
+    mode: Mode,
+    /// Since when the quorum has held while on the sorry server (`delay`).
+    quorum_since: Option<Instant>,
+    /// An operator asked to fail back (`manual`), not yet carried out.
+    requested: bool,
+    /// Why the service is still on the sorry server, for status.
+    waiting: Option<String>,
+}
+
+/// What the health checks say of a service now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Real servers that pass their checks (and role), sorry server excluded.
+    pub usable: u32,
+    pub quorum: u32,
+    /// For `caught-up`: every usable real server has replicated what the sorry server has.
+    pub caught_up: bool,
+}
+
+impl Gate {
+    pub fn new(policy: Failback, delay: Duration) -> Gate {
+        Gate {
+            policy,
+            delay,
+            mode: Mode::Pool,
+            quorum_since: None,
+            requested: false,
+            waiting: None,
+        }
+    }
+
+    pub fn policy(&self) -> Failback {
+        self.policy
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Why the service waits on its sorry server; `None` when it does not.
+    pub fn waiting(&self) -> Option<&str> {
+        self.waiting.as_deref()
+    }
+
+    /// When `step` should be called again without news (the end of a `delay`).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.mode, self.policy, self.quorum_since) {
+            (Mode::Sorry, Failback::Delay, Some(t)) => Some(t + self.delay),
+            _ => None,
+        }
+    }
+
+    /// `lb-agent failback SERVICE`.
+    pub fn request_failback(&mut self, h: Health) -> Result<(), String> {
+        if self.mode == Mode::Pool {
+            return Err("the service is not on its sorry server".into());
+        }
+        if h.usable < h.quorum {
+            return Err(format!(
+                "only {} of the {} real server(s) the quorum needs pass their checks",
+                h.usable, h.quorum
+            ));
+        }
+        self.requested = true;
+        Ok(())
+    }
+
+    /// Applies the current health; returns the mode (changed or not).
+    pub fn step(&mut self, now: Instant, h: Health) -> Mode {
+        let quorum = h.usable >= h.quorum;
+        match self.mode {
+            Mode::Pool if !quorum => {
+                self.mode = Mode::Sorry;
+                self.quorum_since = None;
+                self.requested = false;
+            }
+            Mode::Pool => {}
+            Mode::Sorry if !quorum => {
+                self.quorum_since = None;
+                self.requested = false;
+            }
+            Mode::Sorry => {
+                let since = *self.quorum_since.get_or_insert(now);
+                let back = match self.policy {
+                    Failback::Immediate => true,
+                    Failback::Delay => now.duration_since(since) >= self.delay,
+                    Failback::Manual => self.requested,
+                    Failback::CaughtUp => h.caught_up,
+                };
+                if back {
+                    self.mode = Mode::Pool;
+                    self.quorum_since = None;
+                    self.requested = false;
+                }
+            }
+        }
+        self.waiting = match (self.mode, quorum) {
+            (Mode::Pool, _) => None,
+            (Mode::Sorry, false) => Some(format!(
+                "{} of {} real server(s) usable",
+                h.usable, h.quorum
+            )),
+            (Mode::Sorry, true) => Some(match self.policy {
+                // Never waits with the quorum met; a string keeps `step` total anyway.
+                Failback::Immediate => "failing back".into(),
+                Failback::Delay => format!(
+                    "failback after {:?} of health ({:?} so far)",
+                    self.delay,
+                    self.quorum_since
+                        .map(|s| now.duration_since(s))
+                        .unwrap_or_default()
+                ),
+                Failback::Manual => "waiting for `lb-agent failback`".into(),
+                Failback::CaughtUp => {
+                    "waiting for the recovered server(s) to replicate the sorry server's writes"
+                        .into()
+                }
+            }),
+        };
+        self.mode
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(usable: u32, caught_up: bool) -> Health {
+        Health {
+            usable,
+            quorum: 1,
+            caught_up,
+        }
+    }
+
+    /// Runs (seconds since start, usable, caught up) steps; returns the modes as a string.
+    fn run(g: &mut Gate, steps: &[(u64, u32, bool)]) -> String {
+        let t0 = Instant::now();
+        steps
+            .iter()
+            .map(
+                |&(t, u, c)| match g.step(t0 + Duration::from_secs(t), h(u, c)) {
+                    Mode::Pool => 'P',
+                    Mode::Sorry => 'S',
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn policies() {
+        let d = Duration::from_secs(10);
+        let cases = [
+            (
+                Failback::Immediate,
+                vec![(0, 1, false), (1, 0, false), (2, 1, false)],
+                "PSP",
+            ),
+            // Delay: the quorum must hold 10 s without interruption; a flap restarts it.
+            (
+                Failback::Delay,
+                vec![
+                    (0, 0, false),
+                    (1, 1, false),
+                    (5, 0, false),
+                    (6, 1, false),
+                    (15, 1, false),
+                    (16, 1, false),
+                ],
+                "SSSSSP",
+            ),
+            // Caught-up: health alone is not enough.
+            (
+                Failback::CaughtUp,
+                vec![(0, 0, false), (1, 1, false), (2, 1, false), (3, 1, true)],
+                "SSSP",
+            ),
+            // Manual without a request never comes back.
+            (
+                Failback::Manual,
+                vec![(0, 0, false), (1, 1, true), (99, 1, true)],
+                "SSS",
+            ),
+        ];
+        for (policy, steps, want) in cases {
+            let mut g = Gate::new(policy, d);
+            assert_eq!(run(&mut g, &steps), want, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn manual_failback_needs_the_quorum_and_is_consumed() {
+        let now = Instant::now();
+        let mut g = Gate::new(Failback::Manual, Duration::ZERO);
+        assert!(
+            g.request_failback(h(1, true)).is_err(),
+            "not on the sorry server"
+        );
+        g.step(now, h(0, false));
+        assert!(g.request_failback(h(0, false)).is_err(), "no quorum");
+        assert_eq!(g.waiting(), Some("0 of 1 real server(s) usable"));
+        g.step(now, h(1, false));
+        assert_eq!(g.waiting(), Some("waiting for `lb-agent failback`"));
+        g.request_failback(h(1, false)).unwrap();
+        assert_eq!(g.step(now, h(1, false)), Mode::Pool);
+        assert_eq!(g.waiting(), None);
+        // A later outage needs a new request.
+        g.step(now, h(0, false));
+        assert_eq!(g.step(now, h(1, false)), Mode::Sorry);
+    }
+
+    #[test]
+    fn a_request_is_dropped_when_the_quorum_fails_before_it_is_carried_out() {
+        let now = Instant::now();
+        let mut g = Gate::new(Failback::Manual, Duration::ZERO);
+        g.step(now, h(0, false));
+        g.step(now, h(1, false));
+        g.request_failback(h(1, false)).unwrap();
+        g.step(now, h(0, false));
+        assert_eq!(g.step(now, h(1, false)), Mode::Sorry);
+    }
+
+    #[test]
+    fn delay_wakes_at_the_end_of_the_delay() {
+        let t0 = Instant::now();
+        let mut g = Gate::new(Failback::Delay, Duration::from_secs(3));
+        g.step(t0, h(0, false));
+        assert_eq!(g.poll_timeout(), None);
+        g.step(t0 + Duration::from_secs(1), h(1, false));
+        assert_eq!(g.poll_timeout(), Some(t0 + Duration::from_secs(4)));
+        assert_eq!(g.step(t0 + Duration::from_secs(4), h(1, false)), Mode::Pool);
+        assert_eq!(g.poll_timeout(), None);
+    }
+}

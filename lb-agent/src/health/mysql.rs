@@ -1,0 +1,291 @@
+//! The MySQL/MariaDB check: log in, read what roles and failback need, end the session with
+//! COM_QUIT. A clean end matters: a checker that drops half-done handshakes raises the
+//! server's `Aborted_connects` and gets its host blocked after `max_connect_errors`.
+//!
+//! What is read: `@@read_only` (and MySQL's `@@super_read_only`), the executed GTIDs and the
+//! binary log position (MariaDB `@@gtid_current_pos` / `@@gtid_binlog_pos`, MySQL
+//! `@@gtid_executed` for both), and the replication state (`SHOW SLAVE STATUS`: IO and SQL
+//! threads, seconds behind the source).
+
+use std::{net::SocketAddr, os::unix::fs::PermissionsExt, path::Path, time::Duration};
+
+use mysql_async::{Conn, OptsBuilder, Row, prelude::Queryable};
+use serde::{Deserialize, Serialize};
+
+use super::gtid::Gtids;
+
+/// Where and as whom a check logs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub user: String,
+    pub password: String,
+    /// The whole check (connect, log in, queries, quit) must fit in it.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Replica {
+    pub source_host: String,
+    pub io_running: bool,
+    pub sql_running: bool,
+    /// `None` when the server does not know (SQL thread stopped).
+    pub seconds_behind: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MysqlState {
+    pub version: String,
+    pub mariadb: bool,
+    pub read_only: bool,
+    pub super_read_only: bool,
+    /// Everything this server has executed (MariaDB: `gtid_current_pos`).
+    pub executed: String,
+    /// What its own binary log holds (MariaDB: `gtid_binlog_pos`; MySQL: `gtid_executed`).
+    pub binlog_pos: String,
+    /// `None` when it replicates from nobody.
+    pub replica: Option<Replica>,
+}
+
+impl MysqlState {
+    pub fn writable(&self) -> bool {
+        !self.read_only && !self.super_read_only
+    }
+
+    /// Replicating with both threads running and at most `max_lag` behind.
+    pub fn replica_within(&self, max_lag: Duration) -> Result<(), String> {
+        let Some(r) = &self.replica else {
+            return Err("not a replica (no replication configured)".into());
+        };
+        if !r.io_running || !r.sql_running {
+            return Err(format!(
+                "replication stopped (IO {}, SQL {})",
+                yes_no(r.io_running),
+                yes_no(r.sql_running)
+            ));
+        }
+        match r.seconds_behind {
+            Some(s) if Duration::from_secs(s) <= max_lag => Ok(()),
+            Some(s) => Err(format!("{s} s behind its source (max_lag {max_lag:?})")),
+            None => Err("lag unknown".into()),
+        }
+    }
+
+    /// The `caught-up` failback question: does this server replicate (both threads, zero
+    /// lag) and hold every transaction of `source_binlog_pos`?
+    pub fn caught_up_with(&self, source_binlog_pos: &str) -> Result<(), String> {
+        self.replica_within(Duration::ZERO)?;
+        let mine = Gtids::parse(&self.executed)?;
+        let theirs = Gtids::parse(source_binlog_pos)?;
+        if mine.contains(&theirs) {
+            Ok(())
+        } else {
+            Err(format!(
+                "has executed {:?}, the sorry server's binary log is at {:?}",
+                self.executed, source_binlog_pos
+            ))
+        }
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "running" } else { "stopped" }
+}
+
+/// Reads a check password from `path`, refusing a file that others may read.
+pub fn read_password(path: &Path) -> Result<String, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("password file {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(format!(
+            "password file {} is world-readable: chmod o-r it (the check refuses to start)",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("password file {}: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn opts(t: &Target) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname(t.addr.ip().to_string())
+        .tcp_port(t.addr.port())
+        .user(Some(t.user.clone()))
+        .pass(Some(t.password.clone()))
+        // No extra queries at connect (socket discovery, settings): the check's own queries
+        // are all it sends.
+        .prefer_socket(false)
+        .max_allowed_packet(Some(16 << 20))
+        .wait_timeout(Some(60))
+        .stmt_cache_size(0)
+}
+
+/// One check. `replication`: also read `SHOW SLAVE STATUS`.
+pub async fn probe(t: &Target, replication: bool) -> Result<MysqlState, String> {
+    match tokio::time::timeout(t.timeout, probe_untimed(t, replication)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {:?}", t.timeout)),
+    }
+}
+
+async fn probe_untimed(t: &Target, replication: bool) -> Result<MysqlState, String> {
+    let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
+    let read = read_state(&mut conn, replication).await;
+    // COM_QUIT whatever the queries said.
+    let quit = conn.disconnect().await;
+    let state = read.map_err(|e| e.to_string())?;
+    quit.map_err(|e| format!("ending the session: {e}"))?;
+    Ok(state)
+}
+
+async fn read_state(conn: &mut Conn, replication: bool) -> mysql_async::Result<MysqlState> {
+    let (version, read_only): (String, i64) = conn
+        .query_first("SELECT @@version, @@global.read_only")
+        .await?
+        .unwrap_or_default();
+    let mariadb = version.contains("MariaDB");
+    let mut s = MysqlState {
+        version,
+        mariadb,
+        read_only: read_only != 0,
+        ..MysqlState::default()
+    };
+    if mariadb {
+        let (cur, bin): (String, String) = conn
+            .query_first("SELECT @@global.gtid_current_pos, @@global.gtid_binlog_pos")
+            .await?
+            .unwrap_or_default();
+        (s.executed, s.binlog_pos) = (cur, bin);
+    } else {
+        let (sro, exec): (i64, String) = conn
+            .query_first("SELECT @@global.super_read_only, @@global.gtid_executed")
+            .await?
+            .unwrap_or_default();
+        s.super_read_only = sro != 0;
+        s.binlog_pos = exec.clone();
+        s.executed = exec;
+    }
+    if replication {
+        let row: Option<Row> = conn.query_first("SHOW SLAVE STATUS").await?;
+        s.replica = row.map(|r| replica(&r));
+    }
+    Ok(s)
+}
+
+/// A `SHOW SLAVE STATUS` row, by column name (MySQL 8.0.22+ also answers with the
+/// `Replica_`/`Source_` names).
+fn replica(r: &Row) -> Replica {
+    let text = |names: &[&str]| -> Option<String> {
+        names.iter().find_map(|n| {
+            let i = r.columns_ref().iter().position(|c| c.name_str() == *n)?;
+            r.as_ref(i).and_then(|v| match v {
+                mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                mysql_async::Value::Int(n) => Some(n.to_string()),
+                mysql_async::Value::UInt(n) => Some(n.to_string()),
+                _ => None,
+            })
+        })
+    };
+    Replica {
+        source_host: text(&["Master_Host", "Source_Host"]).unwrap_or_default(),
+        io_running: text(&["Slave_IO_Running", "Replica_IO_Running"]).as_deref() == Some("Yes"),
+        sql_running: text(&["Slave_SQL_Running", "Replica_SQL_Running"]).as_deref() == Some("Yes"),
+        seconds_behind: text(&["Seconds_Behind_Master", "Seconds_Behind_Source"])
+            .and_then(|s| s.parse().ok()),
+    }
+}
+
+/// `SET GLOBAL read_only = on|off` (graceful switch and fencing).
+pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
+    let run = async {
+        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
+        let r = conn
+            .query_drop(if on {
+                "SET GLOBAL read_only = 1"
+            } else {
+                "SET GLOBAL read_only = 0"
+            })
+            .await;
+        let _ = conn.disconnect().await;
+        r.map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(t.timeout, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", t.timeout)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(io: bool, sql: bool, behind: Option<u64>, executed: &str) -> MysqlState {
+        MysqlState {
+            mariadb: true,
+            executed: executed.into(),
+            replica: Some(Replica {
+                source_host: "10.0.0.2".into(),
+                io_running: io,
+                sql_running: sql,
+                seconds_behind: behind,
+            }),
+            ..MysqlState::default()
+        }
+    }
+
+    #[test]
+    fn caught_up_needs_both_threads_zero_lag_and_the_position() {
+        assert!(
+            state(true, true, Some(0), "0-2-50")
+                .caught_up_with("0-2-50")
+                .is_ok()
+        );
+        assert!(
+            state(true, true, Some(0), "0-1-40")
+                .caught_up_with("0-2-50")
+                .is_err()
+        );
+        assert!(
+            state(true, true, Some(1), "0-2-50")
+                .caught_up_with("0-2-50")
+                .is_err()
+        );
+        assert!(
+            state(false, true, Some(0), "0-2-50")
+                .caught_up_with("0-2-50")
+                .is_err()
+        );
+        assert!(
+            state(true, true, None, "0-2-50")
+                .caught_up_with("0-2-50")
+                .is_err()
+        );
+        let mut alone = state(true, true, Some(0), "0-2-50");
+        alone.replica = None;
+        assert!(alone.caught_up_with("").is_err(), "not replicating at all");
+    }
+
+    #[test]
+    fn replica_lag_bound() {
+        let s = state(true, true, Some(3), "");
+        assert!(s.replica_within(Duration::from_secs(3)).is_ok());
+        assert_eq!(
+            s.replica_within(Duration::from_secs(2)),
+            Err("3 s behind its source (max_lag 2s)".into())
+        );
+    }
+
+    #[test]
+    fn world_readable_password_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("lbt{}-pw", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("pw");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read_password(&p).unwrap_err().contains("world-readable"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password(&p).unwrap(), "s3cret");
+        assert!(read_password(&dir.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

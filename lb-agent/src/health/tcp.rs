@@ -1,0 +1,45 @@
+//! keepalived's `TCP_CHECK`: a connect within `connect_timeout`, tried `retry` times with
+//! `delay_before_retry` in between before the check counts as failed.
+
+use std::{net::SocketAddr, time::Duration};
+
+pub async fn check(
+    addr: SocketAddr,
+    timeout: Duration,
+    retry: u32,
+    delay_before_retry: Duration,
+) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 0..retry.max(1) {
+        if attempt > 0 {
+            tokio::time::sleep(delay_before_retry).await;
+        }
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => last = format!("connect to {addr}: {e}"),
+            Err(_) => last = format!("no connection to {addr} within {timeout:?}"),
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn open_closed_and_retried() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = l.local_addr().unwrap();
+        let t = Duration::from_secs(1);
+        assert!(check(open, t, 1, t).await.is_ok());
+        drop(l);
+        let started = std::time::Instant::now();
+        let e = check(open, t, 3, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+        // Three attempts, two pauses.
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+}

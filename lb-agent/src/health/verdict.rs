@@ -1,0 +1,411 @@
+//! What the checks, the service roles and the failback gates make of each service, without
+//! I/O: which real servers may take traffic (and why not), dynamic weights, whether the sorry
+//! server holds the traffic — and the same in words for `status`.
+
+use std::{net::IpAddr, time::Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::monitor::{Checked, Monitor};
+use crate::{
+    balancer::{
+        desired::ServiceVerdict,
+        failback::{Gate, Health, Mode},
+    },
+    config::{Config, Failback, RealServer, Role, VirtualServer},
+};
+
+/// One real server (or sorry server) of a service, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RealHealth {
+    pub address: IpAddr,
+    /// "up", "down", or "unchecked" (no check configured).
+    pub health: String,
+    /// Takes traffic as far as checks and role go.
+    pub usable: bool,
+    /// Why not (a failed check, or a role it does not fill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What a MySQL check read, in short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mysql: Option<String>,
+}
+
+/// A service's health, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    pub name: String,
+    /// The configured policy.
+    pub failback: String,
+    /// "pool" or "sorry".
+    pub mode: String,
+    /// Why it stays on the sorry server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    pub reals: Vec<RealHealth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry: Option<RealHealth>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    /// Per virtual server, in configuration order.
+    pub verdicts: Vec<ServiceVerdict>,
+    pub reports: Vec<ServiceHealth>,
+}
+
+/// A gate per virtual server, in configuration order, keeping the state of services that
+/// keep their name across a reload.
+pub fn gates(cfg: &Config, old: &[(String, Gate)]) -> Vec<(String, Gate)> {
+    cfg.virtual_servers
+        .iter()
+        .map(|vs| {
+            let vs = vs.get_ref();
+            let name = vs.display_name();
+            let fresh = || {
+                Gate::new(
+                    vs.failback,
+                    vs.failback_delay.map(|d| d.0).unwrap_or_default(),
+                )
+            };
+            let gate = old
+                .iter()
+                .find(|(n, g)| *n == name && g.policy() == vs.failback)
+                .map(|(_, g)| g.clone())
+                .unwrap_or_else(fresh);
+            (name, gate)
+        })
+        .collect()
+}
+
+fn check_of<'a>(m: &'a Monitor, vs: &VirtualServer, rs: &RealServer) -> Option<&'a Checked> {
+    let spec = rs.check.as_ref()?;
+    let i = m.find(rs.address, rs.port.unwrap_or(vs.port), spec)?;
+    m.checks.get(i)
+}
+
+fn mysql_summary(c: &Checked) -> Option<String> {
+    let s = c.mysql.as_ref()?;
+    let mut out = format!(
+        "read_only={} gtid={:?}",
+        u8::from(s.read_only || s.super_read_only),
+        s.executed
+    );
+    if let Some(r) = &s.replica {
+        out.push_str(&format!(
+            " replica of {} (IO {}, SQL {}, behind {})",
+            r.source_host,
+            if r.io_running { "yes" } else { "no" },
+            if r.sql_running { "yes" } else { "no" },
+            r.seconds_behind
+                .map_or("unknown".to_string(), |s| format!("{s} s"))
+        ));
+    }
+    Some(out)
+}
+
+/// One real server against its check and the service's role.
+fn judge(m: &Monitor, vs: &VirtualServer, rs: &RealServer) -> (RealHealth, Option<u32>) {
+    let Some(c) = check_of(m, vs, rs) else {
+        return (
+            RealHealth {
+                address: rs.address,
+                health: "unchecked".into(),
+                usable: true,
+                reason: None,
+                mysql: None,
+            },
+            None,
+        );
+    };
+    let mut h = RealHealth {
+        address: rs.address,
+        health: if c.is_up() { "up" } else { "down" }.into(),
+        usable: c.is_up(),
+        reason: if c.is_up() { None } else { c.reason.clone() },
+        mysql: mysql_summary(c),
+    };
+    if c.is_up() && c.seen {
+        let role = match (vs.role, &c.mysql) {
+            (Role::Any, _) => Ok(()),
+            (_, None) => Err("no MySQL state read".to_string()),
+            (Role::Writer, Some(s)) if s.writable() => Ok(()),
+            (Role::Writer, Some(_)) => Err("read_only=1: not writable".to_string()),
+            (Role::Replica, Some(s)) => s.replica_within(
+                vs.max_lag
+                    .map(|d| d.0)
+                    .unwrap_or(std::time::Duration::from_secs(10)),
+            ),
+        };
+        if let Err(why) = role {
+            h.usable = false;
+            h.reason = Some(why);
+        }
+    }
+    (h, c.weight)
+}
+
+/// `caught-up`: every usable real server replicates with zero lag and, in a check that ran
+/// after the sorry server's last one, had executed everything in the sorry server's binary
+/// log as that check read it.
+fn caught_up(m: &Monitor, vs: &VirtualServer, usable: &[&RealServer]) -> Result<(), String> {
+    let sorry = vs.sorry_server.as_ref().ok_or("no sorry server")?;
+    let s = check_of(m, vs, sorry).ok_or("the sorry server is not checked")?;
+    let (Some(pos), Some(read_at)) = (s.mysql.as_ref().map(|x| &x.binlog_pos), s.up_at) else {
+        return Err(format!(
+            "the sorry server {}'s binary log position is unknown",
+            sorry.address
+        ));
+    };
+    for rs in usable {
+        let c = check_of(m, vs, rs).ok_or("a real server is not checked")?;
+        let st = c.mysql.as_ref().ok_or("no MySQL state read")?;
+        if c.up_at.is_none_or(|t| t <= read_at) {
+            return Err(format!(
+                "{}: waiting for a check after the sorry server's",
+                rs.address
+            ));
+        }
+        st.caught_up_with(pos)
+            .map_err(|e| format!("{}: {e}", rs.address))?;
+    }
+    Ok(())
+}
+
+pub fn evaluate(
+    cfg: &Config,
+    m: &Monitor,
+    gates: &mut [(String, Gate)],
+    now: Instant,
+) -> Evaluation {
+    let mut out = Evaluation::default();
+    for (vs, (_, gate)) in cfg
+        .virtual_servers
+        .iter()
+        .map(|v| v.get_ref())
+        .zip(gates.iter_mut())
+    {
+        let mut verdict = ServiceVerdict::default();
+        let mut reals = Vec::new();
+        let mut usable = Vec::new();
+        for rs in &vs.real_servers {
+            let (h, weight) = judge(m, vs, rs);
+            if h.usable {
+                usable.push(rs);
+            } else {
+                verdict.failing.push((
+                    rs.address,
+                    h.reason.clone().unwrap_or_else(|| "down".into()),
+                ));
+            }
+            if let Some(w) = weight {
+                verdict.weights.push((rs.address, w));
+            }
+            reals.push(h);
+        }
+        let catch_up = (vs.failback == Failback::CaughtUp).then(|| caught_up(m, vs, &usable));
+        let health = Health {
+            usable: usable.len() as u32,
+            quorum: vs.quorum,
+            caught_up: matches!(catch_up, Some(Ok(()))),
+        };
+        let mode = gate.step(now, health);
+        let sorry = vs.sorry_server.as_ref().map(|s| judge(m, vs, s).0);
+        verdict.hold_sorry = mode == Mode::Sorry && sorry.is_some();
+        let mut waiting = gate.waiting().map(str::to_string);
+        if let (true, Some(Err(why))) = (
+            verdict.hold_sorry && health.usable >= health.quorum,
+            &catch_up,
+        ) {
+            waiting = Some(format!("waiting for catch-up: {why}"));
+        }
+        out.reports.push(ServiceHealth {
+            name: vs.display_name(),
+            failback: format!("{:?}", vs.failback).to_lowercase(),
+            mode: if verdict.hold_sorry { "sorry" } else { "pool" }.into(),
+            waiting: if verdict.hold_sorry { waiting } else { None },
+            reals,
+            sorry,
+        });
+        out.verdicts.push(verdict);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
+
+    use super::*;
+    use crate::health::{
+        monitor::{Outcome, Report},
+        mysql::{MysqlState, Replica},
+    };
+
+    /// A write VIP as the recipe has it: db1 the writer, db2 the sorry server, both checked
+    /// with MySQL, failback `caught-up`, fall 2 and rise 2.
+    fn setup(failback: &str) -> (Config, Monitor, Vec<(String, Gate)>) {
+        let dir = std::env::temp_dir().join(format!("lbt{}-verdict", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "x").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let check = format!(
+            "check = {{ type = \"mysql\", user = \"lb\", password_file = \"{}\", rise = 2, fall = 2 }}",
+            pw.display()
+        );
+        let text = format!(
+            r#"
+[dataplane]
+interface = "eth0"
+[[virtual_server]]
+name = "write"
+address = "10.0.0.100"
+port = 3306
+role = "writer"
+failback = "{failback}"
+[[virtual_server.real_server]]
+address = "10.0.0.1"
+{check}
+[virtual_server.sorry_server]
+address = "10.0.0.2"
+{check}
+"#
+        );
+        let cfg = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let m = Monitor::new(&cfg).unwrap();
+        let gates = gates(&cfg, &[]);
+        (cfg, m, gates)
+    }
+
+    fn mysql(executed: &str, read_only: bool, replica: bool) -> Outcome {
+        Outcome::Up {
+            mysql: Some(MysqlState {
+                mariadb: true,
+                read_only,
+                executed: executed.into(),
+                binlog_pos: executed.into(),
+                replica: replica.then(|| Replica {
+                    source_host: "10.0.0.2".into(),
+                    io_running: true,
+                    sql_running: true,
+                    seconds_behind: Some(0),
+                }),
+                ..MysqlState::default()
+            }),
+            weight: None,
+        }
+    }
+
+    struct Run {
+        cfg: Config,
+        m: Monitor,
+        gates: Vec<(String, Gate)>,
+        t0: Instant,
+    }
+
+    impl Run {
+        /// Feeds `outcome` for check `check` at `ms` and evaluates.
+        fn feed(&mut self, ms: u64, check: usize, outcome: Outcome) -> Evaluation {
+            let at = self.t0 + Duration::from_millis(ms);
+            self.m.record(Report { check, outcome, at });
+            evaluate(&self.cfg, &self.m, &mut self.gates, at)
+        }
+    }
+
+    fn run(failback: &str) -> Run {
+        let (cfg, m, gates) = setup(failback);
+        Run {
+            cfg,
+            m,
+            gates,
+            t0: Instant::now(),
+        }
+    }
+
+    const DB1: usize = 0;
+    const DB2: usize = 1;
+
+    #[test]
+    fn caught_up_failback_waits_for_the_sorry_servers_position() {
+        let mut r = run("caught-up");
+        let e = evaluate(&r.cfg, &r.m, &mut r.gates, r.t0);
+        assert!(!e.verdicts[0].hold_sorry, "unchecked servers start up");
+        r.feed(0, DB2, mysql("0-2-10", false, true));
+        let e = r.feed(10, DB1, mysql("0-1-10", false, true));
+        assert!(!e.verdicts[0].hold_sorry);
+        // db1 dies: the first failure of a seen check is not enough (fall 2), the second is.
+        let down = || Outcome::Down("connection refused".into());
+        assert!(!r.feed(200, DB1, down()).verdicts[0].hold_sorry);
+        let e = r.feed(400, DB1, down());
+        assert!(e.verdicts[0].hold_sorry);
+        assert_eq!(e.reports[0].mode, "sorry");
+        assert_eq!(e.reports[0].reals[0].reason.as_deref(), Some("connection refused"));
+        // Writes land on db2 meanwhile.
+        r.feed(500, DB2, mysql("0-2-50", false, true));
+        // db1 returns (rise 2) but has not replicated them: it stays out of the writes.
+        r.feed(600, DB1, mysql("0-2-40", false, true));
+        let e = r.feed(800, DB1, mysql("0-2-40", false, true));
+        assert!(e.verdicts[0].hold_sorry);
+        assert!(
+            e.reports[0].waiting.as_deref().unwrap().starts_with("waiting for catch-up"),
+            "{:?}",
+            e.reports[0].waiting
+        );
+        // A newer sorry-server position, then db1 holding an older one: still not.
+        r.feed(900, DB2, mysql("0-2-60", false, true));
+        let e = r.feed(1000, DB1, mysql("0-2-50", false, true));
+        assert!(e.verdicts[0].hold_sorry);
+        // db1 has it all, in a check that ran after the sorry server's: writes go back.
+        let e = r.feed(1200, DB1, mysql("0-2-60", false, true));
+        assert!(!e.verdicts[0].hold_sorry, "{:?}", e.reports[0]);
+        assert_eq!(e.reports[0].mode, "pool");
+    }
+
+    #[test]
+    fn immediate_failback_returns_on_health_alone() {
+        let mut r = run("immediate");
+        r.feed(0, DB2, mysql("0-2-10", false, true));
+        r.feed(0, DB1, Outcome::Down("refused".into()));
+        r.feed(100, DB2, mysql("0-2-50", false, true));
+        r.feed(200, DB1, mysql("0-1-10", false, false));
+        let e = r.feed(400, DB1, mysql("0-1-10", false, false));
+        assert!(!e.verdicts[0].hold_sorry, "the dangerous policy: back without the writes");
+    }
+
+    #[test]
+    fn a_read_only_writer_is_unusable_with_its_reason() {
+        let mut r = run("immediate");
+        let e = r.feed(0, DB1, mysql("0-1-1", true, false));
+        assert_eq!(
+            e.verdicts[0].failing,
+            vec![("10.0.0.1".parse().unwrap(), "read_only=1: not writable".into())]
+        );
+        assert!(e.verdicts[0].hold_sorry);
+        assert_eq!(e.reports[0].reals[0].health, "up");
+        assert!(!e.reports[0].reals[0].usable);
+    }
+
+    #[test]
+    fn manual_failback_needs_the_request() {
+        let mut r = run("manual");
+        r.feed(0, DB1, Outcome::Down("refused".into()));
+        r.feed(200, DB1, mysql("0-1-1", false, false));
+        let e = r.feed(400, DB1, mysql("0-1-1", false, false));
+        assert!(e.verdicts[0].hold_sorry);
+        assert_eq!(
+            e.reports[0].waiting.as_deref(),
+            Some("waiting for `lb-agent failback`")
+        );
+        r.gates[0]
+            .1
+            .request_failback(crate::balancer::failback::Health {
+                usable: 1,
+                quorum: 1,
+                caught_up: true,
+            })
+            .unwrap();
+        let e = r.feed(600, DB1, mysql("0-1-1", false, false));
+        assert!(!e.verdicts[0].hold_sorry);
+    }
+}
