@@ -137,6 +137,8 @@ fn test(root: &Path) -> Result<()> {
         ("ethtool", "ethtool"),
         ("bpftool", "bpftool"),
         ("keepalived", "keepalived"),
+        ("mariadbd", "mariadb-server"),
+        ("mariadb", "mariadb-client"),
     ])?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     build(root)?;
@@ -199,7 +201,12 @@ fn lab(root: &Path) -> Result<()> {
 
 fn bench(root: &Path) -> Result<()> {
     setup::require_root("the benchmarks run XDP programs in the kernel and namespaces")?;
-    setup::apt(&[("ip", "iproute2"), ("keepalived", "keepalived")])?;
+    setup::apt(&[
+        ("ip", "iproute2"),
+        ("keepalived", "keepalived"),
+        ("mariadbd", "mariadb-server"),
+        ("mariadb", "mariadb-client"),
+    ])?;
     build_ebpf(root)?;
     run(&mut run_bin("bpf-tests", "xdp-bench"))?;
     run(&mut run_bin("bpf-tests", "reconcile-bench"))?;
@@ -208,5 +215,11 @@ fn bench(root: &Path) -> Result<()> {
         "lb-agent",
         "failover_bench",
         &["--ignored", "--nocapture"],
+    ))?;
+    // MySQL failure detection and the switch to the sorry server, with real MariaDB.
+    run(&mut test_file(
+        "lb-agent",
+        "mysql_failback",
+        &["--ignored", "--nocapture", "detection_and_switch_times"],
     ))
 }

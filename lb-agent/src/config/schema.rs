@@ -303,6 +303,18 @@ pub enum Failback {
     CaughtUp,
 }
 
+impl Failback {
+    /// As the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failback::Immediate => "immediate",
+            Failback::Manual => "manual",
+            Failback::Delay => "delay",
+            Failback::CaughtUp => "caught-up",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualServer {

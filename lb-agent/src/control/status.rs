@@ -52,7 +52,8 @@ pub struct RealStatus {
     pub address: IpAddr,
     pub weight: u32,
     /// `up` (in the pool), `unresolved` (no MAC), `local` (this host), `sorry` (the sorry
-    /// server, in use), `standby` (the sorry server, not in use), `drained` (weight 0).
+    /// server, in use), `standby` (the sorry server, not in use), `drained` (weight 0),
+    /// `failed` (fails its check or role), `pending` (healthy, failback not yet due).
     pub state: String,
     /// `up`, `down` or `unchecked` (no check configured).
     pub health: String,
@@ -148,7 +149,7 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             passed_peer: c.passed_peer,
             no_real: c.no_real,
             real_servers: reals,
-            failback: format!("{:?}", vs.failback).to_lowercase(),
+            failback: vs.failback.name().into(),
             failback_waiting: None,
         });
     }
@@ -170,6 +171,7 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
 pub fn add_health(s: &mut Status, health: &[crate::health::verdict::ServiceHealth]) {
     for (svc, h) in s.services.iter_mut().zip(health) {
         svc.failback_waiting = h.waiting.clone();
+        let using_sorry = svc.using_sorry_server;
         for r in &mut svc.real_servers {
             let Some(rh) = h
                 .reals
@@ -184,6 +186,9 @@ pub fn add_health(s: &mut Status, health: &[crate::health::verdict::ServiceHealt
             r.mysql = rh.mysql.clone();
             if !rh.usable && r.state == "up" {
                 r.state = "failed".into();
+            } else if using_sorry && r.state == "up" {
+                // Healthy, but the failback policy has not handed the traffic back yet.
+                r.state = "pending".into();
             }
         }
     }

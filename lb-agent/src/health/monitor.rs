@@ -41,6 +41,9 @@ pub enum Outcome {
 pub struct Report {
     pub check: usize,
     pub outcome: Outcome,
+    /// When the run started (results can arrive out of order: see `Monitor::spawn`).
+    pub started: Instant,
+    /// When it ended.
     pub at: Instant,
 }
 
@@ -119,6 +122,8 @@ pub struct Checked {
     pub mysql: Option<MysqlState>,
     /// When the last successful run ended (for ordering GTID reads of two servers).
     pub up_at: Option<Instant>,
+    /// When the last applied run started.
+    last_started: Option<Instant>,
 }
 
 impl Checked {
@@ -170,6 +175,7 @@ impl Monitor {
                     weight: None,
                     mysql: None,
                     up_at: None,
+                    last_started: None,
                 });
             }
         }
@@ -183,8 +189,11 @@ impl Monitor {
             .position(|c| c.addr == addr && c.port == port && c.spec == *spec)
     }
 
-    /// Starts one task per check; results arrive on `tx`. The tasks end when the receiver
-    /// is dropped (after the next result).
+    /// Starts one task per check; results arrive on `tx`. A run starts every interval even
+    /// while earlier ones still wait for a hung server (each ends by its own timeout, so at
+    /// most timeout / interval + 1 are in flight): a hang is then detected within
+    /// interval × fall + timeout, not fall × timeout. The tasks end when the receiver is
+    /// dropped.
     pub fn spawn(&self, tx: mpsc::Sender<Report>) {
         for (i, c) in self.checks.iter().enumerate() {
             let (probe, interval, tx) = (c.probe.clone(), c.interval, tx.clone());
@@ -193,23 +202,35 @@ impl Monitor {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    let outcome = probe.run().await;
-                    let report = Report {
-                        check: i,
-                        outcome,
-                        at: Instant::now(),
-                    };
-                    if tx.send(report).await.is_err() {
+                    if tx.is_closed() {
                         return;
                     }
+                    let (probe, tx) = (probe.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        let outcome = probe.run().await;
+                        let _ = tx
+                            .send(Report {
+                                check: i,
+                                outcome,
+                                started,
+                                at: Instant::now(),
+                            })
+                            .await;
+                    });
                 }
             });
         }
     }
 
-    /// Applies one result; returns what changed, if anything.
+    /// Applies one result; returns what changed, if anything. A result that started before
+    /// the last one applied is stale (a slow run overtaken by a faster, newer one): ignored.
     pub fn record(&mut self, r: Report) -> Option<Change> {
         let c = self.checks.get_mut(r.check)?;
+        if c.last_started.is_some_and(|t| r.started < t) {
+            return None;
+        }
+        c.last_started = Some(r.started);
         let first = !c.seen;
         c.seen = true;
         let ok = matches!(r.outcome, Outcome::Up { .. });

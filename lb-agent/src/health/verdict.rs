@@ -221,7 +221,7 @@ pub fn evaluate(
         }
         out.reports.push(ServiceHealth {
             name: vs.display_name(),
-            failback: format!("{:?}", vs.failback).to_lowercase(),
+            failback: vs.failback.name().into(),
             mode: if verdict.hold_sorry { "sorry" } else { "pool" }.into(),
             waiting: if verdict.hold_sorry { waiting } else { None },
             reals,
@@ -308,7 +308,12 @@ address = "10.0.0.2"
         /// Feeds `outcome` for check `check` at `ms` and evaluates.
         fn feed(&mut self, ms: u64, check: usize, outcome: Outcome) -> Evaluation {
             let at = self.t0 + Duration::from_millis(ms);
-            self.m.record(Report { check, outcome, at });
+            self.m.record(Report {
+                check,
+                outcome,
+                started: at,
+                at,
+            });
             evaluate(&self.cfg, &self.m, &mut self.gates, at)
         }
     }
@@ -340,7 +345,10 @@ address = "10.0.0.2"
         let e = r.feed(400, DB1, down());
         assert!(e.verdicts[0].hold_sorry);
         assert_eq!(e.reports[0].mode, "sorry");
-        assert_eq!(e.reports[0].reals[0].reason.as_deref(), Some("connection refused"));
+        assert_eq!(
+            e.reports[0].reals[0].reason.as_deref(),
+            Some("connection refused")
+        );
         // Writes land on db2 meanwhile.
         r.feed(500, DB2, mysql("0-2-50", false, true));
         // db1 returns (rise 2) but has not replicated them: it stays out of the writes.
@@ -348,7 +356,11 @@ address = "10.0.0.2"
         let e = r.feed(800, DB1, mysql("0-2-40", false, true));
         assert!(e.verdicts[0].hold_sorry);
         assert!(
-            e.reports[0].waiting.as_deref().unwrap().starts_with("waiting for catch-up"),
+            e.reports[0]
+                .waiting
+                .as_deref()
+                .unwrap()
+                .starts_with("waiting for catch-up"),
             "{:?}",
             e.reports[0].waiting
         );
@@ -370,7 +382,10 @@ address = "10.0.0.2"
         r.feed(100, DB2, mysql("0-2-50", false, true));
         r.feed(200, DB1, mysql("0-1-10", false, false));
         let e = r.feed(400, DB1, mysql("0-1-10", false, false));
-        assert!(!e.verdicts[0].hold_sorry, "the dangerous policy: back without the writes");
+        assert!(
+            !e.verdicts[0].hold_sorry,
+            "the dangerous policy: back without the writes"
+        );
     }
 
     #[test]
@@ -379,7 +394,10 @@ address = "10.0.0.2"
         let e = r.feed(0, DB1, mysql("0-1-1", true, false));
         assert_eq!(
             e.verdicts[0].failing,
-            vec![("10.0.0.1".parse().unwrap(), "read_only=1: not writable".into())]
+            vec![(
+                "10.0.0.1".parse().unwrap(),
+                "read_only=1: not writable".into()
+            )]
         );
         assert!(e.verdicts[0].hold_sorry);
         assert_eq!(e.reports[0].reals[0].health, "up");

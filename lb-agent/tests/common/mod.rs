@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mariadb;
+
 use std::{
     fs::File,
     io::{Read, Write},

@@ -1,0 +1,577 @@
+//! Health checks and failback against real MariaDB: two `mariadbd` in namespaces,
+//! master-master with GTID, behind lb-agent's write VIP (db1 the writer, db2 the sorry
+//! server), and a client writing through the VIP all along.
+//!
+//! Each write is one transaction: a row with a unique id, and an increment of one counter row.
+//! The client records every acknowledged write and which server took it; whenever writes come
+//! back to db1 after db2 took some, it asks db1 directly whether it holds all of them.
+//!
+//! - `caught_up_failback_loses_no_write`: db1 is SIGKILLed, restarted with its replication
+//!   held back for a while, SIGSTOPped and resumed. Writes return to db1 only once it has
+//!   replicated what db2 took; at the end every acknowledged write is on both servers and
+//!   their checksums are equal.
+//! - `immediate_failback_is_dangerous`: the same restart with `immediate` (the recipe's
+//!   behaviour). Writes return to db1 while it lacks db2's: the test shows it (and the
+//!   counter row then loses increments once replication resumes).
+//! - `a_thousand_checks_leave_aborted_connects_alone`: the check ends its sessions cleanly.
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{
+    Lab,
+    mariadb::{self, APP_PASSWORD, APP_USER, CHECK_PASSWORD, CHECK_USER, Db},
+};
+use mysql_async::prelude::Queryable;
+
+const VIP: &str = "10.96.0.100";
+const DB1: &str = "10.96.0.11";
+const DB2: &str = "10.96.0.12";
+
+/// One acknowledged write.
+#[derive(Debug, Clone, Copy)]
+struct Acked {
+    id: u64,
+    server: u32,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Log {
+    acked: Mutex<Vec<Acked>>,
+    /// Writes that came back to db1 while it lacked some of db2's acknowledged writes.
+    violations: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+impl Log {
+    fn last_on(&self, server: u32, after: Instant) -> Option<Instant> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|a| a.server == server && a.at > after)
+            .map(|a| a.at)
+    }
+
+    /// Waits (bounded) for a write acknowledged by `server` after `after`; how long it took.
+    fn wait_for(&self, server: u32, after: Instant, limit: Duration) -> Option<Duration> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(at) = self.last_on(server, after) {
+                return Some(
+                    self.acked
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .find(|a| a.server == server && a.at > after)
+                        .map_or(at, |a| a.at)
+                        .duration_since(after),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+fn opts(addr: &str, user: &str, password: &str) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(addr)
+        .tcp_port(3306)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(Some("app"))
+        .prefer_socket(false)
+}
+
+/// One write through the VIP: (the server that took it) when acknowledged.
+async fn write(id: u64) -> Result<u32, String> {
+    let run = async {
+        let mut c = mysql_async::Conn::new(opts(VIP, APP_USER, APP_PASSWORD)).await?;
+        let server: Option<u32> = c.query_first("SELECT @@server_id").await?;
+        c.query_drop("BEGIN").await?;
+        c.query_drop(format!(
+            "INSERT INTO w (id, server) VALUES ({id}, @@server_id)"
+        ))
+        .await?;
+        c.query_drop("UPDATE c SET n = n + 1 WHERE k = 1").await?;
+        c.query_drop("COMMIT").await?;
+        c.disconnect().await?;
+        Ok::<_, mysql_async::Error>(server.unwrap_or(0))
+    };
+    match tokio::time::timeout(Duration::from_secs(1), run).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// How many of db2's writes db1 holds (asked directly, not through the VIP).
+async fn db2_rows_on_db1() -> Result<usize, String> {
+    let run = async {
+        let mut c = mysql_async::Conn::new(opts(DB1, APP_USER, APP_PASSWORD)).await?;
+        let n: Option<usize> = c
+            .query_first("SELECT COUNT(*) FROM w WHERE server = 2")
+            .await?;
+        c.disconnect().await?;
+        Ok::<_, mysql_async::Error>(n.unwrap_or(0))
+    };
+    match tokio::time::timeout(Duration::from_secs(1), run).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// The client: writes every 10 ms until told to stop (bounded: 20,000 writes).
+fn start_writer(lab: &Lab, log: Arc<Log>) -> std::thread::JoinHandle<()> {
+    let ns = lab.ns("cl");
+    std::thread::spawn(move || {
+        common::enter(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut last_server = 0;
+            for id in 1..=20_000u64 {
+                if log.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(server) = write(id).await {
+                    let acked_on_db2 = {
+                        let mut a = log.acked.lock().unwrap();
+                        a.push(Acked {
+                            id,
+                            server,
+                            at: Instant::now(),
+                        });
+                        a.iter().filter(|w| w.server == 2).count()
+                    };
+                    if server == 1 && last_server == 2 {
+                        // Back on db1: it must hold everything db2 acknowledged.
+                        match db2_rows_on_db1().await {
+                            Ok(n) if n >= acked_on_db2 => {}
+                            Ok(n) => log.violations.lock().unwrap().push(format!(
+                                "write {id} went to db1 holding {n} of db2's {acked_on_db2} writes"
+                            )),
+                            Err(e) => log
+                                .violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("write {id}: cannot ask db1: {e}")),
+                        }
+                    }
+                    last_server = server;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    })
+}
+
+struct Setup {
+    lab: Lab,
+    db1: Db,
+    db2: Db,
+    socket: String,
+}
+
+/// Client, LB and two MariaDB servers on a bridge; master-master replication; the schema;
+/// lb-agent on the LB with the write VIP (`failback`).
+fn setup(tag: &str, failback: &str) -> Setup {
+    let mut lab = Lab::new(tag);
+    lab.bridge();
+    lab.host("cl", "10.96.0.10/24");
+    lab.host("lb", "10.96.0.1/24");
+    lab.host("db1", &format!("{DB1}/24"));
+    lab.host("db2", &format!("{DB2}/24"));
+    lab.ip("lb", &["addr", "add", &format!("{VIP}/32"), "dev", "eth0"]);
+    for r in ["db1", "db2"] {
+        lab.ip(r, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+        for dev in ["all", "eth0"] {
+            lab.sysctl(r, &format!("net.ipv4.conf.{dev}.arp_ignore"), "1");
+            lab.sysctl(r, &format!("net.ipv4.conf.{dev}.arp_announce"), "2");
+        }
+    }
+    let db1 = lab.mariadb("db1", DB1, 1);
+    let db2 = lab.mariadb("db2", DB2, 2);
+    mariadb::replicate_both_ways(&db1, &db2);
+    db1.sql(
+        "CREATE DATABASE app;
+         CREATE TABLE app.w (id BIGINT PRIMARY KEY, server INT NOT NULL);
+         CREATE TABLE app.c (k INT PRIMARY KEY, n BIGINT NOT NULL);
+         INSERT INTO app.c VALUES (1, 0);",
+    );
+    assert!(
+        mariadb::wait_converged(&db1, &db2, Duration::from_secs(10)),
+        "replication did not start"
+    );
+
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    let pw = mariadb::check_password_file(&lab);
+    let socket = dir.join("control.sock").to_string_lossy().into_owned();
+    let check = format!(
+        "check = {{ type = \"mysql\", user = \"{CHECK_USER}\", password_file = \"{}\", interval = \"200ms\", timeout = \"500ms\", rise = 2, fall = 2 }}",
+        pw.display()
+    );
+    let config = format!(
+        "[global]\ncontrol_socket = \"{socket}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[virtual_server]]\nname = \"mysql-write\"\naddress = \"{VIP}\"\nport = 3306\nrole = \"writer\"\nfailback = \"{failback}\"\n[[virtual_server.real_server]]\naddress = \"{DB1}\"\n{check}\n[virtual_server.sorry_server]\naddress = \"{DB2}\"\n{check}\n",
+        lab.pin_dir("lb")
+    );
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let pid = lab.spawn(
+        "lb",
+        &[
+            env!("CARGO_BIN_EXE_lb-agent"),
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("data plane attached")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "lb-agent did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = pid;
+    Setup {
+        lab,
+        db1,
+        db2,
+        socket,
+    }
+}
+
+fn status(socket: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(["status", "--socket", socket])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: a process this test started.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Every acknowledged id, and whether each server holds it.
+fn missing_on(db: &Db, acked: &[Acked]) -> usize {
+    let ids: HashSet<u64> = db
+        .sql("SELECT id FROM app.w")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    acked.iter().filter(|a| !ids.contains(&a.id)).count()
+}
+
+#[test]
+fn caught_up_failback_loses_no_write() {
+    let Setup {
+        mut lab,
+        mut db1,
+        db2,
+        socket,
+    } = setup("mfc", "caught-up");
+    let log = Arc::new(Log::default());
+    let writer = start_writer(&lab, log.clone());
+    let t0 = Instant::now();
+    log.wait_for(1, t0, Duration::from_secs(10))
+        .expect("writes reach db1 through the VIP");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // 1. db1 is killed: writes move to db2 (the sorry server).
+    let killed = Instant::now();
+    lab.kill(db1.pid);
+    let took = log
+        .wait_for(2, killed, Duration::from_secs(5))
+        .expect("writes move to db2 after db1 is killed");
+    println!("killed db1: writes on db2 after {took:?}");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // 2. db1 comes back with its replication held back: it answers, it is writable, but it
+    //    lacks db2's writes, so the writes stay on db2.
+    let restarted = Instant::now();
+    lab.mariadb_start(&mut db1, &["--skip-slave-start"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        log.last_on(1, restarted).is_none(),
+        "caught-up: writes went back to db1 before it replicated db2's"
+    );
+    let text = status(&socket);
+    assert!(text.contains("waiting for catch-up"), "{text}");
+    assert!(text.contains("SORRY SERVER"), "{text}");
+    println!("{text}");
+    // Its replication resumes: writes return once it holds what db2 took.
+    let resumed = Instant::now();
+    db1.sql("START SLAVE");
+    let took = log
+        .wait_for(1, resumed, Duration::from_secs(10))
+        .expect("writes return to db1 after it caught up");
+    println!("db1 replication resumed: writes back on db1 after {took:?}");
+
+    // 3. db1 hangs (SIGSTOP: its kernel still accepts connections): the check's timeout
+    //    catches it; resumed, it catches up and takes the writes again.
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped = Instant::now();
+    signal(db1.pid, libc::SIGSTOP);
+    let took = log
+        .wait_for(2, stopped, Duration::from_secs(5))
+        .expect("writes move to db2 while db1 hangs");
+    println!("SIGSTOPped db1: writes on db2 after {took:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let continued = Instant::now();
+    signal(db1.pid, libc::SIGCONT);
+    let took = log
+        .wait_for(1, continued, Duration::from_secs(15))
+        .expect("writes return to db1 after SIGCONT");
+    println!("SIGCONTed db1: writes back on db1 after {took:?}");
+    std::thread::sleep(Duration::from_secs(1));
+
+    log.stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        mariadb::wait_converged(&db1, &db2, Duration::from_secs(20)),
+        "the servers did not converge"
+    );
+    let acked = log.acked.lock().unwrap().clone();
+    let on = |s| acked.iter().filter(|a| a.server == s).count();
+    println!(
+        "{} acknowledged writes ({} on db1, {} on db2)",
+        acked.len(),
+        on(1),
+        on(2)
+    );
+    assert!(on(1) > 50 && on(2) > 20, "both servers took writes");
+    assert_eq!(
+        missing_on(&db1, &acked),
+        0,
+        "acknowledged writes missing on db1"
+    );
+    assert_eq!(
+        missing_on(&db2, &acked),
+        0,
+        "acknowledged writes missing on db2"
+    );
+    let checksum = |d: &Db| d.sql("CHECKSUM TABLE app.w, app.c");
+    assert_eq!(checksum(&db1), checksum(&db2), "the servers differ");
+    // No increment lost: one per row on both.
+    for d in [&db1, &db2] {
+        assert_eq!(
+            d.sql("SELECT n FROM app.c WHERE k = 1"),
+            d.sql("SELECT COUNT(*) FROM app.w"),
+            "{}: the counter lost increments",
+            d.host
+        );
+    }
+    let violations = log.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn immediate_failback_is_dangerous() {
+    let Setup {
+        mut lab,
+        mut db1,
+        db2,
+        socket: _,
+    } = setup("mfi", "immediate");
+    let log = Arc::new(Log::default());
+    let writer = start_writer(&lab, log.clone());
+    log.wait_for(1, Instant::now(), Duration::from_secs(10))
+        .expect("writes reach db1 through the VIP");
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    lab.kill(db1.pid);
+    log.wait_for(2, killed, Duration::from_secs(5))
+        .expect("writes move to db2 after db1 is killed");
+    std::thread::sleep(Duration::from_secs(1));
+    // db1 returns without db2's writes: `immediate` hands it the writes at once.
+    let restarted = Instant::now();
+    lab.mariadb_start(&mut db1, &["--skip-slave-start"]);
+    let took = log
+        .wait_for(1, restarted, Duration::from_secs(5))
+        .expect("immediate: writes return to db1 as soon as it answers");
+    println!("immediate: writes back on db1 {took:?} after its restart, replication not running");
+    std::thread::sleep(Duration::from_secs(1));
+    log.stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let violations = log.violations.lock().unwrap().clone();
+    println!("what immediate failback did: {violations:#?}");
+    assert!(
+        !violations.is_empty(),
+        "immediate failback should have sent writes to a db1 lacking db2's writes"
+    );
+    // What that costs once replication resumes: db2's row images overwrite db1's counter and
+    // the other way round (lost increments), or replication stops on a conflict.
+    db1.sql("START SLAVE");
+    let converged = mariadb::wait_converged(&db1, &db2, Duration::from_secs(10));
+    for d in [&db1, &db2] {
+        println!(
+            "{}: counter {} for {} rows (converged: {converged})",
+            d.host,
+            d.try_sql("SELECT n FROM app.c WHERE k = 1")
+                .unwrap_or_default(),
+            d.try_sql("SELECT COUNT(*) FROM app.w").unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn a_thousand_checks_leave_aborted_connects_alone() {
+    let mut lab = Lab::new("mfa");
+    lab.bridge();
+    lab.host("lb", "10.96.0.1/24");
+    lab.host("db1", &format!("{DB1}/24"));
+    let db1 = lab.mariadb("db1", DB1, 1);
+    let aborted = || db1.sql("SHOW GLOBAL STATUS LIKE 'Aborted_connects'");
+    let before = aborted();
+    let target = lb_agent::health::mysql::Target {
+        addr: SocketAddr::new(DB1.parse().unwrap(), 3306),
+        user: CHECK_USER.into(),
+        password: CHECK_PASSWORD.into(),
+        timeout: Duration::from_secs(2),
+    };
+    let started = Instant::now();
+    let failures = lab.within("lb", move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut failures = Vec::new();
+            for _ in 0..1000 {
+                match lb_agent::health::mysql::probe(&target, true).await {
+                    Ok(s) => assert!(s.mariadb && !s.read_only, "{s:?}"),
+                    Err(e) => failures.push(e),
+                }
+            }
+            failures
+        })
+    });
+    println!("1000 checks in {:?}", started.elapsed());
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(aborted(), before, "the checks aborted connections");
+    // And a wrong password is a clear failure, not a hang.
+    let bad = lb_agent::health::mysql::Target {
+        addr: SocketAddr::new(DB1.parse().unwrap(), 3306),
+        user: CHECK_USER.into(),
+        password: "wrong".into(),
+        timeout: Duration::from_secs(2),
+    };
+    let e = lab.within("lb", move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(lb_agent::health::mysql::probe(&bad, false))
+            .unwrap_err()
+    });
+    assert!(e.contains("Access denied"), "{e}");
+}
+
+/// Whether the agent's write service is on its sorry server (asked over the control socket).
+fn on_sorry(socket: &str) -> Option<bool> {
+    let v = lb_agent::control::ask(
+        std::path::Path::new(socket),
+        &lb_agent::control::Request::Status,
+    )
+    .ok()?;
+    v["services"][0]["using_sorry_server"].as_bool()
+}
+
+/// Polls (every 2 ms, bounded) until the service's sorry state is `want`; how long it took.
+fn until_sorry(socket: &str, want: bool, since: Instant, limit: Duration) -> Option<Duration> {
+    while since.elapsed() < limit {
+        if on_sorry(socket) == Some(want) {
+            return Some(since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// `cargo xtask bench`: with interval 200 ms, fall 2 and timeout 500 ms, how long after a
+/// SIGKILL and after a SIGSTOP of the writer the write VIP's table points at the sorry server,
+/// and how long the switch itself (decision → maps written) takes, from the agent's log.
+#[test]
+#[ignore = "a benchmark: cargo xtask bench"]
+fn detection_and_switch_times() {
+    const RUNS: usize = 3;
+    let Setup {
+        mut lab,
+        mut db1,
+        db2: _,
+        socket,
+    } = setup("mfb", "caught-up");
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut killed = Vec::new();
+    let mut hung = Vec::new();
+    for _ in 0..RUNS {
+        until_sorry(&socket, false, Instant::now(), Duration::from_secs(20)).expect("in the pool");
+        let t = Instant::now();
+        lab.kill(db1.pid);
+        killed.push(until_sorry(&socket, true, t, Duration::from_secs(5)).expect("detected"));
+        lab.mariadb_start(&mut db1, &[]);
+        until_sorry(&socket, false, Instant::now(), Duration::from_secs(20)).expect("back");
+        let t = Instant::now();
+        signal(db1.pid, libc::SIGSTOP);
+        hung.push(until_sorry(&socket, true, t, Duration::from_secs(5)).expect("detected"));
+        signal(db1.pid, libc::SIGCONT);
+    }
+    let log = std::fs::read_to_string(std::env::temp_dir().join(&lab.prefix).join("lb-agent.log"))
+        .unwrap_or_default();
+    let mut switches: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("switch_us=").nth(1))
+        .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+        .collect();
+    switches.sort_unstable();
+    println!();
+    println!("MySQL failure detection (interval 200 ms, fall 2, timeout 500 ms; median of {RUNS})");
+    println!("{:<40} {:>12} {:>12}", "event", "measured", "target");
+    println!(
+        "{:<40} {:>10.3} s {:>12}",
+        "mysqld SIGKILL -> sorry server in table",
+        median(killed).as_secs_f64(),
+        "<= 0.6 s"
+    );
+    println!(
+        "{:<40} {:>10.3} s {:>12}",
+        "mysqld SIGSTOP -> sorry server in table",
+        median(hung).as_secs_f64(),
+        "<= 0.9 s"
+    );
+    if let (Some(med), Some(max)) = (switches.get(switches.len() / 2), switches.last()) {
+        println!(
+            "{:<40} {:>7} µs med {:>5} µs max {:>8}",
+            format!("switch: decision -> maps ({} switches)", switches.len()),
+            med,
+            max,
+            "<= 1 ms"
+        );
+    }
+}
