@@ -17,10 +17,7 @@ use lb_agent::{
     config::{Config, XdpModeSetting},
     control,
     dataplane::{AttachMode, Dataplane, LoadOptions, reconcile},
-    health::{
-        monitor::Report,
-        state::{Flip, HealthState},
-    },
+    health::state::{Event as HealthEvent, Flip, HealthState},
     netlink, notify,
     vrrp::driver::Vrrp,
 };
@@ -98,7 +95,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     // 5. Health checks first: a password file that cannot be used stops the start before the
     //    data plane changes. Until its first result a checked server counts as up
     //    (keepalived's default).
-    let (check_tx, mut check_rx) = tokio::sync::mpsc::channel::<Report>(256);
+    let (check_tx, mut check_rx) = tokio::sync::mpsc::channel::<HealthEvent>(256);
     let mut health = HealthState::start(&cfg, check_tx, std::time::Instant::now())?;
 
     // 6. The data plane: load (verifier) with the maps pinned, fill them, then attach, so that
@@ -196,8 +193,8 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                 vrrp.handle_timeout(std::time::Instant::now());
                 vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
             }
-            Some(report) = check_rx.recv() => {
-                let (flip, changed) = health.record(report);
+            Some(event) = check_rx.recv() => {
+                let (flip, changed) = health.handle(event, std::time::Instant::now());
                 if let Some(f) = flip {
                     notify_real(&cfg, &f);
                 }
@@ -240,7 +237,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                     continue;
                 }
                 // New checks (password files read again): a failure refuses the reload.
-                let (tx, rx) = tokio::sync::mpsc::channel::<Report>(256);
+                let (tx, rx) = tokio::sync::mpsc::channel::<HealthEvent>(256);
                 if let Err(e) = health.reload(&new_cfg, tx, std::time::Instant::now()) {
                     tracing::error!(error = %format!("{e:#}"), "reload refused, the running configuration stays");
                     continue;

@@ -13,6 +13,10 @@
 //! - `immediate_failback_is_dangerous`: the same restart with `immediate` (the recipe's
 //!   behaviour). Writes return to db1 while it lacks db2's: the test shows it (and the
 //!   counter row then loses increments once replication resumes).
+//! - `graceful_fenced_handover`: with `fence`, a db1 that returns without db2's writes is
+//!   made read-only (a client connected to it directly cannot write to both sides); with
+//!   `graceful`, the handover makes db2 read-only until db1 has all of its writes, flips, and
+//!   makes both writable again.
 //! - `a_thousand_checks_leave_aborted_connects_alone`: the check ends its sessions cleanly.
 
 mod common;
@@ -187,8 +191,8 @@ struct Setup {
 }
 
 /// Client, LB and two MariaDB servers on a bridge; master-master replication; the schema;
-/// lb-agent on the LB with the write VIP (`failback`).
-fn setup(tag: &str, failback: &str) -> Setup {
+/// lb-agent on the LB with the write VIP (`service`: its failback settings).
+fn setup(tag: &str, service: &str) -> Setup {
     let mut lab = Lab::new(tag);
     lab.bridge();
     lab.host("cl", "10.96.0.10/24");
@@ -225,7 +229,7 @@ fn setup(tag: &str, failback: &str) -> Setup {
         pw.display()
     );
     let config = format!(
-        "[global]\ncontrol_socket = \"{socket}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[virtual_server]]\nname = \"mysql-write\"\naddress = \"{VIP}\"\nport = 3306\nrole = \"writer\"\nfailback = \"{failback}\"\n[[virtual_server.real_server]]\naddress = \"{DB1}\"\n{check}\n[virtual_server.sorry_server]\naddress = \"{DB2}\"\n{check}\n",
+        "[global]\ncontrol_socket = \"{socket}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[virtual_server]]\nname = \"mysql-write\"\naddress = \"{VIP}\"\nport = 3306\nrole = \"writer\"\n{service}\n[[virtual_server.real_server]]\naddress = \"{DB1}\"\n{check}\n[virtual_server.sorry_server]\naddress = \"{DB2}\"\n{check}\n",
         lab.pin_dir("lb")
     );
     let path = dir.join("lb.toml");
@@ -292,7 +296,7 @@ fn caught_up_failback_loses_no_write() {
         mut db1,
         db2,
         socket,
-    } = setup("mfc", "caught-up");
+    } = setup("mfc", "failback = \"caught-up\"");
     let log = Arc::new(Log::default());
     let writer = start_writer(&lab, log.clone());
     let t0 = Instant::now();
@@ -395,7 +399,7 @@ fn immediate_failback_is_dangerous() {
         mut db1,
         db2,
         socket: _,
-    } = setup("mfi", "immediate");
+    } = setup("mfi", "failback = \"immediate\"");
     let log = Arc::new(Log::default());
     let writer = start_writer(&lab, log.clone());
     log.wait_for(1, Instant::now(), Duration::from_secs(10))
@@ -435,6 +439,101 @@ fn immediate_failback_is_dangerous() {
             d.try_sql("SELECT COUNT(*) FROM app.w").unwrap_or_default()
         );
     }
+}
+
+/// A direct write to `addr` (not through the VIP) as the application user.
+fn direct_write(lab: &Lab, addr: &'static str) -> Result<(), String> {
+    lab.within("cl", move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut c = mysql_async::Conn::new(opts(addr, APP_USER, APP_PASSWORD))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let r = c
+                    .query_drop("INSERT INTO w (id, server) VALUES (999999999, 0)")
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = c.disconnect().await;
+                r
+            })
+    })
+}
+
+#[test]
+fn graceful_fenced_handover() {
+    let Setup {
+        mut lab,
+        mut db1,
+        db2,
+        socket,
+    } = setup(
+        "mfg",
+        "failback = \"caught-up\"\ngraceful = true\nfence = true",
+    );
+    let log = Arc::new(Log::default());
+    let writer = start_writer(&lab, log.clone());
+    log.wait_for(1, Instant::now(), Duration::from_secs(10))
+        .expect("writes reach db1 through the VIP");
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    lab.kill(db1.pid);
+    log.wait_for(2, killed, Duration::from_secs(5))
+        .expect("writes move to db2 after db1 is killed");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // db1 returns writable but without db2's writes: fenced.
+    let restarted = Instant::now();
+    lab.mariadb_start(&mut db1, &["--skip-slave-start"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while db1.sql("SELECT @@global.read_only") != "1" {
+        assert!(Instant::now() < deadline, "db1 was not fenced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("db1 fenced {:?} after its restart", restarted.elapsed());
+    let e = direct_write(&lab, DB1).expect_err("a direct write to the fenced db1");
+    assert!(
+        e.contains("read-only") || e.contains("READ-ONLY") || e.contains("read_only"),
+        "{e}"
+    );
+    assert!(log.last_on(1, restarted).is_none(), "writes went to db1");
+    let text = status(&socket);
+    assert!(text.contains("waiting for catch-up"), "{text}");
+
+    // Replication resumes: the graceful handover brings the writes back, and both servers end
+    // writable.
+    let resumed = Instant::now();
+    db1.sql("START SLAVE");
+    let took = log
+        .wait_for(1, resumed, Duration::from_secs(15))
+        .expect("writes return to db1 after the handover");
+    println!("handover: writes back on db1 {took:?} after replication resumed");
+    std::thread::sleep(Duration::from_secs(1));
+    log.stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(
+        db1.sql("SELECT @@global.read_only"),
+        "0",
+        "db1 still fenced"
+    );
+    assert_eq!(
+        db2.sql("SELECT @@global.read_only"),
+        "0",
+        "db2 left read-only"
+    );
+    assert!(
+        mariadb::wait_converged(&db1, &db2, Duration::from_secs(20)),
+        "the servers did not converge"
+    );
+    let acked = log.acked.lock().unwrap().clone();
+    assert_eq!(missing_on(&db1, &acked), 0);
+    assert_eq!(missing_on(&db2, &acked), 0);
+    let checksum = |d: &Db| d.sql("CHECKSUM TABLE app.w, app.c");
+    assert_eq!(checksum(&db1), checksum(&db2), "the servers differ");
+    let violations = log.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:#?}");
 }
 
 #[test]
@@ -523,7 +622,7 @@ fn detection_and_switch_times() {
         mut db1,
         db2: _,
         socket,
-    } = setup("mfb", "caught-up");
+    } = setup("mfb", "failback = \"caught-up\"");
     let median = |mut v: Vec<Duration>| {
         v.sort();
         v[v.len() / 2]

@@ -350,6 +350,17 @@ pub struct VirtualServer {
     /// With `role = "replica"`: the most a real server may lag; 10 s when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag: Option<DurationStr>,
+    /// Before writes go back from the sorry server, make it read-only until the recovered
+    /// writer has executed everything in its binary log, then flip and make it writable again:
+    /// not one write lands on the wrong side (the check user needs `READ_ONLY ADMIN` or
+    /// `SUPER`). Needs `role = "writer"` and `mysql` checks.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub graceful: bool,
+    /// When writes move to the sorry server and the old writer still answers, set it
+    /// `read_only=1` so that no client connected to it directly writes to both sides; the
+    /// handover back makes it writable again. Needs `role = "writer"` and `mysql` checks.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub fence: bool,
     /// A failed real server keeps its slot with weight 0 (no new flows) instead of leaving.
     #[serde(default, skip_serializing_if = "is_default")]
     pub inhibit_on_failure: bool,

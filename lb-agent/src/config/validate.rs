@@ -394,6 +394,14 @@ fn virtual_server(vs: &VirtualServer) -> Result<(), FieldError> {
             "a writer or replica role needs a `mysql` check on every real server",
         ));
     }
+    if (vs.graceful || vs.fence)
+        && !(vs.role == Role::Writer && vs.sorry_server.as_ref().is_some_and(mysql_checked))
+    {
+        return Err(field(
+            if vs.graceful { "graceful" } else { "fence" },
+            "needs `role = \"writer\"`, a sorry_server, and `mysql` checks on all of them",
+        ));
+    }
     if vs.max_lag.is_some() && vs.role != Role::Replica {
         return Err(field(
             "max_lag",

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Result, anyhow};
 use tokio::sync::mpsc;
 
+use super::state::Event;
 use super::{
     exec,
     mysql::{self, MysqlState},
@@ -182,6 +183,14 @@ impl Monitor {
         Ok(m)
     }
 
+    /// Where and as whom the MySQL check of check `i` logs in.
+    pub fn mysql_target(&self, i: usize) -> Option<mysql::Target> {
+        match &self.checks.get(i)?.probe {
+            Probe::Mysql(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
     /// The check of server `addr` on `port` with `spec`.
     pub fn find(&self, addr: IpAddr, port: u16, spec: &Check) -> Option<usize> {
         self.checks
@@ -194,7 +203,7 @@ impl Monitor {
     /// most timeout / interval + 1 are in flight): a hang is then detected within
     /// interval × fall + timeout, not fall × timeout. The tasks end when the receiver is
     /// dropped.
-    pub fn spawn(&self, tx: mpsc::Sender<Report>) {
+    pub fn spawn(&self, tx: mpsc::Sender<Event>) {
         for (i, c) in self.checks.iter().enumerate() {
             let (probe, interval, tx) = (c.probe.clone(), c.interval, tx.clone());
             tokio::spawn(async move {
@@ -210,12 +219,12 @@ impl Monitor {
                         let started = Instant::now();
                         let outcome = probe.run().await;
                         let _ = tx
-                            .send(Report {
+                            .send(Event::Check(Report {
                                 check: i,
                                 outcome,
                                 started,
                                 at: Instant::now(),
-                            })
+                            }))
                             .await;
                     });
                 }

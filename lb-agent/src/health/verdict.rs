@@ -2,7 +2,7 @@
 //! I/O: which real servers may take traffic (and why not), dynamic weights, whether the sorry
 //! server holds the traffic — and the same in words for `status`.
 
-use std::{net::IpAddr, time::Instant};
+use std::{collections::HashSet, net::IpAddr, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -105,7 +105,16 @@ fn mysql_summary(c: &Checked) -> Option<String> {
 }
 
 /// One real server against its check and the service's role.
-fn judge(m: &Monitor, vs: &VirtualServer, rs: &RealServer) -> (RealHealth, Option<u32>) {
+/// Servers lb-agent itself set read-only (fencing): their `read_only=1` is ours, not a
+/// reason to keep them from the writes (the handover lifts it).
+pub type Fenced = HashSet<IpAddr>;
+
+fn judge(
+    m: &Monitor,
+    vs: &VirtualServer,
+    rs: &RealServer,
+    fenced: &Fenced,
+) -> (RealHealth, Option<u32>) {
     let Some(c) = check_of(m, vs, rs) else {
         return (
             RealHealth {
@@ -129,7 +138,7 @@ fn judge(m: &Monitor, vs: &VirtualServer, rs: &RealServer) -> (RealHealth, Optio
         let role = match (vs.role, &c.mysql) {
             (Role::Any, _) => Ok(()),
             (_, None) => Err("no MySQL state read".to_string()),
-            (Role::Writer, Some(s)) if s.writable() => Ok(()),
+            (Role::Writer, Some(s)) if s.writable() || fenced.contains(&rs.address) => Ok(()),
             (Role::Writer, Some(_)) => Err("read_only=1: not writable".to_string()),
             (Role::Replica, Some(s)) => s.replica_within(
                 vs.max_lag
@@ -160,14 +169,14 @@ fn caught_up(m: &Monitor, vs: &VirtualServer, usable: &[&RealServer]) -> Result<
     for rs in usable {
         let c = check_of(m, vs, rs).ok_or("a real server is not checked")?;
         let st = c.mysql.as_ref().ok_or("no MySQL state read")?;
+        st.caught_up_with(pos)
+            .map_err(|e| format!("{}: {e}", rs.address))?;
         if c.up_at.is_none_or(|t| t <= read_at) {
             return Err(format!(
                 "{}: waiting for a check after the sorry server's",
                 rs.address
             ));
         }
-        st.caught_up_with(pos)
-            .map_err(|e| format!("{}: {e}", rs.address))?;
     }
     Ok(())
 }
@@ -176,6 +185,7 @@ pub fn evaluate(
     cfg: &Config,
     m: &Monitor,
     gates: &mut [(String, Gate)],
+    fenced: &Fenced,
     now: Instant,
 ) -> Evaluation {
     let mut out = Evaluation::default();
@@ -189,7 +199,7 @@ pub fn evaluate(
         let mut reals = Vec::new();
         let mut usable = Vec::new();
         for rs in &vs.real_servers {
-            let (h, weight) = judge(m, vs, rs);
+            let (h, weight) = judge(m, vs, rs, fenced);
             if h.usable {
                 usable.push(rs);
             } else {
@@ -210,7 +220,7 @@ pub fn evaluate(
             caught_up: matches!(catch_up, Some(Ok(()))),
         };
         let mode = gate.step(now, health);
-        let sorry = vs.sorry_server.as_ref().map(|s| judge(m, vs, s).0);
+        let sorry = vs.sorry_server.as_ref().map(|s| judge(m, vs, s, fenced).0);
         verdict.hold_sorry = mode == Mode::Sorry && sorry.is_some();
         let mut waiting = gate.waiting().map(str::to_string);
         if let (true, Some(Err(why))) = (
@@ -314,7 +324,7 @@ address = "10.0.0.2"
                 started: at,
                 at,
             });
-            evaluate(&self.cfg, &self.m, &mut self.gates, at)
+            evaluate(&self.cfg, &self.m, &mut self.gates, &Fenced::new(), at)
         }
     }
 
@@ -334,7 +344,7 @@ address = "10.0.0.2"
     #[test]
     fn caught_up_failback_waits_for_the_sorry_servers_position() {
         let mut r = run("caught-up");
-        let e = evaluate(&r.cfg, &r.m, &mut r.gates, r.t0);
+        let e = evaluate(&r.cfg, &r.m, &mut r.gates, &Fenced::new(), r.t0);
         assert!(!e.verdicts[0].hold_sorry, "unchecked servers start up");
         r.feed(0, DB2, mysql("0-2-10", false, true));
         let e = r.feed(10, DB1, mysql("0-1-10", false, true));

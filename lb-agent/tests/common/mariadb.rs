@@ -117,7 +117,7 @@ impl Lab {
              CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-pw';
              GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
              CREATE USER '{CHECK_USER}'@'%' IDENTIFIED BY '{CHECK_PASSWORD}';
-             GRANT SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{CHECK_USER}'@'%';
+             GRANT SLAVE MONITOR, BINLOG MONITOR, READ_ONLY ADMIN ON *.* TO '{CHECK_USER}'@'%';
              CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}';
              GRANT ALL ON app.* TO '{APP_USER}'@'%';"
         ));

@@ -489,6 +489,8 @@ fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServer> {
         failback_delay: None,
         role: Role::Any,
         max_lag: None,
+        graceful: false,
+        fence: false,
         inhibit_on_failure: false,
         active: true,
         real_servers: vec![],
