@@ -228,8 +228,10 @@ fn setup(tag: &str, service: &str) -> Setup {
         "check = {{ type = \"mysql\", user = \"{CHECK_USER}\", password_file = \"{}\", interval = \"200ms\", timeout = \"500ms\", rise = 2, fall = 2 }}",
         pw.display()
     );
+    // Every notification appends a line to notify.log.
+    let notify = dir.join("notify.log").to_string_lossy().into_owned();
     let config = format!(
-        "[global]\ncontrol_socket = \"{socket}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[virtual_server]]\nname = \"mysql-write\"\naddress = \"{VIP}\"\nport = 3306\nrole = \"writer\"\n{service}\n[[virtual_server.real_server]]\naddress = \"{DB1}\"\n{check}\n[virtual_server.sorry_server]\naddress = \"{DB2}\"\n{check}\n",
+        "[global]\ncontrol_socket = \"{socket}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[virtual_server]]\nname = \"mysql-write\"\naddress = \"{VIP}\"\nport = 3306\nrole = \"writer\"\nquorum_down = \"echo quorum_down >> {notify}\"\nquorum_up = \"echo quorum_up >> {notify}\"\n{service}\n[[virtual_server.real_server]]\naddress = \"{DB1}\"\nnotify_down = \"echo db1_down >> {notify}\"\nnotify_up = \"echo db1_up >> {notify}\"\n{check}\n[virtual_server.sorry_server]\naddress = \"{DB2}\"\n{check}\n",
         lab.pin_dir("lb")
     );
     let path = dir.join("lb.toml");
@@ -390,6 +392,17 @@ fn caught_up_failback_loses_no_write() {
     }
     let violations = log.violations.lock().unwrap().clone();
     assert!(violations.is_empty(), "{violations:#?}");
+    // notify_down / notify_up and quorum_down / quorum_up, twice each (kill, SIGSTOP).
+    let notified =
+        std::fs::read_to_string(std::env::temp_dir().join(&lab.prefix).join("notify.log"))
+            .unwrap_or_default();
+    for what in ["db1_down", "db1_up", "quorum_down", "quorum_up"] {
+        assert_eq!(
+            notified.lines().filter(|l| *l == what).count(),
+            2,
+            "{what} in:\n{notified}"
+        );
+    }
 }
 
 #[test]
