@@ -96,7 +96,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     //    data plane changes. Until its first result a checked server counts as up
     //    (keepalived's default).
     let (check_tx, mut check_rx) = tokio::sync::mpsc::channel::<HealthEvent>(256);
-    let mut health = HealthState::start(&cfg, check_tx, std::time::Instant::now())?;
+    let mut health = HealthState::start(&cfg, check_tx, &[], std::time::Instant::now())?;
 
     // 6. The data plane: load (verifier) with the maps pinned, fill them, then attach, so that
     //    the first frame already sees the full configuration. A data plane left pinned by a
@@ -135,6 +135,7 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
             reals = reals.len(),
             "adopting the pinned data plane"
         );
+        health.set_adopted(&cfg, &adopted_sorry(&cfg, &a), std::time::Instant::now());
         Some(desired::from_adopted(&a))
     } else {
         None
@@ -275,6 +276,27 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     let _ = std::fs::remove_file(&socket);
     dp.shutdown()?;
     Ok(())
+}
+
+/// Per virtual server: whether the adopted data plane has it on its sorry server only
+/// (`None` when the data plane does not know the service).
+fn adopted_sorry(cfg: &Config, a: &lb_agent::dataplane::Adopted) -> Vec<Option<bool>> {
+    cfg.virtual_servers
+        .iter()
+        .map(|vs| {
+            let vs = vs.get_ref();
+            let key = desired::service_key(vs);
+            let (_, svc) = a.services.iter().find(|(k, _)| *k == key)?;
+            let (_, members) = a.members.iter().find(|(id, _)| *id == svc.id)?;
+            let sorry = vs.sorry_server.as_ref()?;
+            let sorry_id = a
+                .reals
+                .iter()
+                .find(|(_, r)| desired::addr_from_words(&r.addr, r.family) == sorry.address)
+                .map(|(id, _)| *id)?;
+            Some(members.as_slice() == [sorry_id])
+        })
+        .collect()
 }
 
 fn report(state: &DesiredState) {

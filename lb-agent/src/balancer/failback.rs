@@ -57,6 +57,15 @@ impl Gate {
         }
     }
 
+    /// A gate that starts on the sorry server: the policy must be met before the real
+    /// servers get the traffic (after a reboot, a writer must prove it has caught up).
+    pub fn held(policy: Failback, delay: Duration) -> Gate {
+        Gate {
+            mode: Mode::Sorry,
+            ..Gate::new(policy, delay)
+        }
+    }
+
     pub fn policy(&self) -> Failback {
         self.policy
     }

@@ -26,6 +26,8 @@ pub struct Adopted {
     pub services: Vec<(ServiceKey, Service)>,
     /// (id, entry) of every real server entry in use.
     pub reals: Vec<(u32, Real)>,
+    /// (service id, the real ids its active table holds, sorted).
+    pub members: Vec<(u32, Vec<u32>)>,
 }
 
 /// Counters of the whole data plane, summed over CPUs.
@@ -154,10 +156,22 @@ impl<'a> MapWriter<'a> {
                 reals.push((id as u32, r));
             }
         }
+        let tables = self.array::<MaglevTable>(MAP_MAGLEV)?;
+        let mut members = Vec::new();
+        for (_, s) in &services {
+            let t = tables
+                .get(&maglev_index(s.id, s.active_table), 0)
+                .with_context(|| format!("reading the table of service {}", s.id))?;
+            let mut ids: Vec<u32> = t.slots.iter().copied().filter(|&r| r != NO_REAL).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            members.push((s.id, ids));
+        }
         Ok(Adopted {
             config,
             services,
             reals,
+            members,
         })
     }
 

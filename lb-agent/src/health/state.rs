@@ -70,10 +70,17 @@ pub struct Flip {
 
 impl HealthState {
     /// Reads the checks of `cfg` (password files included) and starts their tasks.
-    pub fn start(cfg: &Config, tx: mpsc::Sender<Event>, now: Instant) -> Result<HealthState> {
+    /// `adopted_sorry`: per virtual server, whether an adopted data plane has it on its sorry
+    /// server (`None`: nothing adopted; see `verdict::gates`).
+    pub fn start(
+        cfg: &Config,
+        tx: mpsc::Sender<Event>,
+        adopted_sorry: &[Option<bool>],
+        now: Instant,
+    ) -> Result<HealthState> {
         let monitor = Monitor::new(cfg)?;
         monitor.spawn(tx.clone());
-        let mut gates = verdict::gates(cfg, &[]);
+        let mut gates = verdict::gates(cfg, &[], adopted_sorry);
         let fenced = Fenced::new();
         let eval = verdict::evaluate(cfg, &monitor, &mut gates, &fenced, now);
         Ok(HealthState {
@@ -88,6 +95,12 @@ impl HealthState {
         })
     }
 
+    /// Starts the gates where an adopted data plane is (see `verdict::gates`).
+    pub fn set_adopted(&mut self, cfg: &Config, adopted_sorry: &[Option<bool>], now: Instant) {
+        self.gates = verdict::gates(cfg, &[], adopted_sorry);
+        self.eval = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
+    }
+
     /// After a reload: new checks (the old tasks end when their channel closes), gates kept
     /// for services that keep their name and policy.
     pub fn reload(&mut self, cfg: &Config, tx: mpsc::Sender<Event>, now: Instant) -> Result<()> {
@@ -95,7 +108,7 @@ impl HealthState {
         monitor.spawn(tx.clone());
         self.monitor = monitor;
         self.tx = tx;
-        self.gates = verdict::gates(cfg, &self.gates);
+        self.gates = verdict::gates(cfg, &self.gates, &[]);
         self.handovers = vec![Handover::Idle; cfg.virtual_servers.len()];
         self.eval = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
         Ok(())

@@ -55,18 +55,33 @@ pub struct Evaluation {
 }
 
 /// A gate per virtual server, in configuration order, keeping the state of services that
-/// keep their name across a reload.
-pub fn gates(cfg: &Config, old: &[(String, Gate)]) -> Vec<(String, Gate)> {
+/// keep their name across a reload. A new gate starts where the data plane is: on the sorry
+/// server when an adopted table holds only it (`adopted_sorry[i] == Some(true)`); with no
+/// adopted table, a `caught-up` service starts held on its sorry server until its writer
+/// proves it has caught up (after a reboot it may well not have).
+pub fn gates(
+    cfg: &Config,
+    old: &[(String, Gate)],
+    adopted_sorry: &[Option<bool>],
+) -> Vec<(String, Gate)> {
     cfg.virtual_servers
         .iter()
-        .map(|vs| {
+        .enumerate()
+        .map(|(i, vs)| {
             let vs = vs.get_ref();
             let name = vs.display_name();
+            let delay = vs.failback_delay.map(|d| d.0).unwrap_or_default();
+            let held = vs.sorry_server.is_some()
+                && match adopted_sorry.get(i).copied().flatten() {
+                    Some(on_sorry) => on_sorry,
+                    None => vs.failback == Failback::CaughtUp,
+                };
             let fresh = || {
-                Gate::new(
-                    vs.failback,
-                    vs.failback_delay.map(|d| d.0).unwrap_or_default(),
-                )
+                if held {
+                    Gate::held(vs.failback, delay)
+                } else {
+                    Gate::new(vs.failback, delay)
+                }
             };
             let gate = old
                 .iter()
@@ -213,7 +228,20 @@ pub fn evaluate(
             }
             reals.push(h);
         }
-        let catch_up = (vs.failback == Failback::CaughtUp).then(|| caught_up(m, vs, &usable));
+        let sorry_down = vs
+            .sorry_server
+            .as_ref()
+            .and_then(|s| check_of(m, vs, s))
+            .is_some_and(|c| c.seen && !c.is_up());
+        // A dead sorry server takes no writes: waiting for its position would only keep the
+        // writes on a server that cannot take them.
+        let catch_up = (vs.failback == Failback::CaughtUp).then(|| {
+            if sorry_down {
+                Ok(())
+            } else {
+                caught_up(m, vs, &usable)
+            }
+        });
         let health = Health {
             usable: usable.len() as u32,
             quorum: vs.quorum,
@@ -284,7 +312,7 @@ address = "10.0.0.2"
         );
         let cfg = Config::parse(Path::new("t.toml"), &text).unwrap();
         let m = Monitor::new(&cfg).unwrap();
-        let gates = gates(&cfg, &[]);
+        let gates = gates(&cfg, &[], &[Some(false)]);
         (cfg, m, gates)
     }
 
