@@ -6,6 +6,7 @@
 //! - `netlink`: what the kernel knows (interfaces, local addresses, neighbours);
 //! - `control`: the control socket, `status`, and metrics;
 //! - `health`: check commands and rise/fall hysteresis;
+//! - `realserver`: a DR real server's VIPs on `lo` and ARP settings;
 //! - `vrrp`: VRRP: packet codec, sans-IO state machine, socket and driver.
 
 pub mod balancer;
@@ -15,4 +16,5 @@ pub mod dataplane;
 pub mod health;
 pub mod netlink;
 pub mod notify;
+pub mod realserver;
 pub mod vrrp;

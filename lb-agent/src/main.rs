@@ -48,6 +48,18 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Set this host up as a DR real server (what the recipe's realserver.sh does): the VIPs
+    /// on `lo`, `arp_ignore=1` and `arp_announce=2`; or back (`down`). Idempotent.
+    Realserver {
+        #[arg(value_enum)]
+        action: RealserverAction,
+        /// Take the VIPs from this configuration's virtual servers.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// VIPs to use (instead of, or besides, --config).
+        #[arg(long = "vip")]
+        vips: Vec<std::net::IpAddr>,
+    },
     /// Validate a config file: exit 0 when it is valid, 1 with the error otherwise.
     CheckConfig { file: PathBuf },
     /// Convert a keepalived.conf (with its includes) to this agent's TOML, on stdout or into
@@ -60,6 +72,67 @@ enum Command {
         #[arg(long)]
         allow_partial: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RealserverAction {
+    Up,
+    Down,
+}
+
+fn realserver(
+    action: RealserverAction,
+    config: Option<PathBuf>,
+    mut vips: Vec<std::net::IpAddr>,
+) -> ExitCode {
+    if let Some(c) = config {
+        match Config::load(&c) {
+            Ok(cfg) => {
+                for vs in &cfg.virtual_servers {
+                    let a = vs.get_ref().address;
+                    if !vips.contains(&a) {
+                        vips.push(a);
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if vips.is_empty() {
+        eprintln!("lb-agent realserver: no VIPs (give --config FILE or --vip ADDRESS)");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lb-agent realserver: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match action {
+            RealserverAction::Up => lb_agent::realserver::up(&vips).await,
+            RealserverAction::Down => lb_agent::realserver::down(&vips).await,
+        }
+    });
+    match result {
+        Ok(done) => {
+            for line in done {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lb-agent realserver: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -100,6 +173,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Realserver {
+            action,
+            config,
+            vips,
+        } => realserver(action, config, vips),
         Command::ImportKeepalived {
             file,
             output,

@@ -1,5 +1,6 @@
-//! The daemon, in start-up order: config, privileges, interface, logging, data plane, maps,
-//! then a loop that follows neighbour changes until SIGINT/SIGTERM, then a clean detach.
+//! The daemon, in start-up order: config, privileges, interface, logging, health checks, data
+//! plane, maps, VRRP, readiness; then a loop that follows checks, adverts, neighbour changes,
+//! reloads and control requests until SIGINT/SIGTERM; then a resignation and a clean detach.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -88,10 +89,6 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         name: iface.clone(),
     };
 
-    // 5. The data plane: load (verifier) with the maps pinned, fill them, then attach, so that
-    //    the first frame already sees the full configuration. A data plane left pinned by a
-    //    previous agent (killed, crashed, upgraded) keeps forwarding meanwhile: we take over
-    //    its maps and ids, write the difference, and swap our program into its link.
     // 5. Health checks first: a password file that cannot be used stops the start before the
     //    data plane changes. Until its first result a checked server counts as up
     //    (keepalived's default).
@@ -172,7 +169,17 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
     let (mut vrrp, mut vrrp_events) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
     vrrp_step(&mut vrrp, &handle, &cfg, &mut dp, &mut state).await?;
 
-    // 8. Run until told to stop.
+    // 8. Tell systemd (Type=notify) that we are up; ping its watchdog from the main loop, so a
+    //    loop that hangs gets the service restarted. Outside systemd these do nothing.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut watchdog_usec = 0;
+    let mut watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec).then(|| {
+        tokio::time::interval(
+            Duration::from_micros(watchdog_usec / 2).max(Duration::from_millis(100)),
+        )
+    });
+
+    // 9. Run until told to stop.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -223,7 +230,12 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
                 };
                 let _ = reply.send(answer);
             }
+            _ = tick_watchdog(&mut watchdog) => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
             _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
                 // A reload applies the difference only; an invalid file changes nothing.
                 let new_cfg = match Config::load(config_path) {
                     Ok(c) => c,
@@ -268,9 +280,10 @@ async fn serve(config_path: &Path, mut cfg: Config, iface: String) -> Result<()>
         }
     }
 
-    // 9. Clean exit: resign from VRRP (priority 0: the peer takes over after skew time; we
+    // 10. Clean exit: resign from VRRP (priority 0: the peer takes over after skew time; we
     //    keep forwarding until it has), then detach and unpin. (A killed agent leaves the data plane running, pinned, for the next
     //    one to adopt.)
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     vrrp.shutdown(&handle, &mut vrrp_events).await?;
     tracing::info!("stopping: detaching the data plane");
     let _ = std::fs::remove_file(&socket);
@@ -302,6 +315,16 @@ fn adopted_sorry(cfg: &Config, a: &lb_agent::dataplane::Adopted) -> Vec<Option<b
 fn report(state: &DesiredState) {
     for w in state.warnings() {
         tracing::warn!("{w}");
+    }
+}
+
+/// The next watchdog tick, or never without a watchdog.
+async fn tick_watchdog(w: &mut Option<tokio::time::Interval>) {
+    match w {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

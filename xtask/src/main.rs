@@ -2,6 +2,7 @@
 //! (apt packages, the nightly `rust-src` component, `bpf-linker`) when it is missing, and says
 //! so.
 
+mod deploy;
 mod setup;
 
 use std::{
@@ -33,6 +34,13 @@ enum Task {
     Lab,
     /// Data-plane benchmarks (BPF_PROG_TEST_RUN): prints ns/packet per case.
     Bench,
+    /// Build and install the agent, a configuration (kept if present), the systemd units and
+    /// the README under a root directory.
+    Deploy {
+        /// Where to install (`/` for this host; a directory for packaging and tests).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 /// The XDP binaries built by `build-ebpf`, copied to `target/bpf/<name>.o`.
@@ -48,6 +56,20 @@ fn main() -> Result<()> {
         Task::Test => test(&root),
         Task::Lab => lab(&root),
         Task::Bench => bench(&root),
+        Task::Deploy { root: dest } => {
+            build(&root)?;
+            for line in deploy::install(&root, &dest)? {
+                println!("{line}");
+            }
+            deploy::verify(&dest)?;
+            if dest == Path::new("/") {
+                println!(
+                    "next: edit /etc/lb-agent/lb.toml, then `systemctl daemon-reload && systemctl \
+                     enable --now lb-agent-realserver lb-agent`"
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -160,6 +182,8 @@ fn test(root: &Path) -> Result<()> {
     run(cargo()
         .args(["test", "--locked", "--release", "--workspace"])
         .args(["--", "--test-threads=1"]))?;
+    // The deployment: units that systemd accepts, a binary that accepts its configuration.
+    deploy::check(root)?;
     eprintln!("all tests passed");
     Ok(())
 }
