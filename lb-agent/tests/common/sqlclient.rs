@@ -1,0 +1,231 @@
+//! A MySQL client in a lab namespace, for tests that fail things over underneath it: a writer
+//! that commits one transaction every 10 ms through a VIP (a row with a unique id and
+//! `@@server_id`, and an increment of one counter row) and records what was acknowledged and
+//! by which server; and a reader that asks a VIP which server answers.
+//!
+//! Whenever writes come back to server 1 after server 2 took some, the writer asks server 1
+//! directly whether it holds all of server 2's acknowledged writes: a "violation" when not.
+//! Tables: `app.w (id BIGINT PRIMARY KEY, server INT)`, `app.c (k INT PRIMARY KEY, n BIGINT)`.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use mysql_async::prelude::Queryable;
+
+use super::{
+    Lab,
+    mariadb::{APP_PASSWORD, APP_USER, Db},
+};
+
+/// The schema the writer needs, created on `db` (replication carries it to the other).
+pub fn create_schema(db: &Db) {
+    db.sql(
+        "CREATE DATABASE app;
+         CREATE TABLE app.w (id BIGINT PRIMARY KEY, server INT NOT NULL);
+         CREATE TABLE app.c (k INT PRIMARY KEY, n BIGINT NOT NULL);
+         INSERT INTO app.c VALUES (1, 0);",
+    );
+}
+
+/// One acknowledged write.
+#[derive(Debug, Clone, Copy)]
+pub struct Acked {
+    pub id: u64,
+    pub server: u32,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+pub struct Log {
+    pub acked: Mutex<Vec<Acked>>,
+    /// Writes that came back to server 1 while it lacked some of server 2's acknowledged
+    /// writes.
+    pub violations: Mutex<Vec<String>>,
+    /// (when, which server answered) for every read that succeeded.
+    pub reads: Mutex<Vec<(Instant, u32)>>,
+    pub stop: AtomicBool,
+}
+
+impl Log {
+    pub fn last_on(&self, server: u32, after: Instant) -> Option<Instant> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|a| a.server == server && a.at > after)
+            .map(|a| a.at)
+    }
+
+    /// Waits (bounded) for a write acknowledged by `server` after `after`; how long it took.
+    pub fn wait_for(&self, server: u32, after: Instant, limit: Duration) -> Option<Duration> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(at) = self.last_on(server, after) {
+                return Some(
+                    self.acked
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .find(|a| a.server == server && a.at > after)
+                        .map_or(at, |a| a.at)
+                        .duration_since(after),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+pub fn opts(addr: &str, user: &str, password: &str) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(addr)
+        .tcp_port(3306)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(Some("app"))
+        .prefer_socket(false)
+}
+
+/// One write through `vip`: (the server that took it) when acknowledged.
+async fn write(vip: &str, id: u64) -> Result<u32, String> {
+    let run = async {
+        let mut c = mysql_async::Conn::new(opts(vip, APP_USER, APP_PASSWORD)).await?;
+        let server: Option<u32> = c.query_first("SELECT @@server_id").await?;
+        c.query_drop("BEGIN").await?;
+        c.query_drop(format!(
+            "INSERT INTO w (id, server) VALUES ({id}, @@server_id)"
+        ))
+        .await?;
+        c.query_drop("UPDATE c SET n = n + 1 WHERE k = 1").await?;
+        c.query_drop("COMMIT").await?;
+        c.disconnect().await?;
+        Ok::<_, mysql_async::Error>(server.unwrap_or(0))
+    };
+    match tokio::time::timeout(Duration::from_secs(1), run).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// How many of server 2's writes server 1 (at `db1`) holds (asked directly, not through the
+/// VIP).
+async fn db2_rows_on_db1(db1: &str) -> Result<usize, String> {
+    let run = async {
+        let mut c = mysql_async::Conn::new(opts(db1, APP_USER, APP_PASSWORD)).await?;
+        let n: Option<usize> = c
+            .query_first("SELECT COUNT(*) FROM w WHERE server = 2")
+            .await?;
+        c.disconnect().await?;
+        Ok::<_, mysql_async::Error>(n.unwrap_or(0))
+    };
+    match tokio::time::timeout(Duration::from_secs(1), run).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// The writer, in `host`: one write through `vip` every 10 ms until told to stop (bounded:
+/// 20,000 writes). `db1`: server 1's own address, for the violation check.
+pub fn start_writer(
+    lab: &Lab,
+    host: &str,
+    vip: &'static str,
+    db1: &'static str,
+    log: Arc<Log>,
+) -> std::thread::JoinHandle<()> {
+    let ns = lab.ns(host);
+    std::thread::spawn(move || {
+        super::enter(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut last_server = 0;
+            for id in 1..=20_000u64 {
+                if log.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(server) = write(vip, id).await {
+                    let acked_on_db2 = {
+                        let mut a = log.acked.lock().unwrap();
+                        a.push(Acked {
+                            id,
+                            server,
+                            at: Instant::now(),
+                        });
+                        a.iter().filter(|w| w.server == 2).count()
+                    };
+                    if server == 1 && last_server == 2 {
+                        // Back on db1: it must hold everything db2 acknowledged.
+                        match db2_rows_on_db1(db1).await {
+                            Ok(n) if n >= acked_on_db2 => {}
+                            Ok(n) => log.violations.lock().unwrap().push(format!(
+                                "write {id} went to db1 holding {n} of db2's {acked_on_db2} writes"
+                            )),
+                            Err(e) => log
+                                .violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("write {id}: cannot ask db1: {e}")),
+                        }
+                    }
+                    last_server = server;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    })
+}
+
+/// The reader, in `host`: asks `vip` which server answers, every 20 ms until told to stop
+/// (bounded: 20,000 reads).
+pub fn start_reader(
+    lab: &Lab,
+    host: &str,
+    vip: &'static str,
+    log: Arc<Log>,
+) -> std::thread::JoinHandle<()> {
+    let ns = lab.ns(host);
+    std::thread::spawn(move || {
+        super::enter(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 0..20_000 {
+                if log.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let read = async {
+                    let mut c = mysql_async::Conn::new(opts(vip, APP_USER, APP_PASSWORD)).await?;
+                    let s: Option<u32> = c.query_first("SELECT @@server_id").await?;
+                    c.disconnect().await?;
+                    Ok::<_, mysql_async::Error>(s.unwrap_or(0))
+                };
+                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), read).await {
+                    log.reads.lock().unwrap().push((Instant::now(), s));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    })
+}
+
+/// How many of `acked` `db` does not hold.
+pub fn missing_on(db: &Db, acked: &[Acked]) -> usize {
+    let ids: std::collections::HashSet<u64> = db
+        .sql("SELECT id FROM app.w")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    acked.iter().filter(|a| !ids.contains(&a.id)).count()
+}
