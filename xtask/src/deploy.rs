@@ -17,7 +17,7 @@ const FILES: [(&str, &str, u32, bool); 5] = [
         0o755,
         true,
     ),
-    ("configs/master.toml", "etc/lb-agent/lb.toml", 0o600, false),
+    ("configs/db1.toml", "etc/lb-agent/lb.toml", 0o600, false),
     (
         "configs/systemd/lb-agent.service",
         "etc/systemd/system/lb-agent.service",

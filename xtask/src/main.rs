@@ -29,9 +29,16 @@ enum Task {
     /// Build everything and run every test: fmt, clippy (host and BPF), unit tests, the XDP
     /// fixture table in the kernel, and the namespace end-to-end test.
     Test,
-    /// Bring up the demo in network namespaces (client, LB with XDP, two real servers) and show
-    /// it working.
-    Lab,
+    /// The lab: the recipe's two hosts (MariaDB master-master + lb-agent each) and a client in
+    /// network namespaces; runs the recipe's test plan and prints what happened.
+    Lab {
+        /// Leave the lab running afterwards (remove it with `cargo xtask lab down`).
+        #[arg(long)]
+        keep: bool,
+        /// `down`: remove a lab left running by `--keep`.
+        #[arg(value_enum)]
+        action: Option<LabAction>,
+    },
     /// Data-plane benchmarks (BPF_PROG_TEST_RUN): prints ns/packet per case.
     Bench,
     /// Build and install the agent, a configuration (kept if present), the systemd units and
@@ -41,6 +48,11 @@ enum Task {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LabAction {
+    Down,
 }
 
 /// The XDP binaries built by `build-ebpf`, copied to `target/bpf/<name>.o`.
@@ -54,7 +66,11 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf(&root),
         Task::Build => build(&root),
         Task::Test => test(&root),
-        Task::Lab => lab(&root),
+        Task::Lab {
+            action: Some(LabAction::Down),
+            ..
+        } => lab_down(),
+        Task::Lab { keep, action: None } => lab(&root, keep),
         Task::Bench => bench(&root),
         Task::Deploy { root: dest } => {
             build(&root)?;
@@ -212,15 +228,53 @@ fn run_bin(pkg: &str, bin: &str) -> Command {
     c
 }
 
-fn lab(root: &Path) -> Result<()> {
+fn lab(root: &Path, keep: bool) -> Result<()> {
     setup::require_root("the lab creates network namespaces and attaches XDP")?;
-    setup::apt(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
+    setup::apt(&[
+        ("ip", "iproute2"),
+        ("mariadbd", "mariadb-server"),
+        ("mariadb", "mariadb-client"),
+    ])?;
     build(root)?;
-    run(&mut test_file(
-        "lb-agent",
-        "dr_namespaces",
-        &["--nocapture", "--test-threads=1"],
-    ))
+    let mut cmd = test_file("lb-agent", "lab", &["--nocapture", "--test-threads=1"]);
+    if keep {
+        cmd.env("LB_LAB_KEEP", "1");
+    }
+    run(&mut cmd)
+}
+
+/// Removes a lab left by `lab --keep`: its processes, namespaces, files and pins (the
+/// `lblab` prefix of `lb-agent/tests/lab.rs`).
+fn lab_down() -> Result<()> {
+    setup::require_root("removing the lab's network namespaces")?;
+    const PREFIX: &str = "lblab";
+    let list = Command::new("ip").args(["netns", "list"]).output()?;
+    let mut removed = 0;
+    for ns in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{PREFIX}-")))
+    {
+        let pids = Command::new("ip").args(["netns", "pids", ns]).output()?;
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+        run(Command::new("ip").args(["netns", "del", ns]))?;
+        removed += 1;
+    }
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(PREFIX));
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{PREFIX}-"))
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    println!("removed the lab ({removed} namespaces)");
+    Ok(())
 }
 
 fn bench(root: &Path) -> Result<()> {

@@ -184,9 +184,10 @@ pub fn add_health(s: &mut Status, health: &[crate::health::verdict::ServiceHealt
             r.health = rh.health.clone();
             r.reason = rh.reason.clone();
             r.mysql = rh.mysql.clone();
-            if !rh.usable && r.state == "up" {
+            let in_service = r.state == "up" || r.state == "local";
+            if !rh.usable && in_service {
                 r.state = "failed".into();
-            } else if using_sorry && r.state == "up" {
+            } else if using_sorry && in_service {
                 // Healthy, but the failback policy has not handed the traffic back yet.
                 r.state = "pending".into();
             }

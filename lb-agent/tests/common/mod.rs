@@ -40,18 +40,69 @@ pub struct Lab {
     namespaces: Vec<String>,
     children: Vec<Child>,
     threads: Vec<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// `keep`: the drop leaves everything as it is.
+    kept: bool,
+}
+
+/// The network namespaces whose name starts with `prefix-`.
+pub fn list_namespaces(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// SIGKILLs every process in namespace `ns` (a kept lab's, being removed).
+pub fn kill_namespace_processes(ns: &str) {
+    let out = Command::new("ip").args(["netns", "pids", ns]).output();
+    for pid in out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }
 
 impl Lab {
     /// A lab with a prefix unique to this process and test.
     pub fn new(tag: &str) -> Lab {
-        let prefix = format!("lbt{}{tag}", std::process::id() % 100_000);
+        Lab::named(&format!("lbt{}{tag}", std::process::id() % 100_000))
+    }
+
+    /// A lab with exactly this prefix (one that outlives the test: `keep`). Whatever an
+    /// earlier lab of that name left is removed first.
+    pub fn named(prefix: &str) -> Lab {
+        let stale = Lab {
+            prefix: prefix.to_string(),
+            namespaces: list_namespaces(prefix),
+            children: vec![],
+            threads: vec![],
+            kept: false,
+        };
+        for ns in &stale.namespaces {
+            kill_namespace_processes(ns);
+        }
+        drop(stale);
         Lab {
-            prefix,
+            prefix: prefix.to_string(),
             namespaces: vec![],
             children: vec![],
             threads: vec![],
+            kept: false,
         }
+    }
+
+    /// Leaves everything running (namespaces, processes, files) when the lab drops; `Lab::named`
+    /// with the same prefix, or `cargo xtask lab down`, removes it.
+    pub fn keep(&mut self) {
+        self.kept = true;
     }
 
     pub fn ns(&self, host: &str) -> String {
@@ -319,6 +370,12 @@ pub fn ask(addr: SocketAddr) -> std::io::Result<String> {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if self.kept {
+            for (stop, _) in &self.threads {
+                stop.store(true, Ordering::Relaxed);
+            }
+            return;
+        }
         for pid in self.children.iter().map(|c| c.id()).collect::<Vec<_>>() {
             self.stop(pid);
         }
