@@ -201,8 +201,8 @@ fn readers_since(log: &Log, since: Instant) -> Vec<u32> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<38} {:<58} {:<58} {:>8}  {}",
-        "step", "should happen", "happened", "took", ""
+        "{:<38} {:<58} {:<58} {:>8}  result",
+        "step", "should happen", "happened", "took"
     );
     for r in rows {
         println!(
