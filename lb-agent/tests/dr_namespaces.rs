@@ -287,6 +287,53 @@ fn tcp_through_the_vip_reaches_both_servers_and_replies_bypass_the_lb() {
         "no typed fields:\n{stats}"
     );
 
+    // Every bpftool command of the README's inspection section works on the pinned data
+    // plane, and the services maps print typed fields, not hex.
+    let pins = lab.pin_dir("lb");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split("## Inspecting the data plane with bpftool")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("the README's bpftool section");
+    let mut ran = 0;
+    for line in section.lines().filter(|l| l.starts_with("bpftool")) {
+        let cmd = line
+            .split('#')
+            .next()
+            .unwrap()
+            .replace("/sys/fs/bpf/lb-agent", &pins);
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        // `net show` looks at the caller's namespace: run it in the LB's.
+        let out = if args[1] == "net" {
+            lab.exec("lb", &args)
+        } else {
+            common::sh(&args)
+        };
+        if cmd.contains("LB_SVC_INFO") {
+            assert!(
+                out.contains("\"active_table\"") && out.contains("\"flags\""),
+                "LB_SVC_INFO not typed:\n{out}"
+            );
+        }
+        if cmd.contains("LB_SERVICES") {
+            assert!(
+                out.contains("\"port\"") && out.contains("\"proto\""),
+                "LB_SERVICES not typed:\n{out}"
+            );
+        }
+        if args[1] == "net" {
+            assert!(
+                out.contains("eth0") && out.contains("driver id"),
+                "bpftool net show:\n{out}"
+            );
+        }
+        ran += 1;
+    }
+    assert!(ran >= 8, "only {ran} bpftool commands in the README");
+
     let status = lab.stop(pid).expect("lb-agent was running");
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(
