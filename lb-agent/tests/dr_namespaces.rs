@@ -825,3 +825,73 @@ fn rss_stays_under_30_mb_with_100_services_of_10_real_servers() {
     assert!(lab.stop(pid).unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The systemd protocol (`Type=notify`, `WatchdogSec`), spoken to a socket the test holds as
+/// systemd would: READY=1 once the data plane is attached, WATCHDOG=1 at half the watchdog
+/// interval from the main loop, STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_notify_ready_watchdog_and_stopping() {
+    let mut lab = Lab::new("sdn");
+    lab.bridge();
+    lab.host("lb", "10.99.0.1/24");
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock_path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let config = read_vip_config(&lab, &["10.99.0.11"], "").replace("driver", "skb");
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    // As systemd sets it: WATCHDOG_PID is the service's main process (the shell execs the
+    // agent, which keeps its pid).
+    let script = format!(
+        "NOTIFY_SOCKET={} WATCHDOG_USEC=200000 WATCHDOG_PID=$$ exec {} run --config {}",
+        sock_path.display(),
+        env!("CARGO_BIN_EXE_lb-agent"),
+        path.display()
+    );
+    let pid = lab.spawn("lb", &["sh", "-c", &script], &log);
+    let mut buf = [0u8; 512];
+    let mut next = || -> String {
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification: {e}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("data plane attached"),
+        "READY before the data plane was attached"
+    );
+    let t = Instant::now();
+    let mut pings = 0;
+    while t.elapsed() < Duration::from_secs(1) {
+        if next().contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    // Every 100 ms: about 10 in a second.
+    assert!(pings >= 5, "{pings} watchdog pings in 1 s");
+    lab.stop(pid);
+    let mut stopping = false;
+    for _ in 0..50 {
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") => {
+                stopping = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+}

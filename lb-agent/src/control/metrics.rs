@@ -64,6 +64,11 @@ pub fn encode_status(s: &Status) -> String {
         "real_server_up",
         "1 when the real server is in the service's pool",
     );
+    let real_healthy = gauge(
+        &mut reg,
+        "real_server_healthy",
+        "1 when the real server passes its health check and role (or has no check)",
+    );
     let real_packets = counter(
         &mut reg,
         "real_server_packets",
@@ -138,6 +143,9 @@ pub fn encode_status(s: &Status) -> String {
             real_up
                 .get_or_create(&lr)
                 .set(matches!(r.state.as_str(), "up" | "local" | "sorry") as i64);
+            real_healthy
+                .get_or_create(&lr)
+                .set((r.health != "down" && r.reason.is_none()) as i64);
             reals.insert(r.address, (r.packets, r.bytes, r.new_flows));
         }
     }
