@@ -14,23 +14,6 @@ use common::{Lab, ask};
 
 const VIP: &str = "10.99.0.100";
 
-fn wait_for_log(path: &str, needle: &str, lab: &mut Lab, pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let log = std::fs::read_to_string(path).unwrap_or_default();
-        if log.contains(needle) {
-            return;
-        }
-        if log.contains("lb-agent: ") {
-            lab.stop(pid);
-            panic!("lb-agent failed to start:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    panic!("lb-agent did not report `{needle}` within 15 s:\n{log}");
-}
-
 /// Client, LB and two real servers on a bridge, set up as LVS-DR wants them.
 fn dr_topology(lab: &mut Lab) {
     lab.bridge();
@@ -116,13 +99,7 @@ fn start_agent_in(lab: &mut Lab, host: &str, config: &str) -> (u32, std::path::P
     let path = dir.join("lb.toml");
     std::fs::write(&path, config).unwrap();
     let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
-    let agent = env!("CARGO_BIN_EXE_lb-agent");
-    let pid = lab.spawn(
-        host,
-        &[agent, "run", "--config", path.to_str().unwrap()],
-        &log,
-    );
-    wait_for_log(&log, "data plane attached", lab, pid);
+    let pid = lab.start_agent(host, &path, &log);
     (pid, path, log)
 }
 

@@ -122,25 +122,7 @@ fn agent_in(lab: &Lab, host: &str, args: &[&str]) -> String {
 
 fn start_agent(lab: &mut Lab, h: &mut Host) {
     let log = h.log(lab);
-    let pid = lab.spawn(
-        h.name,
-        &[agent(), "run", "--config", h.config.to_str().unwrap()],
-        &log,
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("data plane attached")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "lb-agent in {} did not start:\n{}",
-            h.name,
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    h.agent = Some(pid);
+    h.agent = Some(lab.start_agent(h.name, &h.config.clone(), &log));
 }
 
 /// The VIP is on `host`'s eth0 (VRRP master there), not only on its lo.
@@ -422,7 +404,7 @@ fn the_recipe_test_plan() {
     log.stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     reader.join().unwrap();
-    let converged = mariadb::wait_converged(&db1.db, &db2.db, Duration::from_secs(20));
+    let converged = mariadb::wait_converged(&db1.db, &db2.db, Duration::from_secs(40));
     let acked = log.acked.lock().unwrap().clone();
     let on_both = acked.len() - missing_on(&db1.db, &acked).max(missing_on(&db2.db, &acked));
     let same =
@@ -439,6 +421,43 @@ fn the_recipe_test_plan() {
         ok: converged && on_both == acked.len() && same && acked.len() > 100,
     });
     print_table(&rows);
+    if !rows.iter().all(|r| r.ok) {
+        for d in [&db1.db, &db2.db] {
+            println!(
+                "{}: gtid_current_pos {:?}, rows {:?}, replication: {:?}",
+                d.host,
+                d.try_sql("SELECT @@gtid_current_pos"),
+                d.try_sql("SELECT COUNT(*), MAX(id) FROM app.w"),
+                d.try_sql("SHOW SLAVE STATUS\\G")
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(
+                        |l| l.contains("Running:") || l.contains("Last_") && l.contains("Error:")
+                    )
+                    .collect::<Vec<_>>()
+            );
+        }
+        let missing: Vec<u64> = acked
+            .iter()
+            .filter(|a| {
+                !db2.db
+                    .sql(&format!("SELECT COUNT(*) FROM app.w WHERE id = {}", a.id))
+                    .starts_with('1')
+            })
+            .take(5)
+            .map(|a| a.id)
+            .collect();
+        println!("first acknowledged ids missing on db2: {missing:?}");
+        for id in &missing {
+            if let Some(a) = acked.iter().find(|a| a.id == *id) {
+                println!(
+                    "  id {id}: acknowledged by server {} at +{:.2} s",
+                    a.server,
+                    a.at.duration_since(started).as_secs_f64()
+                );
+            }
+        }
+    }
     println!("\nlab run time: {:.1} s", started.elapsed().as_secs_f64());
     if keep {
         lab.keep();

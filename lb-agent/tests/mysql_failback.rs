@@ -87,29 +87,7 @@ fn setup(tag: &str, service: &str) -> Setup {
     let path = dir.join("lb.toml");
     std::fs::write(&path, config).unwrap();
     let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
-    let pid = lab.spawn(
-        "lb",
-        &[
-            env!("CARGO_BIN_EXE_lb-agent"),
-            "run",
-            "--config",
-            path.to_str().unwrap(),
-        ],
-        &log,
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("data plane attached")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "lb-agent did not start:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = pid;
+    lab.start_agent("lb", &path, &log);
     Setup {
         lab,
         db1,

@@ -197,22 +197,33 @@ fn replica(r: &Row) -> Replica {
 }
 
 /// `SET GLOBAL read_only = on|off` (graceful switch and fencing).
+///
+/// Setting it takes the server's global read lock, which waits for transactions in flight —
+/// and, while it waits, holds up every new commit (replication's included). A server can
+/// deadlock that wait against its own row locks (a client's transaction blocked at COMMIT
+/// holds the row the replication thread needs), and the server keeps waiting after we hang
+/// up. So the session's `lock_wait_timeout` is cut to the check's timeout: at worst the
+/// attempt fails (the handover retries) instead of stalling the database.
 pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
     let run = async {
         let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
-        let r = conn
-            .query_drop(if on {
-                "SET GLOBAL read_only = 1"
-            } else {
-                "SET GLOBAL read_only = 0"
-            })
+        let wait = t.timeout.as_secs().max(1);
+        let mut r = conn
+            .query_drop(format!("SET SESSION lock_wait_timeout = {wait}"))
             .await;
+        if r.is_ok() {
+            r = conn
+                .query_drop(format!("SET GLOBAL read_only = {}", u8::from(on)))
+                .await;
+        }
         let _ = conn.disconnect().await;
         r.map_err(|e| e.to_string())
     };
-    tokio::time::timeout(t.timeout, run)
+    // Longer than the server's own lock wait, so that it answers (and lets go) first.
+    let limit = t.timeout + Duration::from_secs(t.timeout.as_secs().max(1));
+    tokio::time::timeout(limit, run)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", t.timeout)))
+        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
 #[cfg(test)]

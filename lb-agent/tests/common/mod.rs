@@ -222,6 +222,41 @@ impl Lab {
         pid
     }
 
+    /// Starts `lb-agent run --config CONFIG` in `host` (output appended to `log`) and waits
+    /// (bounded: 20 s) until its data plane is attached; stops it and panics with its log
+    /// when it fails to start.
+    pub fn start_agent(&mut self, host: &str, config: &std::path::Path, log: &str) -> u32 {
+        let pid = self.spawn(
+            host,
+            &[
+                env!("CARGO_BIN_EXE_lb-agent"),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            log,
+        );
+        self.wait_for_log(log, "data plane attached", pid);
+        pid
+    }
+
+    /// Waits (bounded: 20 s) until `log` holds `needle`; when the agent `pid` reported a fatal
+    /// error instead, or time runs out, stops it and panics with the log.
+    pub fn wait_for_log(&mut self, log: &str, needle: &str, pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains(needle) {
+                return;
+            }
+            if text.contains("lb-agent: ") || Instant::now() > deadline {
+                self.stop(pid);
+                panic!("lb-agent did not report `{needle}`:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether `addr` is configured in `host` (on any interface).
     pub fn has_address(&self, host: &str, addr: &str) -> bool {
         self.ip(host, &["-o", "addr", "show"])
