@@ -26,6 +26,8 @@ use crate::{
 
 /// How long a graceful handover waits for the writer to execute the sorry server's binary log.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How long the sorry server's position must stand still (read-only) before the flip.
+const SETTLE: Duration = Duration::from_millis(50);
 /// After a failed handover, when to try again.
 const HANDOVER_RETRY: Duration = Duration::from_secs(1);
 
@@ -340,31 +342,43 @@ impl HealthState {
 }
 
 /// The handover itself. Graceful: the sorry server read-only, its binary log position read,
-/// the writers polled until they have executed it (bounded). Then fenced writers are made
-/// writable again. On failure the sorry server is made writable again.
+/// the writers polled until they have executed it, and again until the position stands still
+/// (bounded). Then fenced writers are made writable again. On failure the sorry server is
+/// made writable again.
 async fn handover(sorry: Option<&Target>, writers: &[(Target, bool)]) -> Result<(), String> {
     let result = async {
         if let Some(s) = sorry {
             mysql::set_read_only(s, true)
                 .await
                 .map_err(|e| format!("making the sorry server {} read-only: {e}", s.addr))?;
-            let pos = mysql::probe(s, false).await?.binlog_pos;
-            let want = Gtids::parse(&pos)?;
+            // read_only stops new writes, but a transaction already open still commits
+            // (MariaDB and MySQL let it): wait for the writers to hold the position, then
+            // read it again, until it stops moving.
             let deadline = Instant::now() + HANDOVER_WAIT;
-            for (w, _) in writers {
-                loop {
-                    let have = mysql::probe(w, false).await?.executed;
-                    if Gtids::parse(&have)?.contains(&want) {
-                        break;
+            let mut pos = mysql::probe(s, false).await?.binlog_pos;
+            loop {
+                let want = Gtids::parse(&pos)?;
+                for (w, _) in writers {
+                    loop {
+                        let have = mysql::probe(w, false).await?.executed;
+                        if Gtids::parse(&have)?.contains(&want) {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            return Err(format!(
+                                "{} did not reach the sorry server's {pos:?} within {HANDOVER_WAIT:?}",
+                                w.addr
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    if Instant::now() > deadline {
-                        return Err(format!(
-                            "{} did not reach the sorry server's {pos:?} within {HANDOVER_WAIT:?}",
-                            w.addr
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                tokio::time::sleep(SETTLE).await;
+                let again = mysql::probe(s, false).await?.binlog_pos;
+                if again == pos {
+                    break;
+                }
+                pos = again;
             }
         }
         for (w, fenced) in writers {
