@@ -198,12 +198,12 @@ fn replica(r: &Row) -> Replica {
 
 /// `SET GLOBAL read_only = on|off` (graceful switch and fencing).
 ///
-/// Setting it takes the server's global read lock, which waits for transactions in flight —
-/// and, while it waits, holds up every new commit (replication's included). A server can
-/// deadlock that wait against its own row locks (a client's transaction blocked at COMMIT
-/// holds the row the replication thread needs), and the server keeps waiting after we hang
-/// up. So the session's `lock_wait_timeout` is cut to the check's timeout: at worst the
-/// attempt fails (the handover retries) instead of stalling the database.
+/// Setting it takes the server's global read lock, which waits for statements in progress
+/// (a long ALTER, a big UPDATE) and, while it waits, holds up new writes; the server keeps
+/// waiting after we hang up. So the session's `lock_wait_timeout` is cut to the check's
+/// timeout: at worst the attempt fails (the handover retries) instead of stalling the
+/// database. (Transactions already open are not waited for: they may still commit after
+/// it, which the graceful handover allows for.)
 pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
     let run = async {
         let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
