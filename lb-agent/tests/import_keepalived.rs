@@ -133,3 +133,88 @@ fn check_config_accepts_the_shipped_hosts_and_rejects_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+/// What this session's VRRP and health work added to the importer: track scripts and
+/// interfaces, gratuitous ARP settings, e-mail alerts, quorum notifiers — converted whole and
+/// valid.
+#[test]
+fn tracking_garp_and_alerts_convert() {
+    let dir = std::env::temp_dir().join(format!("lbt{}-imp", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("keepalived.conf");
+    std::fs::write(
+        &conf,
+        r#"
+global_defs {
+  notification_email { dba@example.com }
+  smtp_server 127.0.0.1 2525
+  router_id LB1
+}
+vrrp_script chk_mysql {
+  script "/usr/bin/mariadb-admin ping"
+  interval 2
+  timeout 1
+  weight -40
+  rise 2
+  fall 3
+}
+vrrp_instance VI_1 {
+  state MASTER
+  interface eth0
+  virtual_router_id 51
+  priority 150
+  advert_int 1
+  smtp_alert
+  garp_master_delay 2
+  garp_master_repeat 3
+  garp_master_refresh 30
+  track_interface {
+    eth0
+    eth1 weight -20
+  }
+  track_script {
+    chk_mysql
+  }
+  virtual_ipaddress {
+    10.1.1.176
+  }
+}
+virtual_server 10.1.1.176 3306 {
+  quorum_up "/bin/true up"
+  quorum_down "/bin/true down"
+  smtp_alert
+  real_server 10.1.1.113 3306 {
+    TCP_CHECK {
+      connect_timeout 1
+    }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let import = lb_agent::config::keepalived::import(&conf).unwrap();
+    assert!(!import.is_partial(), "{:?}", import.findings);
+    let cfg = import.config;
+    let sc = cfg.vrrp_scripts[0].get_ref();
+    assert_eq!(
+        (sc.name.as_str(), sc.weight, sc.rise, sc.fall),
+        ("chk_mysql", -40, 2, 3)
+    );
+    assert_eq!(sc.script, "/usr/bin/mariadb-admin ping");
+    let vi = cfg.vrrp_instances[0].get_ref();
+    assert!(vi.smtp_alert);
+    assert_eq!(vi.garp_master_repeat, 3);
+    assert_eq!(vi.garp_master_delay.0, std::time::Duration::from_secs(2));
+    assert_eq!(vi.garp_master_refresh.0, std::time::Duration::from_secs(30));
+    assert_eq!(vi.track_interface.len(), 2);
+    assert_eq!(vi.track_interface[1].weight, Some(-20));
+    assert_eq!(vi.track_script[0].name, "chk_mysql");
+    let vs = cfg.virtual_servers[0].get_ref();
+    assert_eq!(vs.quorum_down.as_deref(), Some("/bin/true down"));
+    assert!(vs.smtp_alert);
+    // What it writes is a valid configuration.
+    let text = toml::to_string(&cfg).unwrap();
+    lb_agent::config::Config::parse(std::path::Path::new("imported.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
