@@ -109,6 +109,27 @@ fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
+/// The common start of the scenarios: the client writing through the VIP, its writes on db1;
+/// then db1 SIGKILLed and the writes moving to db2 (the sorry server). Returns the writer's
+/// thread and how long the move took.
+fn write_then_kill_db1(
+    lab: &mut Lab,
+    db1: &Db,
+    log: &Arc<Log>,
+) -> (std::thread::JoinHandle<()>, Duration) {
+    let writer = sqlclient::start_writer(lab, "cl", VIP, DB1, log.clone());
+    log.wait_for(1, Instant::now(), Duration::from_secs(10))
+        .expect("writes reach db1 through the VIP");
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    lab.kill(db1.pid);
+    let took = log
+        .wait_for(2, killed, Duration::from_secs(5))
+        .expect("writes move to db2 after db1 is killed");
+    std::thread::sleep(Duration::from_secs(1));
+    (writer, took)
+}
+
 #[test]
 fn caught_up_failback_loses_no_write() {
     let Setup {
@@ -118,20 +139,9 @@ fn caught_up_failback_loses_no_write() {
         socket,
     } = setup("mfc", "failback = \"caught-up\"");
     let log = Arc::new(Log::default());
-    let writer = sqlclient::start_writer(&lab, "cl", VIP, DB1, log.clone());
-    let t0 = Instant::now();
-    log.wait_for(1, t0, Duration::from_secs(10))
-        .expect("writes reach db1 through the VIP");
-    std::thread::sleep(Duration::from_secs(1));
-
     // 1. db1 is killed: writes move to db2 (the sorry server).
-    let killed = Instant::now();
-    lab.kill(db1.pid);
-    let took = log
-        .wait_for(2, killed, Duration::from_secs(5))
-        .expect("writes move to db2 after db1 is killed");
+    let (writer, took) = write_then_kill_db1(&mut lab, &db1, &log);
     println!("killed db1: writes on db2 after {took:?}");
-    std::thread::sleep(Duration::from_secs(1));
 
     // 2. db1 comes back with its replication held back: it answers, it is writable, but it
     //    lacks db2's writes, so the writes stay on db2.
@@ -139,7 +149,7 @@ fn caught_up_failback_loses_no_write() {
     lab.mariadb_start(&mut db1, &["--skip-slave-start"]);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        log.last_on(1, restarted).is_none(),
+        log.first_on(1, restarted).is_none(),
         "caught-up: writes went back to db1 before it replicated db2's"
     );
     let text = status(&socket);
@@ -239,15 +249,7 @@ fn immediate_failback_is_dangerous() {
         socket: _,
     } = setup("mfi", "failback = \"immediate\"");
     let log = Arc::new(Log::default());
-    let writer = sqlclient::start_writer(&lab, "cl", VIP, DB1, log.clone());
-    log.wait_for(1, Instant::now(), Duration::from_secs(10))
-        .expect("writes reach db1 through the VIP");
-    std::thread::sleep(Duration::from_secs(1));
-    let killed = Instant::now();
-    lab.kill(db1.pid);
-    log.wait_for(2, killed, Duration::from_secs(5))
-        .expect("writes move to db2 after db1 is killed");
-    std::thread::sleep(Duration::from_secs(1));
+    let (writer, _) = write_then_kill_db1(&mut lab, &db1, &log);
     // db1 returns without db2's writes: `immediate` hands it the writes at once.
     let restarted = Instant::now();
     lab.mariadb_start(&mut db1, &["--skip-slave-start"]);
@@ -282,21 +284,17 @@ fn immediate_failback_is_dangerous() {
 /// A direct write to `addr` (not through the VIP) as the application user.
 fn direct_write(lab: &Lab, addr: &'static str) -> Result<(), String> {
     lab.within("cl", move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let mut c = mysql_async::Conn::new(opts(addr, APP_USER, APP_PASSWORD))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let r = c
-                    .query_drop("INSERT INTO w (id, server) VALUES (999999999, 0)")
-                    .await
-                    .map_err(|e| e.to_string());
-                let _ = c.disconnect().await;
-                r
-            })
+        common::block_on(async {
+            let mut c = mysql_async::Conn::new(opts(addr, APP_USER, APP_PASSWORD))
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = c
+                .query_drop("INSERT INTO w (id, server) VALUES (999999999, 0)")
+                .await
+                .map_err(|e| e.to_string());
+            let _ = c.disconnect().await;
+            r
+        })
     })
 }
 
@@ -312,15 +310,7 @@ fn graceful_fenced_handover() {
         "failback = \"caught-up\"\ngraceful = true\nfence = true",
     );
     let log = Arc::new(Log::default());
-    let writer = sqlclient::start_writer(&lab, "cl", VIP, DB1, log.clone());
-    log.wait_for(1, Instant::now(), Duration::from_secs(10))
-        .expect("writes reach db1 through the VIP");
-    std::thread::sleep(Duration::from_secs(1));
-    let killed = Instant::now();
-    lab.kill(db1.pid);
-    log.wait_for(2, killed, Duration::from_secs(5))
-        .expect("writes move to db2 after db1 is killed");
-    std::thread::sleep(Duration::from_secs(1));
+    let (writer, _) = write_then_kill_db1(&mut lab, &db1, &log);
 
     // db1 returns writable but without db2's writes: fenced.
     let restarted = Instant::now();
@@ -336,7 +326,7 @@ fn graceful_fenced_handover() {
         e.contains("read-only") || e.contains("READ-ONLY") || e.contains("read_only"),
         "{e}"
     );
-    assert!(log.last_on(1, restarted).is_none(), "writes went to db1");
+    assert!(log.first_on(1, restarted).is_none(), "writes went to db1");
     let text = status(&socket);
     assert!(text.contains("waiting for catch-up"), "{text}");
 
@@ -400,11 +390,7 @@ fn a_thousand_checks_leave_aborted_connects_alone() {
     };
     let started = Instant::now();
     let failures = lab.within("lb", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        common::block_on(async {
             let mut failures = Vec::new();
             for _ in 0..1000 {
                 match lb_agent::health::mysql::probe(&target, true).await {
@@ -426,12 +412,7 @@ fn a_thousand_checks_leave_aborted_connects_alone() {
         timeout: Duration::from_secs(2),
     };
     let e = lab.within("lb", move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(lb_agent::health::mysql::probe(&bad, false))
-            .unwrap_err()
+        common::block_on(lb_agent::health::mysql::probe(&bad, false)).unwrap_err()
     });
     assert!(e.contains("Access denied"), "{e}");
 }

@@ -83,6 +83,25 @@ fn notify_log(lab: &Lab) -> String {
         .into_owned()
 }
 
+/// Starts keepalived's VRRP in `host`'s namespace (`--vrrp`: the kernel has no IPVS) with
+/// `conf`, logging to `log`; returns its pid.
+fn start_keepalived(lab: &mut Lab, host: &str, conf: &std::path::Path, log: &str) -> u32 {
+    let ns = format!("--namespace={}", lab.ns(host));
+    lab.spawn_host(
+        &[
+            "keepalived",
+            &ns,
+            "-n",
+            "-l",
+            "-D",
+            "--vrrp",
+            "-f",
+            conf.to_str().unwrap(),
+        ],
+        log,
+    )
+}
+
 /// SIGKILLs the children of a process this test started (keepalived's VRRP child).
 fn kill_children(pid: u32) {
     let children =
@@ -174,20 +193,6 @@ fn interop(tag: &str, v: Variant) {
     // 1. lb-agent (180) master, keepalived (150) backup.
     std::fs::write(&agent_cfg, agent_conf(&lab, v, 180)).unwrap();
     std::fs::write(&ka_conf, keepalived_conf(v, 150, "BACKUP")).unwrap();
-    let ns2 = lab.ns("lb2");
-    let ka_args = |conf: &std::path::Path| -> Vec<String> {
-        vec![
-            "keepalived".into(),
-            format!("--namespace={ns2}"),
-            "-n".into(),
-            "-l".into(),
-            "-D".into(),
-            "--vrrp".into(),
-            "-f".into(),
-            conf.to_string_lossy().into_owned(),
-        ]
-    };
-    let args = ka_args(&ka_conf);
     let a = lab.spawn(
         "lb1",
         &[agent, "run", "--config", agent_cfg.to_str().unwrap()],
@@ -200,10 +205,7 @@ fn interop(tag: &str, v: Variant) {
     );
     println!("lb-agent became master after {took:?}");
     // keepalived joins as backup and must stay there.
-    let ka = lab.spawn_host(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &ka_log,
-    );
+    let ka = start_keepalived(&mut lab, "lb2", &ka_conf, &ka_log);
     std::thread::sleep(Duration::from_secs(5));
     assert!(
         lab.has_address("lb1", vip) && !lab.has_address("lb2", vip),
@@ -259,10 +261,7 @@ fn interop(tag: &str, v: Variant) {
     // 2. The reverse: keepalived (200) master, lb-agent (100) backup, then keepalived killed.
     std::fs::write(&agent_cfg, agent_conf(&lab, v, 100)).unwrap();
     std::fs::write(&ka_conf, keepalived_conf(v, 200, "MASTER")).unwrap();
-    let ka = lab.spawn_host(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &ka_log,
-    );
+    let ka = start_keepalived(&mut lab, "lb2", &ka_conf, &ka_log);
     wait("keepalived master", Duration::from_secs(8), || {
         lab.has_address("lb2", vip)
     });
@@ -349,17 +348,6 @@ fn nopreempt_and_track_script() {
     );
     std::fs::write(&agent_cfg, conf).unwrap();
     std::fs::write(&ka_conf, keepalived_conf(v, 150, "MASTER")).unwrap();
-    let ka_args = [
-        "keepalived".to_string(),
-        format!("--namespace={}", lab.ns("lb2")),
-        "-n".into(),
-        "-l".into(),
-        "-D".into(),
-        "--vrrp".into(),
-        "-f".into(),
-        ka_conf.to_string_lossy().into_owned(),
-    ];
-    let ka_args: Vec<&str> = ka_args.iter().map(String::as_str).collect();
     let status = || {
         let out = std::process::Command::new(agent)
             .args(["status", "--socket"])
@@ -369,7 +357,7 @@ fn nopreempt_and_track_script() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
 
-    let ka = lab.spawn_host(&ka_args, &ka_log);
+    let ka = start_keepalived(&mut lab, "lb2", &ka_conf, &ka_log);
     wait("keepalived master", Duration::from_secs(8), || {
         lab.has_address("lb2", vip)
     });
@@ -396,7 +384,7 @@ fn nopreempt_and_track_script() {
         Duration::from_secs(6),
         || lab.has_address("lb1", vip),
     );
-    let ka = lab.spawn_host(&ka_args, &ka_log);
+    let ka = start_keepalived(&mut lab, "lb2", &ka_conf, &ka_log);
     std::thread::sleep(Duration::from_secs(4));
     assert!(
         lab.has_address("lb1", vip) && !lab.has_address("lb2", vip),

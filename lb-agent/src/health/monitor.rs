@@ -17,7 +17,7 @@ use super::{
     tcp,
     tracker::Tracker,
 };
-use crate::config::{Check, Config};
+use crate::config::{Check, Config, RealServer, VirtualServer};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 const TCP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -181,6 +181,11 @@ impl Monitor {
             }
         }
         Ok(m)
+    }
+
+    /// The check of real server `rs` of `vs` (none when it has no check).
+    pub fn check_for(&self, vs: &VirtualServer, rs: &RealServer) -> Option<usize> {
+        self.find(rs.address, rs.port.unwrap_or(vs.port), rs.check.as_ref()?)
     }
 
     /// Where and as whom the MySQL check of check `i` logs in.

@@ -242,11 +242,7 @@ impl HealthState {
     }
 
     fn target(&self, vs: &VirtualServer, rs: Option<&RealServer>) -> Option<Target> {
-        let rs = rs?;
-        let i = self
-            .monitor
-            .find(rs.address, rs.port.unwrap_or(vs.port), rs.check.as_ref()?)?;
-        self.monitor.mysql_target(i)
+        self.monitor.mysql_target(self.monitor.check_for(vs, rs?)?)
     }
 
     fn start_handover(&mut self, i: usize, vs: &VirtualServer) {
@@ -280,11 +276,7 @@ impl HealthState {
     /// the writes.
     fn fence_step(&mut self, vs: &VirtualServer) {
         for rs in &vs.real_servers {
-            let Some(spec) = &rs.check else { continue };
-            let Some(i) = self
-                .monitor
-                .find(rs.address, rs.port.unwrap_or(vs.port), spec)
-            else {
+            let Some(i) = self.monitor.check_for(vs, rs) else {
                 continue;
             };
             let c = &self.monitor.checks[i];

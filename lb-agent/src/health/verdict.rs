@@ -94,9 +94,7 @@ pub fn gates(
 }
 
 fn check_of<'a>(m: &'a Monitor, vs: &VirtualServer, rs: &RealServer) -> Option<&'a Checked> {
-    let spec = rs.check.as_ref()?;
-    let i = m.find(rs.address, rs.port.unwrap_or(vs.port), spec)?;
-    m.checks.get(i)
+    m.checks.get(m.check_for(vs, rs)?)
 }
 
 fn mysql_summary(c: &Checked) -> Option<String> {

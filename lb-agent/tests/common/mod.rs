@@ -363,6 +363,16 @@ impl Lab {
     }
 }
 
+/// Runs `fut` to completion on a single-threaded tokio runtime of its own (for test threads
+/// that entered a namespace).
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(fut)
+}
+
 /// Moves the calling thread into a named network namespace.
 pub fn enter(ns: &str) {
     let f = File::open(format!("/run/netns/{ns}")).expect("namespace exists");

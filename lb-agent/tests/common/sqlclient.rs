@@ -52,12 +52,12 @@ pub struct Log {
 }
 
 impl Log {
-    pub fn last_on(&self, server: u32, after: Instant) -> Option<Instant> {
+    /// When `server` first acknowledged a write after `after`.
+    pub fn first_on(&self, server: u32, after: Instant) -> Option<Instant> {
         self.acked
             .lock()
             .unwrap()
             .iter()
-            .rev()
             .find(|a| a.server == server && a.at > after)
             .map(|a| a.at)
     }
@@ -66,16 +66,8 @@ impl Log {
     pub fn wait_for(&self, server: u32, after: Instant, limit: Duration) -> Option<Duration> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Some(at) = self.last_on(server, after) {
-                return Some(
-                    self.acked
-                        .lock()
-                        .unwrap()
-                        .iter()
-                        .find(|a| a.server == server && a.at > after)
-                        .map_or(at, |a| a.at)
-                        .duration_since(after),
-                );
+            if let Some(at) = self.first_on(server, after) {
+                return Some(at.duration_since(after));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -143,11 +135,7 @@ pub fn start_writer(
     let ns = lab.ns(host);
     std::thread::spawn(move || {
         super::enter(&ns);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        super::block_on(async {
             let mut last_server = 0;
             for id in 1..=20_000u64 {
                 if log.stop.load(Ordering::Relaxed) {
@@ -196,11 +184,7 @@ pub fn start_reader(
     let ns = lab.ns(host);
     std::thread::spawn(move || {
         super::enter(&ns);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        super::block_on(async {
             for _ in 0..20_000 {
                 if log.stop.load(Ordering::Relaxed) {
                     break;
