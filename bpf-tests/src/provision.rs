@@ -186,15 +186,11 @@ pub fn test_planner() -> Planner {
 pub fn desired_state_with(text: &str, planner: &mut Planner) -> DesiredState {
     let cfg = Config::parse(Path::new("provision.toml"), text).expect("provisioning parses");
     let macs: std::collections::HashMap<IpAddr, [u8; 6]> = cfg
-        .virtual_servers
+        .services
         .iter()
         .flat_map(|vs| {
-            let vs = vs.get_ref();
-            vs.real_servers
-                .iter()
-                .chain(vs.sorry_server.iter())
-                .filter_map(|r| r.mac.map(|m| (r.address, m.0)))
-                .collect::<Vec<_>>()
+            vs.members()
+                .filter_map(|(_, r)| r.mac.map(|m| (r.address, m)))
         })
         .collect();
     desired::compute(

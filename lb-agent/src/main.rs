@@ -1,7 +1,7 @@
 //! `lb-agent`: command line. `run` is the daemon; `check-config` validates a file.
 
+mod daemon;
 mod import;
-mod run;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -88,8 +88,8 @@ fn realserver(
     if let Some(c) = config {
         match Config::load(&c) {
             Ok(cfg) => {
-                for vs in &cfg.virtual_servers {
-                    let a = vs.get_ref().address;
+                for vs in &cfg.services {
+                    let a = vs.address;
                     if !vips.contains(&a) {
                         vips.push(a);
                     }
@@ -139,7 +139,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(_) => {
+            Ok(cfg) => {
+                for w in &cfg.warnings {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 println!("{}: OK", file.display());
                 ExitCode::SUCCESS
             }
@@ -184,9 +187,9 @@ fn main() -> ExitCode {
             allow_partial,
         } => import::import_keepalived(&file, output.as_deref(), allow_partial),
         Command::Run { config, cleanup } => match if cleanup {
-            run::cleanup(&config)
+            daemon::cleanup(&config)
         } else {
-            run::run(&config)
+            daemon::run(&config)
         } {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

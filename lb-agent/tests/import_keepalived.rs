@@ -45,12 +45,9 @@ fn the_recipe_converts_and_matches_configs() {
             converted, shipped,
             "configs/{host}.toml differs from the conversion"
         );
-        let vs = converted.virtual_servers[0].get_ref();
-        assert_eq!(
-            vs.sorry_server.as_ref().unwrap().address.to_string(),
-            "10.1.1.75"
-        );
-        let vi = converted.vrrp_instances[0].get_ref();
+        let vs = &converted.services[0];
+        assert_eq!(vs.sorry.as_ref().unwrap().address.to_string(), "10.1.1.75");
+        let vi = &converted.vrrp_instances[0];
         assert_eq!(
             (vi.virtual_router_id, vi.auth_pass.as_deref()),
             (51, Some("1111"))
@@ -106,8 +103,7 @@ fn what_cannot_be_expressed_is_listed_and_fails_unless_partial() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let c = Config::parse(Path::new("partial.toml"), &text).unwrap();
-    let vs = c.virtual_servers[0].get_ref();
-    assert_eq!(vs.real_servers.len(), 2);
+    assert_eq!(c.services[0].reals.len(), 2);
     assert!(
         text.contains("command = \"/bin/check 3\"") && text.contains("dynamic = true"),
         "{text}"

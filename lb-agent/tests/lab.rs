@@ -26,7 +26,10 @@ use common::{
     mariadb::{self, CHECK_USER, Db},
     sqlclient::{self, Log, missing_on},
 };
-use lb_agent::config::{Check, Config, XdpModeSetting};
+use lb_agent::config::{
+    File, XdpModeSetting,
+    schema::{Check, CheckRef},
+};
 
 const DB1: &str = "10.1.1.113";
 const DB2: &str = "10.1.1.75";
@@ -75,23 +78,36 @@ fn lab_config(lab: &Lab, name: &str) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../configs")
         .join(format!("{name}.toml"));
-    let mut cfg = Config::load(&src).unwrap();
+    let (mut cfg, _) = File::load(&src).unwrap();
     cfg.dataplane.pin_dir = lab.pin_dir(name).into();
     cfg.dataplane.xdp_mode = XdpModeSetting::Skb;
     cfg.global.control_socket = Some(dir(lab).join(format!("{name}.sock")));
     let pw = mariadb::check_password_file(lab);
+    // Named checks, and any written inline.
+    let mut checks: Vec<&mut Check> = cfg.checks.values_mut().collect();
     for vs in &mut cfg.virtual_servers {
         let vs = vs.get_mut();
-        for rs in vs.real_servers.iter_mut().chain(vs.sorry_server.iter_mut()) {
-            if let Some(Check::Mysql {
-                password_file,
-                user,
-                ..
-            }) = &mut rs.check
-            {
-                *password_file = pw.clone();
-                assert_eq!(user, CHECK_USER);
+        let inline = vs
+            .real_servers
+            .iter_mut()
+            .chain(vs.sorry_server.iter_mut())
+            .map(|r| &mut r.get_mut().check)
+            .chain(std::iter::once(&mut vs.default_check));
+        for c in inline {
+            if let Some(CheckRef::Inline(c)) = c {
+                checks.push(c);
             }
+        }
+    }
+    for c in checks {
+        if let Check::Mysql {
+            password_file,
+            user,
+            ..
+        } = c
+        {
+            *password_file = pw.clone();
+            assert_eq!(user, CHECK_USER);
         }
     }
     let path = dir(lab).join(format!("{name}.toml"));

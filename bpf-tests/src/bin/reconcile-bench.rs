@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::Path, time::Instant};
 
 use lb_agent::{
     balancer::{
-        desired::{RealInfo, compute, update_reals},
+        desired::{RealInfo, ServiceVerdict, Verdicts, compute},
         ids::Planner,
     },
     config::Config,
@@ -75,6 +75,20 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
+    // What the health evaluation says once the flipped server fails its check.
+    let verdicts_down: Verdicts = full
+        .services
+        .iter()
+        .filter(|vs| vs.reals.iter().any(|r| r.address == flipped))
+        .map(|vs| {
+            let v = ServiceVerdict {
+                failing: vec![(flipped, "connection refused".into())],
+                ..ServiceVerdict::default()
+            };
+            (vs.name.clone(), v)
+        })
+        .collect();
+
     let mut t_scratch = Timings::default();
     let mut t_health = Timings::default();
     let mut t_reload = Timings::default();
@@ -88,9 +102,12 @@ fn main() -> anyhow::Result<()> {
         let ops = t_scratch.step(t, |_| reconcile::plan(None, &mut state));
         t_scratch.write(|| dp.maps().execute(&ops))?;
 
-        // A health check marks one real server down: the services that use it change.
+        // A health check marks one real server down: the services that use it change. This
+        // is the daemon's path: the health verdicts change, `apply_health` recomputes the
+        // services whose verdict differs.
         let t = Instant::now();
-        let mut next = update_reals(&full, &state, &[flipped], down, &mut planner);
+        let mut next = state.clone();
+        next.apply_health(&full, &verdicts_down, &Verdicts::new(), &mut planner);
         let ops = t_health.step(t, |_| reconcile::plan(Some(&state), &mut next));
         t_health.write(|| dp.maps().execute(&ops))?;
         health_ops = ops.len();

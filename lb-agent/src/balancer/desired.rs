@@ -16,7 +16,7 @@ use super::{
     ids::Planner,
     maglev::{Backend, backend_key},
 };
-use crate::config::{Config, Mac, VirtualServer};
+use crate::config::{Config, Mac, Service};
 
 /// What the agent knows of one real server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +32,9 @@ impl RealInfo {
         self.local || self.mac.is_some()
     }
 }
+
+/// What health checks say of each service, by service name; a missing entry is the default.
+pub type Verdicts = HashMap<String, ServiceVerdict>;
 
 /// What health checks say of one service's members (see `health::verdict`); the default
 /// (nothing checked) leaves every resolved real server in.
@@ -102,17 +105,11 @@ impl DesiredState {
     /// exactly when this host is master for that VIP (`masters`); a backup keeps its tables
     /// warm and passes everything to the local stack, so a takeover is one flag flip.
     pub fn apply_vrrp(&mut self, cfg: &Config, masters: &HashSet<IpAddr>) {
-        let managed: HashSet<IpAddr> = cfg
-            .vrrp_instances
-            .iter()
-            .flat_map(|vi| vi.get_ref().virtual_addresses.iter().map(|v| v.address))
-            .collect();
-        for (vs, s) in cfg
-            .virtual_servers
-            .iter()
-            .map(|v| v.get_ref())
-            .zip(self.services.iter_mut())
-        {
+        let managed: HashSet<IpAddr> = cfg.vrrp_addresses().collect();
+        for s in &mut self.services {
+            let Some(vs) = cfg.service(&s.name) else {
+                continue;
+            };
             if managed.contains(&vs.address) {
                 s.flags = if masters.contains(&vs.address) {
                     SERVICE_ACTIVE
@@ -123,25 +120,25 @@ impl DesiredState {
         }
     }
 
-    /// Recomputes the services whose health verdict differs from `before` (both in
-    /// configuration order; a missing entry is the default, so `before = &[]` after
-    /// `compute`). Call before `apply_vrrp`.
+    /// Recomputes the services whose health verdict differs from `before` (a missing entry
+    /// is the default, so `before` is empty after `compute`). Call before `apply_vrrp`.
     pub fn apply_health(
         &mut self,
         cfg: &Config,
-        verdicts: &[ServiceVerdict],
-        before: &[ServiceVerdict],
+        verdicts: &Verdicts,
+        before: &Verdicts,
         planner: &mut Planner,
     ) {
         let none = ServiceVerdict::default();
-        for (i, vs) in cfg.virtual_servers.iter().map(|v| v.get_ref()).enumerate() {
-            let v = verdicts.get(i).unwrap_or(&none);
-            if v == before.get(i).unwrap_or(&none) {
-                continue;
-            }
-            let Some(old) = self.services.get(i) else {
+        for i in 0..self.services.len() {
+            let old = &self.services[i];
+            let Some(vs) = cfg.service(&old.name) else {
                 continue;
             };
+            let v = verdicts.get(&vs.name).unwrap_or(&none);
+            if v == before.get(&vs.name).unwrap_or(&none) {
+                continue;
+            }
             let (key, id, generation) = (old.key, old.id, old.generation);
             self.services[i] = service_state(vs, key, id, generation, &self.known, v, planner);
         }
@@ -223,7 +220,7 @@ pub fn addr_words(addr: &IpAddr) -> [u32; 4] {
     }
 }
 
-pub fn service_key(vs: &VirtualServer) -> ServiceKey {
+pub fn service_key(vs: &Service) -> ServiceKey {
     ServiceKey {
         addr: addr_words(&vs.address),
         port: vs.port.to_be(),
@@ -282,7 +279,7 @@ pub fn compute(
 ) -> Result<DesiredState, String> {
     let mut config = xdp_config(cfg, iface_mac)?;
     for vi in &cfg.vrrp_instances {
-        config.set_vrid(vi.get_ref().virtual_router_id);
+        config.set_vrid(vi.virtual_router_id);
     }
     let mut state = DesiredState {
         config,
@@ -290,9 +287,8 @@ pub fn compute(
         known: HashMap::new(),
         services: vec![],
     };
-    for vs in &cfg.virtual_servers {
-        let vs = vs.get_ref();
-        for r in vs.real_servers.iter().chain(vs.sorry_server.iter()) {
+    for vs in &cfg.services {
+        for (_, r) in vs.members() {
             if state.known.contains_key(&r.address) {
                 continue;
             }
@@ -306,14 +302,13 @@ pub fn compute(
         }
     }
     let mut live_services = HashSet::new();
-    for vs in &cfg.virtual_servers {
-        let vs = vs.get_ref();
+    for vs in &cfg.services {
         let key = service_key(vs);
         live_services.insert(key);
         let (id, generation) = planner.service_id(&key).ok_or_else(|| {
             format!(
                 "more virtual servers than the data plane holds ({})",
-                vs.display_name()
+                vs.name
             )
         })?;
         let svc = service_state(
@@ -332,63 +327,9 @@ pub fn compute(
     Ok(state)
 }
 
-/// The state after what is known of some real servers changed (a MAC resolved or changed, a
-/// health check flipped): only the services that use them are recomputed, so a one-server
-/// change costs little whatever the size of the configuration. `cfg` must be the
-/// configuration `prev` was computed from.
-pub fn update_reals(
-    cfg: &Config,
-    prev: &DesiredState,
-    changed: &[IpAddr],
-    info: impl Fn(&IpAddr) -> RealInfo,
-    planner: &mut Planner,
-) -> DesiredState {
-    let mut state = prev.clone();
-    // Usually one or two addresses: a vector scan beats hashing every real server below.
-    let mut touched = Vec::new();
-    for addr in changed {
-        if let Some(&(id, old)) = state.known.get(addr) {
-            let now = info(addr);
-            if now != old {
-                let generation = state.reals[&id].1.generation;
-                state.set_real(id, generation, *addr, now);
-                touched.push(*addr);
-            }
-        }
-    }
-    if touched.is_empty() {
-        return state;
-    }
-    for (i, vs) in cfg.virtual_servers.iter().enumerate() {
-        let vs = vs.get_ref();
-        if !vs
-            .real_servers
-            .iter()
-            .chain(vs.sorry_server.iter())
-            .any(|r| touched.contains(&r.address))
-        {
-            continue;
-        }
-        let Some(old) = state.services.get(i) else {
-            continue;
-        };
-        let (key, id, generation) = (old.key, old.id, old.generation);
-        state.services[i] = service_state(
-            vs,
-            key,
-            id,
-            generation,
-            &state.known,
-            &ServiceVerdict::default(),
-            planner,
-        );
-    }
-    state
-}
-
 /// One service: its pool (or the sorry server below quorum) and its table.
 fn service_state(
-    vs: &VirtualServer,
+    vs: &Service,
     key: ServiceKey,
     id: u32,
     generation: u32,
@@ -396,7 +337,7 @@ fn service_state(
     verdict: &ServiceVerdict,
     planner: &mut Planner,
 ) -> DesiredService {
-    let backend = |r: &crate::config::RealServer| {
+    let backend = |r: &crate::config::Real| {
         let (id, ri) = known[&r.address];
         ri.usable().then_some(Backend {
             id,
@@ -404,7 +345,7 @@ fn service_state(
             weight: r.weight,
         })
     };
-    let judged = |r: &crate::config::RealServer| {
+    let judged = |r: &crate::config::Real| {
         let mut b = backend(r)?;
         if let Some((_, w)) = verdict.weights.iter().find(|(a, _)| *a == r.address) {
             b.weight = *w;
@@ -419,12 +360,12 @@ fn service_state(
         }
         Some(b)
     };
-    let mut pool: Vec<Backend> = vs.real_servers.iter().filter_map(judged).collect();
+    let mut pool: Vec<Backend> = vs.reals.iter().filter_map(judged).collect();
     let mut using_sorry = false;
     let mut warning = None;
     let healthy = pool.iter().filter(|b| b.weight > 0).count() as u32;
     if (healthy < vs.quorum || verdict.hold_sorry)
-        && let Some(sorry) = &vs.sorry_server
+        && let Some(sorry) = &vs.sorry
     {
         pool = backend(sorry)
             .map(|b| Backend { weight: 1, ..b })
@@ -434,33 +375,31 @@ fn service_state(
         warning = Some(if healthy < vs.quorum {
             format!(
                 "{}: {healthy} usable real server(s), quorum {}: using the sorry server {}",
-                vs.display_name(),
-                vs.quorum,
-                sorry.address
+                vs.name, vs.quorum, sorry.address
             )
         } else {
             format!(
                 "{}: the sorry server {} keeps the traffic until the failback policy ({:?}) \
                  allows",
-                vs.display_name(),
+                vs.name,
                 sorry.address,
-                vs.failback
+                vs.failback.name()
             )
         });
     }
     if pool.iter().all(|b| b.weight == 0) {
         warning = Some(format!(
             "{}: empty pool, its traffic passes to the local stack",
-            vs.display_name()
+            vs.name
         ));
     }
     DesiredService {
-        name: vs.display_name(),
+        name: vs.name.clone(),
         key,
         id,
         generation,
         flags: if vs.active { SERVICE_ACTIVE } else { 0 },
-        persistence_timeout_s: vs.persistence_timeout.0.as_secs() as u32,
+        persistence_timeout_s: vs.persistence_timeout.as_secs() as u32,
         members: pool.iter().filter(|b| b.weight > 0).map(|b| b.id).collect(),
         using_sorry,
         warning,

@@ -15,7 +15,7 @@ use xdp_ebpf::maps::{MAGLEV_RING, MAX_REALS, MAX_SERVICES, MaglevTable, ServiceK
 
 use super::maglev::{self, Backend};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Allocator<K> {
     ids: HashMap<K, u32>,
     free: VecDeque<u32>,
@@ -79,7 +79,7 @@ impl<K: std::hash::Hash + Eq + Clone> Allocator<K> {
 }
 
 /// What persists between two computations of the desired state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Planner {
     reals: Allocator<IpAddr>,
     services: Allocator<ServiceKey>,

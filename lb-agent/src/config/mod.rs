@@ -5,7 +5,8 @@
 //! of the offending table and the key.
 
 pub mod keepalived;
-mod schema;
+mod model;
+pub mod schema;
 mod types;
 mod validate;
 
@@ -15,7 +16,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use schema::*;
+pub use model::*;
+pub use schema::{
+    Algorithm, Dataplane, Failback, File, Forwarding, Global, InitialState, Role, VirtualAddress,
+};
 pub use types::{DurationStr, Mac, Protocol, XdpModeSetting};
 
 /// A configuration error with its place.
@@ -41,6 +45,34 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Every error of one file (at least one), in the order of the file's tables.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn first(&self) -> &ConfigError {
+        &self.0[0]
+    }
+
+    fn one(e: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
 
 /// The dotted key defined on the line at `offset`, with the table header above it
 /// (`virtual_server.real_server.weight`); empty when the line defines no key.
@@ -71,37 +103,102 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-impl Config {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.into(),
-            line: None,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
+/// The line that sets `key` (its last dotted part) in the table starting at `at`: searched
+/// from the table's first line to the first header that is not one of its sub-tables. The
+/// table's own line when no line sets it (a missing key, a value from a default).
+fn key_line(text: &str, at: usize, key: &str) -> usize {
+    let first = line_of(text, at);
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let header = |l: &str| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    };
+    let mut lines = text.lines().enumerate().skip(first - 1);
+    let Some((_, top)) = lines.next() else {
+        return first;
+    };
+    let sets = |l: &str| {
+        let l = l.trim_start();
+        let found = |s: &str| {
+            s.strip_prefix(leaf)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        };
+        found(l)
+            || l.match_indices(['{', ','])
+                .any(|(i, _)| found(l[i + 1..].trim_start()))
+    };
+    if sets(top.split_once('=').map_or("", |(_, v)| v)) || (header(top).is_none() && sets(top)) {
+        return first;
+    }
+    let Some(name) = header(top) else {
+        return first;
+    };
+    for (n, l) in lines {
+        if let Some(h) = header(l)
+            && !h.starts_with(&format!("{name}."))
+        {
+            break;
+        }
+        if sets(l) {
+            return n + 1;
+        }
+    }
+    first
+}
+
+/// Where the `[check.NAME]` table of a `check.NAME.…` key starts.
+fn named_check_at(text: &str, key: &str) -> Option<usize> {
+    let name = key.strip_prefix("check.")?.split('.').next()?;
+    text.find(&format!("[check.{name}]"))
+}
+
+impl File {
+    /// Reads and parses a config file, without validating it (see `Config::load`).
+    pub fn load(path: &Path) -> Result<(File, String), ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one(ConfigError {
+                file: path.into(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            })
         })?;
-        Self::parse(path, &text)
+        let file = Self::parse(path, &text)?;
+        Ok((file, text))
     }
 
-    /// Parses and validates `text`, naming `path` in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
-            file: path.into(),
-            line: e.span().map(|s| line_of(text, s.start)),
-            key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
-            message: e.message().trim_end().to_string(),
-        })?;
-        config.validate(path, text)?;
-        Ok(config)
-    }
-
-    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        validate::validate(self).map_err(|e| ConfigError {
-            file: path.into(),
-            line: e.span.map(|s| line_of(text, s.start)),
-            key: e.key,
-            message: e.message,
+    /// Parses `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<File, ConfigErrors> {
+        toml::from_str(text).map_err(|e| {
+            ConfigErrors::one(ConfigError {
+                file: path.into(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
+                message: e.message().trim_end().to_string(),
+            })
         })
+    }
+
+    /// Every rule across fields; all errors at once.
+    pub fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigErrors> {
+        let errors: Vec<ConfigError> = validate::validate(self)
+            .into_iter()
+            .map(|e| ConfigError {
+                file: path.into(),
+                line: e
+                    .at
+                    .or_else(|| named_check_at(text, &e.key))
+                    .map(|at| key_line(text, at, &e.key)),
+                key: e.key,
+                message: e.message,
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Serializes back to TOML (used by `import-keepalived`).
@@ -110,7 +207,23 @@ impl Config {
     }
 }
 
-impl VirtualServer {
+impl Config {
+    /// Reads, parses, validates and resolves a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let (file, text) = File::load(path)?;
+        file.validate(path, &text)?;
+        Ok(model::resolve(&file))
+    }
+
+    /// Parses, validates and resolves `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let file = File::parse(path, text)?;
+        file.validate(path, text)?;
+        Ok(model::resolve(&file))
+    }
+}
+
+impl schema::VirtualServer {
     pub fn display_name(&self) -> String {
         match &self.name {
             Some(n) => n.clone(),
@@ -144,18 +257,19 @@ address = "10.1.1.162"
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("test.toml"), text)
+        Config::parse(Path::new("test.toml"), text).map_err(|mut e| e.0.remove(0))
     }
 
     #[test]
     fn parses_a_good_config() {
         let c = parse(GOOD).unwrap();
-        let vs = c.virtual_servers[0].get_ref();
+        let vs = c.service("write").unwrap();
         assert_eq!(vs.port, 3306);
         assert_eq!(vs.protocol, Protocol::Tcp);
-        assert_eq!(vs.persistence_timeout.0.as_secs(), 50);
-        assert_eq!(vs.real_servers[0].weight, 3);
-        assert!(vs.sorry_server.is_some());
+        assert_eq!(vs.persistence_timeout.as_secs(), 50);
+        assert_eq!(vs.reals[0].weight, 3);
+        assert_eq!(vs.reals[0].port, 3306, "the service port, resolved");
+        assert!(vs.sorry.is_some());
         assert_eq!(c.dataplane.peer_macs[0].0, [2, 0, 0, 0, 0, 2]);
     }
 
@@ -207,7 +321,7 @@ address = "10.1.1.162"
         let text = GOOD.replace("weight = 3", "weight = 3\nport = 3307");
         let e = parse(&text).unwrap_err();
         assert!(e.to_string().contains("cannot change the port"), "{e}");
-        assert_eq!(e.line, Some(6));
+        assert_eq!(e.line, Some(14), "the line of the offending key: {e}");
 
         let twice = format!("{GOOD}\n[[virtual_server]]\naddress = \"10.1.1.176\"\nport = 3306\n");
         let e = parse(&twice).unwrap_err();
@@ -223,6 +337,93 @@ address = "10.1.1.162"
                 .to_string()
                 .contains("address family")
         );
+    }
+}
+
+#[cfg(test)]
+mod named_checks_and_errors {
+    use super::*;
+
+    const NAMED: &str = r#"
+[dataplane]
+interface = "eth0"
+
+[check.tcp3]
+type = "tcp"
+connect_timeout = "3s"
+rise = 2
+
+[[virtual_server]]
+name = "write"
+address = "10.1.1.176"
+port = 3306
+default_check = "tcp3"
+[[virtual_server.real_server]]
+address = "10.1.1.113"
+[[virtual_server.real_server]]
+address = "10.1.1.114"
+check = { type = "tcp", connect_timeout = "1s" }
+[virtual_server.sorry_server]
+address = "10.1.1.75"
+"#;
+
+    #[test]
+    fn a_named_check_is_written_once_and_used_by_default() {
+        let c = Config::parse(Path::new("t.toml"), NAMED).unwrap();
+        let vs = c.service("write").unwrap();
+        let rise = |r: &Real| r.check.as_ref().map(|c| c.rise);
+        assert_eq!(rise(&vs.reals[0]), Some(2), "the default check");
+        assert_eq!(rise(&vs.reals[1]), Some(1), "its own inline check");
+        assert_eq!(rise(vs.sorry.as_ref().unwrap()), Some(2));
+        let f = File::parse(Path::new("t.toml"), NAMED).unwrap();
+        assert_eq!(File::parse(Path::new("t.toml"), &f.to_toml()).unwrap(), f);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_its_own_line() {
+        let text = NAMED
+            .replace(
+                "default_check = \"tcp3\"",
+                "default_check = \"tcp4\"\nquorum = 0",
+            )
+            .replace("connect_timeout = \"1s\"", "connect_timeout = \"0s\"")
+            .replace("rise = 2", "rise = 0");
+        let e = Config::parse(Path::new("t.toml"), &text).unwrap_err();
+        let got: Vec<(Option<usize>, &str)> =
+            e.0.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(8), "check.tcp3.rise"),
+                (Some(15), "virtual_server.quorum"),
+                (Some(14), "virtual_server.default_check"),
+                (Some(20), "virtual_server.real_server.check.connect_timeout"),
+            ],
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("no [check.tcp4] (named checks: tcp3)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bare_local_part_is_an_address_and_mail_without_a_server_is_a_warning() {
+        let text = format!(
+            "[global]\nnotification_email = [\"acassen\"]\n{}",
+            NAMED.trim_start()
+        );
+        let c = Config::parse(Path::new("t.toml"), &text).unwrap();
+        assert!(c.mail.is_none());
+        assert!(
+            c.warnings[0].contains("without global.smtp_server"),
+            "{:?}",
+            c.warnings
+        );
+        let text = text.replace("[global]\n", "[global]\nsmtp_server = \"127.0.0.1\"\n");
+        let c = Config::parse(Path::new("t.toml"), &text).unwrap();
+        assert_eq!(c.mail.unwrap().to, vec!["acassen@localhost".to_string()]);
     }
 }
 
@@ -284,24 +485,42 @@ address = "10.1.1.75"
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("t.toml"), text)
+        Config::parse(Path::new("t.toml"), text).map_err(|mut e| e.0.remove(0))
+    }
+
+    fn file(text: &str) -> File {
+        File::parse(Path::new("t.toml"), text).unwrap()
     }
 
     #[test]
     fn the_full_schema_parses_and_round_trips() {
         let c = parse(BASE).unwrap();
-        let vi = c.vrrp_instances[0].get_ref();
+        let vi = &c.vrrp_instances[0];
         assert_eq!(
             (vi.virtual_router_id, vi.priority, vi.version),
-            (51, 180, 2)
+            (51, 180, VrrpVersion::V2)
         );
-        assert_eq!(vi.advert_interval.0.as_secs(), 1);
+        assert_eq!(vi.advert_interval.as_secs(), 1);
         assert!(vi.preempt);
+        assert_eq!(vi.sync_group.as_deref(), Some("G"));
         assert_eq!(vi.virtual_addresses[0].label.as_deref(), Some("eth0:1"));
-        let rs = &c.virtual_servers[0].get_ref().real_servers[0];
-        assert!(matches!(rs.check, Some(Check::Tcp { retry: Some(3), .. })));
-        let again = parse(&c.to_toml()).unwrap();
-        assert_eq!(c, again, "serialized:\n{}", c.to_toml());
+        let rs = &c.services[0].reals[0];
+        let check = rs.check.as_ref().unwrap();
+        assert!(matches!(
+            check.kind,
+            CheckKind::Tcp {
+                retry: 3,
+                port: 3306,
+                ..
+            }
+        ));
+        assert_eq!(
+            (check.interval.as_secs(), check.rise, check.fall),
+            (1, 1, 1)
+        );
+        let f = file(BASE);
+        let again = file(&f.to_toml());
+        assert_eq!(f, again, "serialized:\n{}", f.to_toml());
     }
 
     #[test]

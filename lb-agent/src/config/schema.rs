@@ -1,11 +1,13 @@
 //! The configuration schema. Field names follow keepalived's where one exists, so that a
 //! keepalived user recognises them; durations are strings (`"1s"`, `"200ms"`).
 //!
-//! Every table denies unknown keys; every default is explicit here.
+//! This is the file format only: every table denies unknown keys, and what a key means when
+//! it is omitted is applied once, in `model` (the resolved configuration every other module
+//! reads).
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
 
 use super::types::{DurationStr, Mac, Protocol, XdpModeSetting};
@@ -14,12 +16,17 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+/// A configuration file as written.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct File {
     #[serde(default, skip_serializing_if = "is_default")]
     pub global: Global,
     pub dataplane: Dataplane,
+    /// Named checks (`[check.NAME]`), referenced as `check = "NAME"` by real servers and as
+    /// `default_check = "NAME"` by services.
+    #[serde(default, rename = "check", skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, Check>,
     #[serde(
         default,
         rename = "vrrp_instance",
@@ -245,7 +252,7 @@ fn is_true(b: &bool) -> bool {
 }
 
 /// A VIP held by a VRRP instance: `10.1.1.176 dev eth0 label eth0:1` in keepalived.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualAddress {
     pub address: IpAddr,
@@ -333,6 +340,9 @@ pub struct VirtualServer {
     /// Client-IP affinity (IPVS `persistence_timeout`); 0 = none.
     #[serde(default, skip_serializing_if = "is_default")]
     pub persistence_timeout: DurationStr,
+    /// The check of every real server and the sorry server that names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_check: Option<CheckRef>,
     /// How often each real server is checked (keepalived's `delay_loop`); 1 s when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_interval: Option<DurationStr>,
@@ -369,10 +379,10 @@ pub struct VirtualServer {
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub active: bool,
     #[serde(default, rename = "real_server", skip_serializing_if = "Vec::is_empty")]
-    pub real_servers: Vec<RealServer>,
+    pub real_servers: Vec<Spanned<RealServer>>,
     /// Used when fewer than `quorum` real servers are usable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sorry_server: Option<RealServer>,
+    pub sorry_server: Option<Spanned<RealServer>>,
     /// Run when the quorum is regained / lost (keepalived's `quorum_up` / `quorum_down`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_up: Option<String>,
@@ -402,8 +412,10 @@ pub struct RealServer {
     /// A fixed MAC; otherwise it is resolved through the kernel's neighbour table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<Mac>,
+    /// A check inline, or the name of a `[check.NAME]`; the service's `default_check` when
+    /// omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<Check>,
+    pub check: Option<CheckRef>,
     /// Run when the server comes up / goes down (keepalived's `notify_up` / `notify_down`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_up: Option<String>,
@@ -474,8 +486,8 @@ pub enum Check {
 }
 
 impl Check {
-    /// (interval, rise, fall), with `service_interval` standing in for a missing interval.
-    pub fn timing(&self, service_interval: Duration) -> (Duration, u32, u32) {
+    /// (interval, rise, fall) as written.
+    pub fn timing(&self) -> (Option<Duration>, Option<u32>, Option<u32>) {
         let (interval, rise, fall) = match self {
             Check::Tcp {
                 interval,
@@ -496,11 +508,46 @@ impl Check {
                 ..
             } => (interval, rise, fall),
         };
-        (
-            interval.map(|d| d.0).unwrap_or(service_interval),
-            rise.unwrap_or(1).max(1),
-            fall.unwrap_or(1).max(1),
-        )
+        (interval.map(|d| d.0), *rise, *fall)
+    }
+}
+
+/// A real server's check: written inline (`check = { type = "tcp" }` or a
+/// `[virtual_server.real_server.check]` table), or the name of a `[check.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckRef {
+    Named(String),
+    Inline(Check),
+}
+
+impl Serialize for CheckRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CheckRef::Named(n) => s.serialize_str(n),
+            CheckRef::Inline(c) => c.serialize(s),
+        }
+    }
+}
+
+/// By hand rather than `untagged`: an inline check keeps the errors of `Check` itself
+/// ("unknown variant `http`", "unknown field `bogus`").
+impl<'de> Deserialize<'de> for CheckRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CheckRef;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a check table, or the name of a [check.NAME]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CheckRef, E> {
+                Ok(CheckRef::Named(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<CheckRef, A::Error> {
+                Check::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(CheckRef::Inline)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

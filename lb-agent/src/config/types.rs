@@ -167,6 +167,36 @@ pub enum XdpModeSetting {
     Skb,
 }
 
+/// `host` or `host:port` (25 when omitted); `[v6]:port` for an IPv6 literal with a port.
+pub fn parse_smtp_server(s: &str) -> Result<(String, u16), String> {
+    let bad = || format!("smtp_server {s:?}: expected HOST or HOST:PORT");
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:").ok_or_else(bad)?;
+        return Ok((host.to_string(), port.parse().map_err(|_| bad())?));
+    }
+    match s.rsplit_once(':') {
+        // More than one ':' is a bare IPv6 literal.
+        Some((host, port)) if !host.contains(':') => {
+            Ok((host.to_string(), port.parse().map_err(|_| bad())?))
+        }
+        _ if s.is_empty() => Err(bad()),
+        _ => Ok((s.to_string(), 25)),
+    }
+}
+
+/// An e-mail address as keepalived takes it: `user@domain`, or a bare local part (`acassen`)
+/// that the mail server delivers locally, sent as `acassen@localhost`.
+pub fn email_address(s: &str) -> Result<String, String> {
+    let full = if s.contains('@') {
+        s.to_string()
+    } else {
+        format!("{s}@localhost")
+    };
+    full.parse::<lettre::Address>()
+        .map(|_| full.clone())
+        .map_err(|e| format!("{s:?} is not an e-mail address: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +244,27 @@ mod tests {
             Mac([2, 0, 0x5e, 0, 1, 0x33]).to_string(),
             "02:00:5e:00:01:33"
         );
+    }
+
+    #[test]
+    fn smtp_server_forms() {
+        assert_eq!(parse_smtp_server("mail"), Ok(("mail".into(), 25)));
+        assert_eq!(
+            parse_smtp_server("10.0.0.1:2525"),
+            Ok(("10.0.0.1".into(), 2525))
+        );
+        assert_eq!(parse_smtp_server("[::1]:2525"), Ok(("::1".into(), 2525)));
+        assert_eq!(parse_smtp_server("::1"), Ok(("::1".into(), 25)));
+        assert!(parse_smtp_server("mail:x").is_err());
+        assert!(parse_smtp_server("").is_err());
+    }
+
+    #[test]
+    fn email_addresses_as_keepalived_takes_them() {
+        assert_eq!(email_address("dba@example.com").unwrap(), "dba@example.com");
+        assert_eq!(email_address("acassen").unwrap(), "acassen@localhost");
+        assert!(email_address("not an address").is_err());
+        assert!(email_address("").is_err());
     }
 
     #[test]

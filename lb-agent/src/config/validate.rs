@@ -1,227 +1,263 @@
-//! Checks across fields that the schema alone cannot express. Each error carries the span of
-//! the table it concerns (turned into a line by the caller) and the key.
+//! Checks across fields that the schema alone cannot express. Every rule runs: one pass
+//! reports every error, each with the table it concerns (a byte offset, turned into the line
+//! of the offending key by the caller) and the dotted key.
 
-use std::{collections::HashSet, ops::Range, time::Duration};
+use std::collections::HashSet;
 
-use super::{Check, Config, Failback, Role, VirtualServer, VrrpInstance, VrrpScript};
+use super::schema::{
+    Check, CheckRef, Failback, File, RealServer, Role, VirtualServer, VrrpInstance, VrrpScript,
+};
+use super::types::{DurationStr, email_address, parse_smtp_server};
 
 pub struct ValidationError {
-    pub span: Option<Range<usize>>,
+    /// Where the table the key belongs to starts in the file.
+    pub at: Option<usize>,
+    /// The dotted key (`virtual_server.real_server.check.retry`).
     pub key: String,
     pub message: String,
 }
 
-fn err(span: &Range<usize>, key: &str, message: impl Into<String>) -> ValidationError {
-    ValidationError {
-        span: Some(span.clone()),
-        key: key.into(),
-        message: message.into(),
-    }
+/// The errors of one table: keys are relative to it.
+struct Table<'a> {
+    out: &'a mut Vec<ValidationError>,
+    at: Option<usize>,
+    prefix: String,
 }
 
-pub fn validate(c: &Config) -> Result<(), ValidationError> {
-    if c.dataplane.interface.is_empty() {
-        return Err(ValidationError {
-            span: None,
-            key: "dataplane.interface".into(),
-            message: "must name an interface".into(),
+impl Table<'_> {
+    fn err(&mut self, key: &str, message: impl Into<String>) {
+        self.out.push(ValidationError {
+            at: self.at,
+            key: if key.is_empty() {
+                self.prefix.clone()
+            } else {
+                format!("{}.{key}", self.prefix)
+            },
+            message: message.into(),
         });
     }
-    crate::notify::mail::check(&c.global).map_err(|(key, message)| ValidationError {
-        span: None,
-        key: format!("global.{key}"),
-        message,
-    })?;
-    let mut names = HashSet::new();
-    let mut vrids = HashSet::new();
-    for vi in &c.vrrp_instances {
-        let span = vi.span();
-        let vi = vi.get_ref();
-        if !names.insert(vi.name.as_str()) {
-            return Err(err(
-                &span,
-                "vrrp_instance.name",
-                format!("instance {:?} is defined twice", vi.name),
-            ));
-        }
-        if !vrids.insert((vi.interface.as_str(), vi.virtual_router_id)) {
-            return Err(err(
-                &span,
-                "vrrp_instance.virtual_router_id",
-                format!(
-                    "router id {} is used twice on {}",
-                    vi.virtual_router_id, vi.interface
-                ),
-            ));
-        }
-        vrrp_instance(vi).map_err(|(key, m)| err(&span, &format!("vrrp_instance.{key}"), m))?;
-    }
-    let mut scripts = HashSet::new();
-    for sc in &c.vrrp_scripts {
-        let span = sc.span();
-        let sc = sc.get_ref();
-        if !scripts.insert(sc.name.as_str()) {
-            return Err(err(
-                &span,
-                "vrrp_script.name",
-                format!("script {:?} is defined twice", sc.name),
-            ));
-        }
-        vrrp_script(sc).map_err(|(key, m)| err(&span, &format!("vrrp_script.{key}"), m))?;
-    }
-    for vi in &c.vrrp_instances {
-        let span = vi.span();
-        for t in &vi.get_ref().track_script {
-            if !scripts.contains(t.name.as_str()) {
-                return Err(err(
-                    &span,
-                    "vrrp_instance.track_script",
-                    format!("no vrrp_script named {:?}", t.name),
-                ));
-            }
+
+    fn positive(&mut self, key: &str, d: Option<DurationStr>) {
+        if d.is_some_and(|d| d.0.is_zero()) {
+            self.err(key, "must be longer than 0");
         }
     }
-    let mut grouped = HashSet::new();
-    for g in &c.sync_groups {
-        let span = g.span();
-        for m in &g.get_ref().members {
-            if !names.contains(m.as_str()) {
-                return Err(err(
-                    &span,
-                    "vrrp_sync_group.members",
-                    format!("no vrrp_instance named {m:?}"),
-                ));
-            }
-            if !grouped.insert(m.as_str()) {
-                return Err(err(
-                    &span,
-                    "vrrp_sync_group.members",
-                    format!("{m:?} is in two sync groups"),
-                ));
-            }
-        }
-    }
-    let mut seen = HashSet::new();
-    for vs in &c.virtual_servers {
-        let span = vs.span();
-        let vs = vs.get_ref();
-        if !seen.insert((vs.address, vs.port, vs.protocol)) {
-            return Err(err(
-                &span,
-                "virtual_server",
-                format!("{} is defined twice", vs.display_name()),
-            ));
-        }
-        virtual_server(vs).map_err(|(key, m)| err(&span, &format!("virtual_server.{key}"), m))?;
-    }
-    Ok(())
 }
 
-type FieldError = (String, String);
-
-fn field(key: &str, message: impl Into<String>) -> FieldError {
-    (key.into(), message.into())
+pub fn validate(c: &File) -> Vec<ValidationError> {
+    let mut out = Vec::new();
+    let mut top = Table {
+        out: &mut out,
+        at: None,
+        prefix: "global".into(),
+    };
+    if c.dataplane.interface.is_empty() {
+        top.prefix = "dataplane".into();
+        top.err("interface", "must name an interface");
+        top.prefix = "global".into();
+    }
+    let g = &c.global;
+    for a in g
+        .notification_email
+        .iter()
+        .chain(&g.notification_email_from)
+    {
+        if let Err(m) = email_address(a) {
+            let key = if g.notification_email.contains(a) {
+                "notification_email"
+            } else {
+                "notification_email_from"
+            };
+            top.err(key, m);
+        }
+    }
+    if let Some(Err(m)) = g.smtp_server.as_deref().map(parse_smtp_server) {
+        top.err("smtp_server", m);
+    }
+    vrrp(c, &mut out);
+    for (name, check) in &c.checks {
+        let mut t = Table {
+            out: &mut out,
+            at: None,
+            prefix: format!("check.{name}"),
+        };
+        check_fields(&mut t, "", check);
+    }
+    let mut seen = HashSet::new();
+    let mut names = HashSet::new();
+    for vs in &c.virtual_servers {
+        let at = Some(vs.span().start);
+        let vs = vs.get_ref();
+        let mut t = Table {
+            out: &mut out,
+            at,
+            prefix: "virtual_server".into(),
+        };
+        if !seen.insert((vs.address, vs.port, vs.protocol)) {
+            t.err("address", format!("{} is defined twice", vs.display_name()));
+        } else if !names.insert(vs.display_name()) {
+            t.err(
+                "name",
+                format!("the name {:?} is used twice", vs.display_name()),
+            );
+        }
+        virtual_server(c, vs, &mut t);
+    }
+    out
 }
 
 /// keepalived's bounds: a weight moves a priority within 1–254.
 const MAX_WEIGHT: i32 = 253;
 
-fn vrrp_script(sc: &VrrpScript) -> Result<(), FieldError> {
-    if sc.script.trim().is_empty() {
-        return Err(field("script", "must name a command"));
+fn vrrp(c: &File, out: &mut Vec<ValidationError>) {
+    let mut names = HashSet::new();
+    let mut vrids = HashSet::new();
+    let scripts: HashSet<&str> = c
+        .vrrp_scripts
+        .iter()
+        .map(|s| s.get_ref().name.as_str())
+        .collect();
+    let mut script_names = HashSet::new();
+    for sc in &c.vrrp_scripts {
+        let mut t = Table {
+            out,
+            at: Some(sc.span().start),
+            prefix: "vrrp_script".into(),
+        };
+        let sc = sc.get_ref();
+        if !script_names.insert(sc.name.as_str()) {
+            t.err("name", format!("script {:?} is defined twice", sc.name));
+        }
+        vrrp_script(sc, &mut t);
     }
-    if sc.interval.0.is_zero() {
-        return Err(field("interval", "must be longer than 0s"));
+    for vi in &c.vrrp_instances {
+        let mut t = Table {
+            out,
+            at: Some(vi.span().start),
+            prefix: "vrrp_instance".into(),
+        };
+        let vi = vi.get_ref();
+        if !names.insert(vi.name.as_str()) {
+            t.err("name", format!("instance {:?} is defined twice", vi.name));
+        }
+        if !vrids.insert((vi.interface.as_str(), vi.virtual_router_id)) {
+            t.err(
+                "virtual_router_id",
+                format!(
+                    "router id {} is used twice on {}",
+                    vi.virtual_router_id, vi.interface
+                ),
+            );
+        }
+        for s in &vi.track_script {
+            if !scripts.contains(s.name.as_str()) {
+                t.err("track_script", format!("no vrrp_script named {:?}", s.name));
+            }
+        }
+        vrrp_instance(vi, &mut t);
     }
-    if sc.timeout.is_some_and(|t| t.0.is_zero()) {
-        return Err(field("timeout", "must be longer than 0s"));
-    }
-    if sc.weight.abs() > MAX_WEIGHT {
-        return Err(field("weight", "must be -253..=253"));
-    }
-    if sc.rise == 0 || sc.fall == 0 {
-        return Err(field("rise", "rise and fall must be at least 1"));
-    }
-    Ok(())
-}
-
-fn vrrp_instance(vi: &VrrpInstance) -> Result<(), FieldError> {
-    for t in vi.track_interface.iter().chain(&vi.track_script) {
-        if t.weight.is_some_and(|w| w.abs() > MAX_WEIGHT) {
-            return Err(field(
-                "track",
-                format!("{}: weight must be -253..=253", t.name),
-            ));
+    let mut grouped = HashSet::new();
+    for g in &c.sync_groups {
+        let mut t = Table {
+            out,
+            at: Some(g.span().start),
+            prefix: "vrrp_sync_group".into(),
+        };
+        for m in &g.get_ref().members {
+            if !names.contains(m.as_str()) {
+                t.err("members", format!("no vrrp_instance named {m:?}"));
+            } else if !grouped.insert(m.as_str()) {
+                t.err("members", format!("{m:?} is in two sync groups"));
+            }
         }
     }
-    if vi.priority == 255
-        && vi
-            .track_interface
-            .iter()
-            .chain(&vi.track_script)
-            .any(|t| t.weight.is_some_and(|w| w != 0))
-    {
-        return Err(field(
-            "track",
-            "an address owner (priority 255) keeps its priority: tracking weights do not apply",
-        ));
+}
+
+fn vrrp_script(sc: &VrrpScript, t: &mut Table) {
+    if sc.script.trim().is_empty() {
+        t.err("script", "must name a command");
+    }
+    if sc.interval.0.is_zero() {
+        t.err("interval", "must be longer than 0s");
+    }
+    t.positive("timeout", sc.timeout);
+    if sc.weight.abs() > MAX_WEIGHT {
+        t.err("weight", "must be -253..=253");
+    }
+    if sc.rise == 0 {
+        t.err("rise", "must be at least 1");
+    }
+    if sc.fall == 0 {
+        t.err("fall", "must be at least 1");
+    }
+}
+
+fn vrrp_instance(vi: &VrrpInstance, t: &mut Table) {
+    for (key, tracks) in [
+        ("track_interface", &vi.track_interface),
+        ("track_script", &vi.track_script),
+    ] {
+        for tr in tracks {
+            if tr.weight.is_some_and(|w| w.abs() > MAX_WEIGHT) {
+                t.err(key, format!("{}: weight must be -253..=253", tr.name));
+            }
+        }
+        if vi.priority == 255 && tracks.iter().any(|t| t.weight.is_some_and(|w| w != 0)) {
+            t.err(
+                key,
+                "an address owner (priority 255) keeps its priority: tracking weights do not apply",
+            );
+        }
     }
     if vi.virtual_router_id == 0 {
-        return Err(field("virtual_router_id", "must be 1–255"));
+        t.err("virtual_router_id", "must be 1–255");
     }
     if vi.priority == 0 {
-        return Err(field(
+        t.err(
             "priority",
             "must be 1–255 (0 is reserved for a master that resigns)",
-        ));
+        );
     }
     let adv = vi.advert_interval.0;
     match vi.version {
         2 => {
             if adv.subsec_nanos() != 0 || adv.as_secs() == 0 || adv.as_secs() > 255 {
-                return Err(field(
+                t.err(
                     "advert_interval",
                     "VRRPv2 adverts are whole seconds, 1s–255s",
-                ));
+                );
             }
         }
         3 => {
             let cs = adv.as_millis() / 10;
             if !adv.as_nanos().is_multiple_of(10_000_000) || cs == 0 || cs > 4095 {
-                return Err(field(
+                t.err(
                     "advert_interval",
                     "VRRPv3 adverts are multiples of 10ms, 10ms–40.95s",
-                ));
+                );
             }
             if vi.auth_pass.is_some() {
-                return Err(field(
+                t.err(
                     "auth_pass",
                     "VRRPv3 has no authentication (RFC 5798 removed it)",
-                ));
+                );
             }
         }
-        v => {
-            return Err(field(
-                "version",
-                format!("VRRP version {v}: expected 2 or 3"),
-            ));
-        }
+        v => t.err("version", format!("VRRP version {v}: expected 2 or 3")),
     }
     if let Some(p) = &vi.auth_pass
         && (p.is_empty() || p.len() > 8)
     {
-        return Err(field(
-            "auth_pass",
-            "must be 1–8 bytes (RFC 3768 section 5.3.10)",
-        ));
+        t.err("auth_pass", "must be 1–8 bytes (RFC 3768 section 5.3.10)");
     }
-    if vi.virtual_addresses.is_empty() {
-        return Err(field(
+    let Some(first) = vi.virtual_addresses.first() else {
+        t.err(
             "virtual_address",
             "an instance needs at least one virtual address",
-        ));
-    }
-    let v6 = vi.virtual_addresses[0].address.is_ipv6();
+        );
+        return;
+    };
+    let v6 = first.address.is_ipv6();
     if vi
         .virtual_addresses
         .iter()
@@ -229,193 +265,206 @@ fn vrrp_instance(vi: &VrrpInstance) -> Result<(), FieldError> {
         || vi.unicast_peers.iter().any(|p| p.is_ipv6() != v6)
         || vi.unicast_src.is_some_and(|a| a.is_ipv6() != v6)
     {
-        return Err(field(
+        t.err(
             "virtual_address",
             "an instance is either IPv4 or IPv6: its virtual addresses, unicast_src and \
              unicast_peers must all be of one family (use two instances for both)",
-        ));
+        );
     }
     if v6 && vi.version != 3 {
-        return Err(field("version", "VRRP over IPv6 needs version 3"));
+        t.err("version", "VRRP over IPv6 needs version 3");
     }
     for va in &vi.virtual_addresses {
         let max = if va.address.is_ipv4() { 32 } else { 128 };
-        if va.prefix.is_some_and(|p| p > max) {
-            return Err(field(
+        if let Some(p) = va.prefix.filter(|&p| p > max) {
+            t.err(
                 "virtual_address.prefix",
-                format!("{}/{} is not a prefix", va.address, va.prefix.unwrap_or(0)),
-            ));
+                format!("{}/{p} is not a prefix", va.address),
+            );
         }
     }
-    if let Some(src) = vi.unicast_src
-        && let Some(p) = vi
-            .unicast_peers
-            .iter()
-            .find(|p| p.is_ipv4() != src.is_ipv4())
-    {
-        return Err(field(
-            "unicast_peers",
-            format!("{p} is not of the family of unicast_src {src}"),
-        ));
-    }
-    Ok(())
 }
 
-fn positive(key: &str, d: Option<super::DurationStr>) -> Result<(), FieldError> {
-    match d {
-        Some(d) if d.0 == Duration::ZERO => Err(field(key, "must be longer than 0")),
-        _ => Ok(()),
+/// The fields of one check; `key` is where it sits (empty for a `[check.NAME]` table).
+fn check_fields(t: &mut Table, key: &str, c: &Check) {
+    let k = |leaf: &str| {
+        if key.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{key}.{leaf}")
+        }
+    };
+    match c {
+        Check::Tcp {
+            connect_timeout,
+            retry,
+            ..
+        } => {
+            t.positive(&k("connect_timeout"), *connect_timeout);
+            if *retry == Some(0) {
+                t.err(&k("retry"), "must be at least 1");
+            }
+        }
+        Check::Exec {
+            command, timeout, ..
+        } => {
+            if command.trim().is_empty() {
+                t.err(&k("command"), "must not be empty");
+            }
+            t.positive(&k("timeout"), *timeout);
+        }
+        Check::Mysql {
+            user,
+            timeout,
+            password_file,
+            ..
+        } => {
+            if user.is_empty() {
+                t.err(&k("user"), "must not be empty");
+            }
+            if password_file.as_os_str().is_empty() {
+                t.err(&k("password_file"), "must name a file");
+            }
+            t.positive(&k("timeout"), *timeout);
+        }
+    }
+    let (interval, rise, fall) = c.timing();
+    if interval.is_some_and(|d| d.is_zero()) {
+        t.err(&k("interval"), "must be longer than 0s");
+    }
+    if rise == Some(0) {
+        t.err(&k("rise"), "must be at least 1");
+    }
+    if fall == Some(0) {
+        t.err(&k("fall"), "must be at least 1");
     }
 }
 
-fn virtual_server(vs: &VirtualServer) -> Result<(), FieldError> {
+/// The check `r` names, reporting a name with no `[check.NAME]`.
+fn referenced<'a>(c: &'a File, r: &'a CheckRef, t: &mut Table, key: &str) -> Option<&'a Check> {
+    let found = c.check_of(r);
+    if let (None, CheckRef::Named(n)) = (found, r) {
+        let known: Vec<&str> = c.checks.keys().map(String::as_str).collect();
+        t.err(
+            key,
+            format!("no [check.{n}] (named checks: {})", known.join(", ")),
+        );
+    }
+    found
+}
+
+fn virtual_server(c: &File, vs: &VirtualServer, t: &mut Table) {
     let persistence = vs.persistence_timeout.0;
     if persistence.as_secs() > u32::MAX as u64 || persistence.subsec_nanos() != 0 {
-        return Err(field("persistence_timeout", "must be whole seconds"));
+        t.err("persistence_timeout", "must be whole seconds");
     }
     if vs.quorum == 0 {
-        return Err(field("quorum", "must be at least 1"));
+        t.err("quorum", "must be at least 1");
     }
-    positive("check_interval", vs.check_interval)?;
+    t.positive("check_interval", vs.check_interval);
     match (vs.failback, vs.failback_delay) {
-        (Failback::Delay, None) => {
-            return Err(field(
-                "failback_delay",
-                "`failback = \"delay\"` needs a failback_delay",
-            ));
-        }
-        (Failback::Delay, Some(d)) => positive("failback_delay", Some(d))?,
-        (_, Some(_)) => {
-            return Err(field(
-                "failback_delay",
-                "only meaningful with `failback = \"delay\"`",
-            ));
-        }
+        (Failback::Delay, None) => t.err(
+            "failback_delay",
+            "`failback = \"delay\"` needs a failback_delay",
+        ),
+        (Failback::Delay, Some(d)) => t.positive("failback_delay", Some(d)),
+        (_, Some(_)) => t.err(
+            "failback_delay",
+            "only meaningful with `failback = \"delay\"`",
+        ),
         _ => {}
     }
     if vs.failback != Failback::Immediate && vs.sorry_server.is_none() {
-        return Err(field(
+        t.err(
             "failback",
             "a failback policy needs a sorry_server to fail back from",
-        ));
+        );
+    }
+    let default = vs
+        .default_check
+        .as_ref()
+        .and_then(|r| referenced(c, r, t, "default_check"));
+    if let (Some(CheckRef::Inline(ch)), Some(_)) = (&vs.default_check, default) {
+        check_fields(t, "default_check", ch);
     }
     let mut reals = HashSet::new();
-    for (i, rs) in vs
+    let mut mysql = Vec::new();
+    let members = vs
         .real_servers
         .iter()
-        .chain(vs.sorry_server.iter())
-        .enumerate()
-    {
-        let key = if i < vs.real_servers.len() {
-            "real_server"
-        } else {
-            "sorry_server"
+        .map(|r| ("real_server", r))
+        .chain(vs.sorry_server.iter().map(|r| ("sorry_server", r)));
+    for (key, spanned) in members {
+        let rs = spanned.get_ref();
+        let mut rt = Table {
+            out: &mut *t.out,
+            at: Some(spanned.span().start),
+            prefix: format!("virtual_server.{key}"),
         };
-        if rs.address.is_ipv4() != vs.address.is_ipv4() {
-            return Err(field(
-                key,
-                format!(
-                    "{} is not of the address family of VIP {}",
-                    rs.address, vs.address
-                ),
-            ));
-        }
-        if let Some(port) = rs.port
-            && port != vs.port
-        {
-            return Err(field(
-                &format!("{key}.port"),
-                format!(
-                    "{}:{port}: direct routing cannot change the port (service port {})",
-                    rs.address, vs.port
-                ),
-            ));
-        }
-        if i < vs.real_servers.len() && !reals.insert(rs.address) {
-            return Err(field(
-                key,
+        real_server(vs, rs, key, &mut rt);
+        if key == "real_server" && !reals.insert(rs.address) {
+            rt.err(
+                "address",
                 format!("{} is listed twice in {}", rs.address, vs.display_name()),
-            ));
+            );
         }
-        match &rs.check {
-            Some(Check::Tcp {
-                connect_timeout,
-                delay_before_retry,
-                retry,
-                ..
-            }) => {
-                positive(&format!("{key}.check.connect_timeout"), *connect_timeout)?;
-                let _ = delay_before_retry;
-                if *retry == Some(0) {
-                    return Err(field(&format!("{key}.check.retry"), "must be at least 1"));
+        let check = match &rs.check {
+            Some(r) => {
+                let found = referenced(c, r, &mut rt, "check");
+                if let (CheckRef::Inline(ch), Some(_)) = (r, found) {
+                    check_fields(&mut rt, "check", ch);
                 }
+                found
             }
-            Some(Check::Exec {
-                command, timeout, ..
-            }) => {
-                if command.trim().is_empty() {
-                    return Err(field(&format!("{key}.check.command"), "must not be empty"));
-                }
-                positive(&format!("{key}.check.timeout"), *timeout)?;
-            }
-            Some(Check::Mysql {
-                user,
-                timeout,
-                password_file,
-                ..
-            }) => {
-                if user.is_empty() {
-                    return Err(field(&format!("{key}.check.user"), "must not be empty"));
-                }
-                if password_file.as_os_str().is_empty() {
-                    return Err(field(
-                        &format!("{key}.check.password_file"),
-                        "must name a file",
-                    ));
-                }
-                positive(&format!("{key}.check.timeout"), *timeout)?;
-            }
-            None => {}
-        }
-        if let Some(c) = &rs.check {
-            let interval = c.timing(Duration::from_secs(1)).0;
-            if interval.is_zero() {
-                return Err(field(
-                    &format!("{key}.check.interval"),
-                    "must be longer than 0s",
-                ));
-            }
-        }
+            None => default,
+        };
+        mysql.push((key, matches!(check, Some(Check::Mysql { .. }))));
     }
-    let mysql_checked = |rs: &super::RealServer| matches!(rs.check, Some(Check::Mysql { .. }));
-    if vs.role != Role::Any && !vs.real_servers.iter().all(mysql_checked) {
-        return Err(field(
+    let reals_mysql = mysql.iter().all(|(k, m)| *m || *k == "sorry_server");
+    let sorry_mysql = mysql.iter().any(|(k, m)| *m && *k == "sorry_server");
+    let all_mysql = |with_sorry: bool| reals_mysql && (!with_sorry || sorry_mysql);
+    if vs.role != Role::Any && !all_mysql(false) {
+        t.err(
             "role",
             "a writer or replica role needs a `mysql` check on every real server",
-        ));
+        );
     }
-    if (vs.graceful || vs.fence)
-        && !(vs.role == Role::Writer && vs.sorry_server.as_ref().is_some_and(mysql_checked))
-    {
-        return Err(field(
+    if (vs.graceful || vs.fence) && !(vs.role == Role::Writer && all_mysql(true)) {
+        t.err(
             if vs.graceful { "graceful" } else { "fence" },
             "needs `role = \"writer\"`, a sorry_server, and `mysql` checks on all of them",
-        ));
+        );
     }
     if vs.max_lag.is_some() && vs.role != Role::Replica {
-        return Err(field(
-            "max_lag",
-            "only meaningful with `role = \"replica\"`",
-        ));
+        t.err("max_lag", "only meaningful with `role = \"replica\"`");
     }
-    if vs.failback == Failback::CaughtUp
-        && !(vs.real_servers.iter().all(mysql_checked)
-            && vs.sorry_server.as_ref().is_some_and(mysql_checked))
-    {
-        return Err(field(
+    if vs.failback == Failback::CaughtUp && !all_mysql(true) {
+        t.err(
             "failback",
             "`caught-up` compares GTIDs: the real servers and the sorry server need `mysql` checks",
-        ));
+        );
     }
-    Ok(())
+}
+
+fn real_server(vs: &VirtualServer, rs: &RealServer, key: &str, t: &mut Table) {
+    if rs.address.is_ipv4() != vs.address.is_ipv4() {
+        t.err(
+            "address",
+            format!(
+                "{} is not of the address family of VIP {} ({key})",
+                rs.address, vs.address
+            ),
+        );
+    }
+    if let Some(port) = rs.port
+        && port != vs.port
+    {
+        t.err(
+            "port",
+            format!(
+                "{}:{port}: direct routing cannot change the port (service port {})",
+                rs.address, vs.port
+            ),
+        );
+    }
 }

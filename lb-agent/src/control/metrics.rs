@@ -16,7 +16,11 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::{Pending, Request, status::Status};
+use super::{
+    Pending, Reply, Request,
+    status::{RealState, Status},
+};
+use crate::{health::verdict::CheckHealth, vrrp::driver::StateName};
 
 type Labels = Vec<(String, String)>;
 
@@ -142,10 +146,10 @@ pub fn encode_status(s: &Status) -> String {
             ];
             real_up
                 .get_or_create(&lr)
-                .set(matches!(r.state.as_str(), "up" | "local" | "sorry") as i64);
+                .set(matches!(r.state, RealState::Up | RealState::Local | RealState::Sorry) as i64);
             real_healthy
                 .get_or_create(&lr)
-                .set((r.health != "down" && r.reason.is_none()) as i64);
+                .set((r.health != CheckHealth::Down && r.reason.is_none()) as i64);
             reals.insert(r.address, (r.packets, r.bytes, r.new_flows));
         }
     }
@@ -160,7 +164,7 @@ pub fn encode_status(s: &Status) -> String {
         let l: Labels = vec![("instance".into(), r.name.clone())];
         vrrp_master
             .get_or_create(&l)
-            .set((r.state == "master") as i64);
+            .set((r.state == StateName::Master) as i64);
         vrrp_priority.get_or_create(&l).set(r.priority as i64);
         vrrp_sent.get_or_create(&l).inc_by(r.adverts_sent);
         vrrp_received.get_or_create(&l).inc_by(r.adverts_received);
@@ -216,13 +220,13 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
                         Ok(()) => orx.await.ok(),
                         Err(_) => None,
                     };
-                    match answer.and_then(|a| serde_json::from_str::<Status>(&a).ok()) {
-                        Some(s) => (
+                    match answer {
+                        Some(Reply::Status(s)) => (
                             "200 OK",
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                             encode_status(&s),
                         ),
-                        None => (
+                        _ => (
                             "503 Service Unavailable",
                             "text/plain",
                             "status unavailable\n".to_string(),
@@ -256,7 +260,7 @@ mod tests {
             learned_peers: vec![],
             vrrp: vec![RouterStatus {
                 name: "VI_1".into(),
-                state: "master".into(),
+                state: StateName::Master,
                 master: None,
                 priority: 180,
                 adverts_received: 2,

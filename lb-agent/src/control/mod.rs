@@ -39,8 +39,29 @@ pub enum Request {
     },
 }
 
-/// A request waiting for the main loop's answer (JSON text).
-pub type Pending = (Request, oneshot::Sender<String>);
+/// The main loop's answer, typed: the socket sends it as JSON, the metrics endpoint reads the
+/// status directly.
+#[derive(Debug)]
+pub enum Reply {
+    Status(Box<status::Status>),
+    Ok(String),
+    Error(String),
+}
+
+impl Reply {
+    pub fn to_json(&self) -> String {
+        match self {
+            Reply::Status(s) => {
+                serde_json::to_string(s).unwrap_or_else(|e| error_json(&e.to_string()))
+            }
+            Reply::Ok(m) => serde_json::json!({ "ok": m }).to_string(),
+            Reply::Error(m) => error_json(m),
+        }
+    }
+}
+
+/// A request waiting for the main loop's answer.
+pub type Pending = (Request, oneshot::Sender<Reply>);
 
 /// Binds the socket (replacing a stale one), readable and writable by root only, and serves
 /// it: each request goes to `tx`, each answer back to its client.
@@ -78,6 +99,7 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<()> {
                                 return;
                             }
                             orx.await
+                                .map(|r| r.to_json())
                                 .unwrap_or_else(|_| error_json("the agent is stopping"))
                         }
                         Err(e) => error_json(&format!("bad request: {e}")),

@@ -6,7 +6,49 @@ use std::{fmt::Write as _, net::IpAddr};
 use serde::{Deserialize, Serialize};
 use xdp_ebpf::maps::{REAL_LOCAL, REAL_VALID, SERVICE_ACTIVE};
 
-use crate::{balancer::desired::DesiredState, config::Config, dataplane::Counters};
+use crate::{
+    balancer::desired::DesiredState,
+    config::{Config, Member},
+    dataplane::Counters,
+    health::verdict::CheckHealth,
+};
+
+/// What a real server does in its service now.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RealState {
+    /// In the pool.
+    Up,
+    /// No MAC resolved.
+    Unresolved,
+    /// This host: its frames pass to the local stack.
+    Local,
+    /// The sorry server, in use.
+    Sorry,
+    /// The sorry server, not in use.
+    Standby,
+    /// Weight 0.
+    Drained,
+    /// Fails its check or role.
+    Failed,
+    /// Healthy, failback not yet due.
+    Pending,
+}
+
+impl std::fmt::Display for RealState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            RealState::Up => "up",
+            RealState::Unresolved => "unresolved",
+            RealState::Local => "local",
+            RealState::Sorry => "sorry",
+            RealState::Standby => "standby",
+            RealState::Drained => "drained",
+            RealState::Failed => "failed",
+            RealState::Pending => "pending",
+        })
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -51,12 +93,8 @@ pub struct ServiceStatus {
 pub struct RealStatus {
     pub address: IpAddr,
     pub weight: u32,
-    /// `up` (in the pool), `unresolved` (no MAC), `local` (this host), `sorry` (the sorry
-    /// server, in use), `standby` (the sorry server, not in use), `drained` (weight 0),
-    /// `failed` (fails its check or role), `pending` (healthy, failback not yet due).
-    pub state: String,
-    /// `up`, `down` or `unchecked` (no check configured).
-    pub health: String,
+    pub state: RealState,
+    pub health: CheckHealth,
     /// Why it takes no traffic: its check failed, or it does not fill the service's role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -92,39 +130,33 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             .unwrap_or_default()
     };
     let mut services = Vec::new();
-    for (vs, ds) in cfg
-        .virtual_servers
-        .iter()
-        .map(|v| v.get_ref())
-        .zip(&state.services)
-    {
+    for ds in &state.services {
+        let Some(vs) = cfg.service(&ds.name) else {
+            continue;
+        };
         let c = svc_counters(ds.id);
         let mut reals = Vec::new();
-        let entries = vs
-            .real_servers
-            .iter()
-            .map(|r| (r, false))
-            .chain(vs.sorry_server.iter().map(|r| (r, true)));
-        for (rs, is_sorry) in entries {
+        for (member, rs) in vs.members() {
+            let is_sorry = member == Member::Sorry;
             let Some(&(id, _)) = state.known.get(&rs.address) else {
                 continue;
             };
             let real = state.reals.get(&id).map(|(_, r)| *r).unwrap_or_default();
             let in_pool = ds.members.contains(&id);
             let st = match (is_sorry, in_pool) {
-                (true, true) => "sorry",
-                (true, false) => "standby",
-                _ if real.flags & REAL_VALID == 0 => "unresolved",
-                _ if rs.weight == 0 => "drained",
-                _ if real.flags & REAL_LOCAL != 0 => "local",
-                _ => "up",
+                (true, true) => RealState::Sorry,
+                (true, false) => RealState::Standby,
+                _ if real.flags & REAL_VALID == 0 => RealState::Unresolved,
+                _ if rs.weight == 0 => RealState::Drained,
+                _ if real.flags & REAL_LOCAL != 0 => RealState::Local,
+                _ => RealState::Up,
             };
             let rc = real_counters(id);
             reals.push(RealStatus {
                 address: rs.address,
                 weight: rs.weight,
-                state: st.into(),
-                health: "unchecked".into(),
+                state: st,
+                health: CheckHealth::Unchecked,
                 reason: None,
                 mysql: None,
                 mac: (real.flags & REAL_VALID != 0 && real.flags & REAL_LOCAL == 0)
@@ -167,9 +199,12 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
     }
 }
 
-/// Adds what the health checks say (`health` in configuration order, like the services).
+/// Adds what the health checks say, service by service.
 pub fn add_health(s: &mut Status, health: &[crate::health::verdict::ServiceHealth]) {
-    for (svc, h) in s.services.iter_mut().zip(health) {
+    for svc in &mut s.services {
+        let Some(h) = health.iter().find(|h| h.name == svc.name) else {
+            continue;
+        };
         svc.failback_waiting = h.waiting.clone();
         let using_sorry = svc.using_sorry_server;
         for r in &mut svc.real_servers {
@@ -181,15 +216,15 @@ pub fn add_health(s: &mut Status, health: &[crate::health::verdict::ServiceHealt
             else {
                 continue;
             };
-            r.health = rh.health.clone();
+            r.health = rh.health;
             r.reason = rh.reason.clone();
             r.mysql = rh.mysql.clone();
-            let in_service = r.state == "up" || r.state == "local";
+            let in_service = matches!(r.state, RealState::Up | RealState::Local);
             if !rh.usable && in_service {
-                r.state = "failed".into();
+                r.state = RealState::Failed;
             } else if using_sorry && in_service {
                 // Healthy, but the failback policy has not handed the traffic back yet.
-                r.state = "pending".into();
+                r.state = RealState::Pending;
             }
         }
     }

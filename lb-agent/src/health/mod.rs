@@ -3,14 +3,17 @@
 //! - `tracker`: rise/fall hysteresis, without I/O;
 //! - `tcp`, `exec`, `mysql`: the kinds of check;
 //! - `gtid`: MariaDB and MySQL GTID positions, for the `caught-up` failback;
-//! - `monitor`: one task per distinct check, results through the trackers;
+//! - `monitor`: the table of distinct checks, results through the trackers, without I/O;
 //! - `verdict`: what the checks, roles and failback gates make of each service, without I/O;
-//! - `state`: the daemon's view of all that, fed with reports and time.
+//! - `state`: the daemon's view of all that, fed with reports and time, returning the MySQL
+//!   side effects (fence, handover) as actions, without I/O;
+//! - `runner`: the tasks: checks, and the actions of `state`.
 
 pub mod exec;
 pub mod gtid;
 pub mod monitor;
 pub mod mysql;
+pub mod runner;
 pub mod state;
 pub mod tcp;
 pub mod tracker;

@@ -1,6 +1,7 @@
-//! The health checks of every checked server: one task per distinct (server, port, check),
-//! shared by the services that check the same server the same way. Tasks report raw results;
-//! `Monitor::record` runs them through each check's rise/fall tracker.
+//! The table of health checks: one entry per distinct (server, port, check), shared by the
+//! services that check the same server the same way. Without I/O: the runner (`runner`)
+//! runs the probes and reports raw results; `Monitor::record` runs them through each check's
+//! rise/fall tracker.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -8,22 +9,14 @@ use std::{
 };
 
 use anyhow::{Result, anyhow};
-use tokio::sync::mpsc;
 
-use super::state::Event;
 use super::{
     exec,
     mysql::{self, MysqlState},
     tcp,
     tracker::Tracker,
 };
-use crate::config::{Check, Config, RealServer, VirtualServer};
-
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-const TCP_TIMEOUT: Duration = Duration::from_secs(3);
-const TCP_DELAY_BEFORE_RETRY: Duration = Duration::from_secs(1);
-const EXEC_TIMEOUT: Duration = Duration::from_secs(5);
-const MYSQL_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::config::{CheckKind, CheckSpec, Config, Real};
 
 /// What one check run found, before hysteresis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +33,8 @@ pub enum Outcome {
 /// A check result, from a check task to the daemon's loop.
 #[derive(Debug)]
 pub struct Report {
+    /// The check's position in the `Monitor` that started its task (a reload starts new
+    /// tasks on a new channel, so a report never reaches another table).
     pub check: usize,
     pub outcome: Outcome,
     /// When the run started (results can arrive out of order: see `Monitor::spawn`).
@@ -50,7 +45,7 @@ pub struct Report {
 
 /// The kind of check, ready to run (password read, defaults applied).
 #[derive(Debug, Clone)]
-enum Probe {
+pub enum Probe {
     Tcp {
         addr: SocketAddr,
         timeout: Duration,
@@ -66,7 +61,7 @@ enum Probe {
 }
 
 impl Probe {
-    async fn run(&self) -> Outcome {
+    pub async fn run(&self) -> Outcome {
         match self {
             Probe::Tcp {
                 addr,
@@ -111,9 +106,8 @@ impl Probe {
 pub struct Checked {
     pub addr: IpAddr,
     pub port: u16,
-    pub spec: Check,
-    pub interval: Duration,
-    probe: Probe,
+    pub spec: CheckSpec,
+    pub probe: Probe,
     tracker: Tracker,
     /// No result yet: counted as up (keepalived's default) until the first one.
     pub seen: bool,
@@ -148,29 +142,23 @@ pub struct Monitor {
 
 impl Monitor {
     /// Collects the distinct checks of `cfg`. Reads MySQL password files now: an unreadable
-    /// or world-readable one stops the start with the reason.
+    /// or world-readable one stops the start (or the reload) with the reason.
     pub fn new(cfg: &Config) -> Result<Monitor> {
         let mut m = Monitor::default();
-        for vs in &cfg.virtual_servers {
-            let vs = vs.get_ref();
-            let service_interval = vs.check_interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL);
-            for rs in vs.real_servers.iter().chain(vs.sorry_server.iter()) {
+        for vs in &cfg.services {
+            for (_, rs) in vs.members() {
                 let Some(spec) = &rs.check else { continue };
-                let port = rs.port.unwrap_or(vs.port);
-                if m.find(rs.address, port, spec).is_some() {
+                if m.find(rs.address, rs.port, spec).is_some() {
                     continue;
                 }
-                let (interval, rise, fall) = spec.timing(service_interval);
-                let probe = probe(rs.address, port, spec).map_err(|e| {
-                    anyhow!("check of {} in {}: {e}", rs.address, vs.display_name())
-                })?;
+                let probe = probe(rs.address, spec)
+                    .map_err(|e| anyhow!("check of {} in {}: {e}", rs.address, vs.name))?;
                 m.checks.push(Checked {
                     addr: rs.address,
-                    port,
+                    port: rs.port,
                     spec: spec.clone(),
-                    interval,
                     probe,
-                    tracker: Tracker::new(rise, fall, true),
+                    tracker: Tracker::new(spec.rise, spec.fall, true),
                     seen: false,
                     reason: None,
                     weight: None,
@@ -183,58 +171,29 @@ impl Monitor {
         Ok(m)
     }
 
-    /// The check of real server `rs` of `vs` (none when it has no check).
-    pub fn check_for(&self, vs: &VirtualServer, rs: &RealServer) -> Option<usize> {
-        self.find(rs.address, rs.port.unwrap_or(vs.port), rs.check.as_ref()?)
+    /// The check of real server `rs` (none when it has no check).
+    pub fn check_for(&self, rs: &Real) -> Option<usize> {
+        self.find(rs.address, rs.port, rs.check.as_ref()?)
     }
 
-    /// Where and as whom the MySQL check of check `i` logs in.
-    pub fn mysql_target(&self, i: usize) -> Option<mysql::Target> {
-        match &self.checks.get(i)?.probe {
+    /// The check of `rs` and what it knows.
+    pub fn checked(&self, rs: &Real) -> Option<&Checked> {
+        self.checks.get(self.check_for(rs)?)
+    }
+
+    /// Where and as whom the MySQL check of `rs` logs in.
+    pub fn mysql_target(&self, rs: &Real) -> Option<mysql::Target> {
+        match &self.checked(rs)?.probe {
             Probe::Mysql(t) => Some(t.clone()),
             _ => None,
         }
     }
 
     /// The check of server `addr` on `port` with `spec`.
-    pub fn find(&self, addr: IpAddr, port: u16, spec: &Check) -> Option<usize> {
+    pub fn find(&self, addr: IpAddr, port: u16, spec: &CheckSpec) -> Option<usize> {
         self.checks
             .iter()
             .position(|c| c.addr == addr && c.port == port && c.spec == *spec)
-    }
-
-    /// Starts one task per check; results arrive on `tx`. A run starts every interval even
-    /// while earlier ones still wait for a hung server (each ends by its own timeout, so at
-    /// most timeout / interval + 1 are in flight): a hang is then detected within
-    /// interval × fall + timeout, not fall × timeout. The tasks end when the receiver is
-    /// dropped.
-    pub fn spawn(&self, tx: mpsc::Sender<Event>) {
-        for (i, c) in self.checks.iter().enumerate() {
-            let (probe, interval, tx) = (c.probe.clone(), c.interval, tx.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    if tx.is_closed() {
-                        return;
-                    }
-                    let (probe, tx) = (probe.clone(), tx.clone());
-                    tokio::spawn(async move {
-                        let started = Instant::now();
-                        let outcome = probe.run().await;
-                        let _ = tx
-                            .send(Event::Check(Report {
-                                check: i,
-                                outcome,
-                                started,
-                                at: Instant::now(),
-                            }))
-                            .await;
-                    });
-                }
-            });
-        }
     }
 
     /// Applies one result; returns what changed, if anything. A result that started before
@@ -277,43 +236,38 @@ impl Monitor {
     }
 }
 
-fn probe(addr: IpAddr, port: u16, spec: &Check) -> Result<Probe, String> {
-    Ok(match spec {
-        Check::Tcp {
-            connect_port,
-            connect_timeout,
+fn probe(addr: IpAddr, spec: &CheckSpec) -> Result<Probe, String> {
+    Ok(match &spec.kind {
+        CheckKind::Tcp {
+            port,
+            timeout,
             retry,
             delay_before_retry,
-            ..
         } => Probe::Tcp {
-            addr: SocketAddr::new(addr, connect_port.unwrap_or(port)),
-            timeout: connect_timeout.map(|d| d.0).unwrap_or(TCP_TIMEOUT),
-            retry: retry.unwrap_or(1),
-            delay: delay_before_retry
-                .map(|d| d.0)
-                .unwrap_or(TCP_DELAY_BEFORE_RETRY),
+            addr: SocketAddr::new(addr, *port),
+            timeout: *timeout,
+            retry: *retry,
+            delay: *delay_before_retry,
         },
-        Check::Exec {
+        CheckKind::Exec {
             command,
             timeout,
             dynamic,
-            ..
         } => Probe::Exec {
             command: command.clone(),
-            timeout: timeout.map(|d| d.0).unwrap_or(EXEC_TIMEOUT),
+            timeout: *timeout,
             dynamic: *dynamic,
         },
-        Check::Mysql {
-            port: check_port,
+        CheckKind::Mysql {
+            port,
             user,
             password_file,
             timeout,
-            ..
         } => Probe::Mysql(mysql::Target {
-            addr: SocketAddr::new(addr, check_port.unwrap_or(port)),
+            addr: SocketAddr::new(addr, *port),
             user: user.clone(),
             password: mysql::read_password(password_file)?,
-            timeout: timeout.map(|d| d.0).unwrap_or(MYSQL_TIMEOUT),
+            timeout: *timeout,
         }),
     })
 }

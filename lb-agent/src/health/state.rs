@@ -1,33 +1,30 @@
-//! The daemon's view of health: the checks (`Monitor`), one failback gate per service, their
-//! latest evaluation, and the MySQL side effects some services ask for: the graceful handover
-//! (the sorry server read-only until the writer has all it took) and fencing (the old writer
-//! read-only while the sorry server takes the writes). Side effects run as tasks; their
-//! results come back as events, so the daemon's loop never waits on a database.
+//! The daemon's view of health: the table of checks (`Monitor`), one failback gate per
+//! service, their latest evaluation, and the MySQL side effects some services ask for: the
+//! graceful handover (the sorry server read-only until the writer has all it took) and
+//! fencing (the old writer read-only while the sorry server takes the writes).
+//!
+//! Without I/O: side effects leave as `Action`s for the daemon to run (`runner`), and their
+//! results come back as `Event`s, so the daemon's loop never waits on a database. Services are
+//! known by name.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use tokio::sync::mpsc;
 
 use super::{
-    gtid::Gtids,
     monitor::{Change, Monitor, Report},
-    mysql::{self, Target},
-    verdict::{self, Evaluation, Fenced},
+    mysql::Target,
+    verdict::{self, AdoptedSorry, Evaluation, Fenced, Gates, ServiceMode},
 };
 use crate::{
-    balancer::{desired::ServiceVerdict, failback::Gate},
-    config::{Config, RealServer, VirtualServer},
+    balancer::desired::Verdicts,
+    config::{Config, Real, Service},
 };
 
-/// How long a graceful handover waits for the writer to execute the sorry server's binary log.
-const HANDOVER_WAIT: Duration = Duration::from_secs(5);
-/// How long the sorry server's position must stand still (read-only) before the flip.
-const SETTLE: Duration = Duration::from_millis(50);
 /// After a failed handover, when to try again.
 const HANDOVER_RETRY: Duration = Duration::from_secs(1);
 
@@ -35,10 +32,29 @@ const HANDOVER_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum Event {
     Check(Report),
-    /// A handover (service index, attempt number) ended.
-    Handover(usize, u64, Result<(), String>),
+    /// A handover (service name, attempt number) ended.
+    Handover(String, u64, Result<(), String>),
     /// Fencing of a server ended.
     Fence(IpAddr, Result<(), String>),
+}
+
+/// A side effect for the daemon to run; its result comes back as an `Event`.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Set `read_only=1` on a writer that answers while the sorry server has the writes.
+    Fence { target: Target },
+    /// Hand the writes back from the sorry server (see `runner::handover`).
+    Handover {
+        service: String,
+        attempt: u64,
+        /// The sorry server to make read-only first (graceful), if any.
+        sorry: Option<Target>,
+        /// The writers, and whether each is fenced (its fence is lifted).
+        writers: Vec<(Target, bool)>,
+    },
+    /// Make a server writable again (the sorry server, after the flip of a graceful
+    /// handover: run after this evaluation's maps are written).
+    MakeWritable { target: Target },
 }
 
 /// A service's handover back from its sorry server (with `graceful` or `fence`).
@@ -52,10 +68,9 @@ enum Handover {
 
 pub struct HealthState {
     pub monitor: Monitor,
-    gates: Vec<(String, Gate)>,
+    gates: Gates,
     pub eval: Evaluation,
-    tx: mpsc::Sender<Event>,
-    handovers: Vec<Handover>,
+    handovers: HashMap<String, Handover>,
     attempts: u64,
     fenced: Fenced,
     fencing: HashSet<IpAddr>,
@@ -71,52 +86,43 @@ pub struct Flip {
 }
 
 impl HealthState {
-    /// Reads the checks of `cfg` (password files included) and starts their tasks.
-    /// `adopted_sorry`: per virtual server, whether an adopted data plane has it on its sorry
-    /// server (`None`: nothing adopted; see `verdict::gates`).
-    pub fn start(
-        cfg: &Config,
-        tx: mpsc::Sender<Event>,
-        adopted_sorry: &[Option<bool>],
-        now: Instant,
-    ) -> Result<HealthState> {
+    /// Reads the checks of `cfg` (password files included); nothing runs yet (the daemon
+    /// starts the tasks of `monitor`). `adopted_sorry`: see `verdict::gates`.
+    pub fn new(cfg: &Config, adopted_sorry: &AdoptedSorry, now: Instant) -> Result<HealthState> {
         let monitor = Monitor::new(cfg)?;
-        monitor.spawn(tx.clone());
-        let mut gates = verdict::gates(cfg, &[], adopted_sorry);
+        let mut gates = verdict::gates(cfg, &Gates::new(), adopted_sorry);
         let fenced = Fenced::new();
         let eval = verdict::evaluate(cfg, &monitor, &mut gates, &fenced, now);
         Ok(HealthState {
             monitor,
             gates,
             eval,
-            tx,
-            handovers: vec![Handover::Idle; cfg.virtual_servers.len()],
+            handovers: HashMap::new(),
             attempts: 0,
             fenced,
             fencing: HashSet::new(),
         })
     }
 
-    /// Starts the gates where an adopted data plane is (see `verdict::gates`).
-    pub fn set_adopted(&mut self, cfg: &Config, adopted_sorry: &[Option<bool>], now: Instant) {
-        self.gates = verdict::gates(cfg, &[], adopted_sorry);
-        self.eval = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
-    }
-
-    /// After a reload: new checks (the old tasks end when their channel closes), gates kept
-    /// for services that keep their name and policy.
-    pub fn reload(&mut self, cfg: &Config, tx: mpsc::Sender<Event>, now: Instant) -> Result<()> {
+    /// The state for a reloaded `cfg`: new checks (password files read again), gates kept
+    /// for services that keep their name and policy, what was fenced kept. Changes nothing
+    /// here: the daemon commits it only when the whole reload succeeded.
+    pub fn reloaded(&self, cfg: &Config, now: Instant) -> Result<HealthState> {
         let monitor = Monitor::new(cfg)?;
-        monitor.spawn(tx.clone());
-        self.monitor = monitor;
-        self.tx = tx;
-        self.gates = verdict::gates(cfg, &self.gates, &[]);
-        self.handovers = vec![Handover::Idle; cfg.virtual_servers.len()];
-        self.eval = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
-        Ok(())
+        let mut gates = verdict::gates(cfg, &self.gates, &AdoptedSorry::new());
+        let eval = verdict::evaluate(cfg, &monitor, &mut gates, &self.fenced, now);
+        Ok(HealthState {
+            monitor,
+            gates,
+            eval,
+            handovers: HashMap::new(),
+            attempts: self.attempts,
+            fenced: self.fenced.clone(),
+            fencing: HashSet::new(),
+        })
     }
 
-    pub fn verdicts(&self) -> &[ServiceVerdict] {
+    pub fn verdicts(&self) -> &Verdicts {
         &self.eval.verdicts
     }
 
@@ -137,14 +143,17 @@ impl HealthState {
                 }
                 None => (None, false),
             },
-            Event::Handover(i, attempt, result) => {
-                if self.handovers.get(i) != Some(&Handover::Running(attempt)) {
+            Event::Handover(service, attempt, result) => {
+                let Some(h) = self.handovers.get_mut(&service) else {
+                    return (None, false);
+                };
+                if *h != Handover::Running(attempt) {
                     return (None, false);
                 }
-                self.handovers[i] = match result {
+                *h = match result {
                     Ok(()) => Handover::Ready,
                     Err(e) => {
-                        tracing::warn!(service = %self.gates[i].0, error = %e, "handover back from the sorry server failed; the sorry server keeps the writes");
+                        tracing::warn!(service, error = %e, "handover back from the sorry server failed; the sorry server keeps the writes");
                         Handover::Failed {
                             retry_at: now + HANDOVER_RETRY,
                         }
@@ -166,228 +175,173 @@ impl HealthState {
         }
     }
 
-    /// Evaluates again; returns the previous verdicts when they changed.
-    pub fn evaluate(&mut self, cfg: &Config, now: Instant) -> Option<Vec<ServiceVerdict>> {
+    /// Evaluates again; returns the previous verdicts when they changed, and the side
+    /// effects to run.
+    pub fn evaluate(&mut self, cfg: &Config, now: Instant) -> (Option<Verdicts>, Vec<Action>) {
         let mut next = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
-        for (i, vs) in cfg.virtual_servers.iter().map(|v| v.get_ref()).enumerate() {
+        let mut actions = Vec::new();
+        for vs in &cfg.services {
             // Fence first, and never while a handover runs: a fence landing after the
             // handover would make the writer read-only under the writes.
-            let on_sorry = self.eval.verdicts.get(i).is_some_and(|v| v.hold_sorry)
-                || next.verdicts[i].hold_sorry;
-            let handing_over = matches!(self.handovers[i], Handover::Running(_) | Handover::Ready);
+            let on_sorry = self.eval.holds_sorry(&vs.name) || next.holds_sorry(&vs.name);
+            let handing_over = matches!(
+                self.handover(&vs.name),
+                Handover::Running(_) | Handover::Ready
+            );
             if vs.fence && on_sorry && !handing_over {
-                self.fence_step(vs);
+                self.fence_step(vs, &mut actions);
             }
             if vs.graceful || vs.fence {
-                self.handover_step(i, vs, &mut next, now);
+                self.handover_step(vs, &mut next, now, &mut actions);
             }
         }
         let before = std::mem::replace(&mut self.eval, next);
-        (before.verdicts != self.eval.verdicts).then_some(before.verdicts)
+        let changed = (before.verdicts != self.eval.verdicts).then_some(before.verdicts);
+        (changed, actions)
+    }
+
+    fn handover(&self, service: &str) -> Handover {
+        self.handovers
+            .get(service)
+            .copied()
+            .unwrap_or(Handover::Idle)
     }
 
     /// Holds the sorry server while a handover runs; starts one when the gate wants the writes
     /// back; lets the flip through once it is done.
-    fn handover_step(&mut self, i: usize, vs: &VirtualServer, next: &mut Evaluation, now: Instant) {
-        let was_sorry = self.eval.verdicts.get(i).is_some_and(|v| v.hold_sorry);
-        let wants_pool = !next.verdicts[i].hold_sorry;
+    fn handover_step(
+        &mut self,
+        vs: &Service,
+        next: &mut Evaluation,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let was_sorry = self.eval.holds_sorry(&vs.name);
+        let wants_pool = !next.holds_sorry(&vs.name);
         if !wants_pool {
-            self.handovers[i] = Handover::Idle;
+            self.handovers.insert(vs.name.clone(), Handover::Idle);
             return;
         }
         if !was_sorry {
             return;
         }
-        match self.handovers[i] {
+        match self.handover(&vs.name) {
             Handover::Ready => {
-                self.handovers[i] = Handover::Idle;
+                self.handovers.insert(vs.name.clone(), Handover::Idle);
                 // The writer is writable again (the handover lifted its fence).
-                for rs in &vs.real_servers {
+                for rs in &vs.reals {
                     self.fenced.remove(&rs.address);
                 }
                 if vs.graceful
-                    && let Some(t) = self.target(vs, vs.sorry_server.as_ref())
+                    && let Some(target) = self.target(vs.sorry.as_ref())
                 {
-                    // Runs after this evaluation's maps are written: the writes are on the
+                    // After this evaluation's maps are written: the writes are on the
                     // writer before the sorry server accepts any again.
-                    tokio::spawn(async move {
-                        if let Err(e) = mysql::set_read_only(&t, false).await {
-                            tracing::error!(server = %t.addr, error = %e, "could not make the sorry server writable again after the handover");
-                        }
-                    });
+                    actions.push(Action::MakeWritable { target });
                 }
-                tracing::info!(service = %vs.display_name(), "handover done: writes go back to the real servers");
+                tracing::info!(service = %vs.name, "handover done: writes go back to the real servers");
                 return;
             }
             // Not while a fence is on its way to one of the writers.
-            _ if vs
-                .real_servers
-                .iter()
-                .any(|r| self.fencing.contains(&r.address)) => {}
-            Handover::Idle => self.start_handover(i, vs),
-            Handover::Failed { retry_at } if now >= retry_at => self.start_handover(i, vs),
+            _ if vs.reals.iter().any(|r| self.fencing.contains(&r.address)) => {}
+            Handover::Idle => actions.push(self.start_handover(vs)),
+            Handover::Failed { retry_at } if now >= retry_at => {
+                actions.push(self.start_handover(vs))
+            }
             Handover::Running(_) | Handover::Failed { .. } => {}
         }
-        let v = &mut next.verdicts[i];
-        v.hold_sorry = true;
-        let r = &mut next.reports[i];
-        r.mode = "sorry".into();
-        r.waiting = Some(match self.handovers[i] {
-            Handover::Failed { .. } => "handover failed; retrying".into(),
-            _ if vs.graceful => {
+        if let Some(v) = next.verdicts.get_mut(&vs.name) {
+            v.hold_sorry = true;
+        }
+        let failed = matches!(self.handover(&vs.name), Handover::Failed { .. });
+        if let Some(r) = next.report_mut(&vs.name) {
+            r.mode = ServiceMode::Sorry;
+            r.waiting = Some(if failed {
+                "handover failed; retrying".into()
+            } else if vs.graceful {
                 "handing over: sorry server read-only until the writer has its writes".into()
-            }
-            _ => "handing over: lifting the writer's fence".into(),
-        });
+            } else {
+                "handing over: lifting the writer's fence".into()
+            });
+        }
     }
 
-    fn target(&self, vs: &VirtualServer, rs: Option<&RealServer>) -> Option<Target> {
-        self.monitor.mysql_target(self.monitor.check_for(vs, rs?)?)
+    fn target(&self, rs: Option<&Real>) -> Option<Target> {
+        self.monitor.mysql_target(rs?)
     }
 
-    fn start_handover(&mut self, i: usize, vs: &VirtualServer) {
+    fn start_handover(&mut self, vs: &Service) -> Action {
         self.attempts += 1;
         let attempt = self.attempts;
-        self.handovers[i] = Handover::Running(attempt);
+        self.handovers
+            .insert(vs.name.clone(), Handover::Running(attempt));
         let sorry = if vs.graceful {
-            self.target(vs, vs.sorry_server.as_ref())
+            self.target(vs.sorry.as_ref())
         } else {
             None
         };
         let writers: Vec<(Target, bool)> = vs
-            .real_servers
+            .reals
             .iter()
-            .filter_map(|rs| {
-                Some((
-                    self.target(vs, Some(rs))?,
-                    self.fenced.contains(&rs.address),
-                ))
-            })
+            .filter_map(|rs| Some((self.target(Some(rs))?, self.fenced.contains(&rs.address))))
             .collect();
-        let tx = self.tx.clone();
-        tracing::info!(service = %vs.display_name(), graceful = vs.graceful, "handing the writes back from the sorry server");
-        tokio::spawn(async move {
-            let result = handover(sorry.as_ref(), &writers).await;
-            let _ = tx.send(Event::Handover(i, attempt, result)).await;
-        });
+        tracing::info!(service = %vs.name, graceful = vs.graceful, "handing the writes back from the sorry server");
+        Action::Handover {
+            service: vs.name.clone(),
+            attempt,
+            sorry,
+            writers,
+        }
     }
 
     /// Fences every real server that answers and is writable while the sorry server holds
     /// the writes.
-    fn fence_step(&mut self, vs: &VirtualServer) {
-        for rs in &vs.real_servers {
-            let Some(i) = self.monitor.check_for(vs, rs) else {
+    fn fence_step(&mut self, vs: &Service, actions: &mut Vec<Action>) {
+        for rs in &vs.reals {
+            let Some(c) = self.monitor.checked(rs) else {
                 continue;
             };
-            let c = &self.monitor.checks[i];
             let writable = c.is_up() && c.mysql.as_ref().is_some_and(|m| m.writable());
             if !writable || self.fencing.contains(&rs.address) {
                 continue;
             }
-            let Some(t) = self.monitor.mysql_target(i) else {
+            let Some(target) = self.monitor.mysql_target(rs) else {
                 continue;
             };
             self.fenced.remove(&rs.address);
             self.fencing.insert(rs.address);
-            let (tx, addr) = (self.tx.clone(), rs.address);
-            tokio::spawn(async move {
-                let r = mysql::set_read_only(&t, true).await;
-                let _ = tx.send(Event::Fence(addr, r)).await;
-            });
+            actions.push(Action::Fence { target });
         }
     }
 
     /// The next time a gate or a handover retry wants to be asked again.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let retries = self.handovers.iter().filter_map(|h| match h {
+        let retries = self.handovers.values().filter_map(|h| match h {
             Handover::Failed { retry_at } => Some(*retry_at),
             _ => None,
         });
         self.gates
-            .iter()
-            .filter_map(|(_, g)| g.poll_timeout())
+            .values()
+            .filter_map(|g| g.poll_timeout())
             .chain(retries)
             .min()
     }
 
     /// `lb-agent failback SERVICE`.
     pub fn request_failback(&mut self, cfg: &Config, service: &str) -> Result<(), String> {
-        let i = self
-            .gates
+        let (Some(gate), Some(vs)) = (self.gates.get_mut(service), cfg.service(service)) else {
+            return Err(format!("no virtual server named {service:?}"));
+        };
+        let usable = self
+            .eval
+            .reports
             .iter()
-            .position(|(n, _)| n == service)
-            .ok_or_else(|| format!("no virtual server named {service:?}"))?;
-        let report = &self.eval.reports[i];
-        let usable = report.reals.iter().filter(|r| r.usable).count() as u32;
-        let quorum = cfg
-            .virtual_servers
-            .get(i)
-            .map_or(1, |vs| vs.get_ref().quorum);
-        self.gates[i]
-            .1
-            .request_failback(crate::balancer::failback::Health {
-                usable,
-                quorum,
-                caught_up: true,
-            })
+            .find(|r| r.name == service)
+            .map_or(0, |r| r.reals.iter().filter(|r| r.usable).count() as u32);
+        gate.request_failback(crate::balancer::failback::Health {
+            usable,
+            quorum: vs.quorum,
+            caught_up: true,
+        })
     }
-}
-
-/// The handover itself. Graceful: the sorry server read-only, its binary log position read,
-/// the writers polled until they have executed it, and again until the position stands still
-/// (bounded). Then fenced writers are made writable again. On failure the sorry server is
-/// made writable again.
-async fn handover(sorry: Option<&Target>, writers: &[(Target, bool)]) -> Result<(), String> {
-    let result = async {
-        if let Some(s) = sorry {
-            mysql::set_read_only(s, true)
-                .await
-                .map_err(|e| format!("making the sorry server {} read-only: {e}", s.addr))?;
-            // read_only stops new writes, but a transaction already open still commits
-            // (MariaDB and MySQL let it): wait for the writers to hold the position, then
-            // read it again, until it stops moving.
-            let deadline = Instant::now() + HANDOVER_WAIT;
-            let mut pos = mysql::probe(s, false).await?.binlog_pos;
-            loop {
-                let want = Gtids::parse(&pos)?;
-                for (w, _) in writers {
-                    loop {
-                        let have = mysql::probe(w, false).await?.executed;
-                        if Gtids::parse(&have)?.contains(&want) {
-                            break;
-                        }
-                        if Instant::now() > deadline {
-                            return Err(format!(
-                                "{} did not reach the sorry server's {pos:?} within {HANDOVER_WAIT:?}",
-                                w.addr
-                            ));
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                tokio::time::sleep(SETTLE).await;
-                let again = mysql::probe(s, false).await?.binlog_pos;
-                if again == pos {
-                    break;
-                }
-                pos = again;
-            }
-        }
-        for (w, fenced) in writers {
-            if *fenced {
-                mysql::set_read_only(w, false)
-                    .await
-                    .map_err(|e| format!("lifting the fence of {}: {e}", w.addr))?;
-            }
-        }
-        Ok(())
-    }
-    .await;
-    if result.is_err()
-        && let Some(s) = sorry
-        && let Err(e) = mysql::set_read_only(s, false).await
-    {
-        tracing::error!(server = %s.addr, error = %e, "could not make the sorry server writable again");
-    }
-    result
 }

@@ -2,25 +2,61 @@
 //! I/O: which real servers may take traffic (and why not), dynamic weights, whether the sorry
 //! server holds the traffic — and the same in words for `status`.
 
-use std::{collections::HashSet, net::IpAddr, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::Instant,
+};
 
 use serde::{Deserialize, Serialize};
 
 use super::monitor::{Checked, Monitor};
 use crate::{
     balancer::{
-        desired::ServiceVerdict,
+        desired::{ServiceVerdict, Verdicts},
         failback::{Gate, Health, Mode},
     },
-    config::{Config, Failback, RealServer, Role, VirtualServer},
+    config::{Config, Failback, Real, Role, Service},
 };
+
+/// A real server's check, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckHealth {
+    Up,
+    Down,
+    /// No check configured.
+    Unchecked,
+}
+
+impl std::fmt::Display for CheckHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            CheckHealth::Up => "up",
+            CheckHealth::Down => "down",
+            CheckHealth::Unchecked => "unchecked",
+        })
+    }
+}
+
+/// Where a service's traffic goes, as far as health decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// Its real servers.
+    Pool,
+    /// Its sorry server.
+    Sorry,
+}
+
+/// The failback gate of each service, by name.
+pub type Gates = HashMap<String, Gate>;
 
 /// One real server (or sorry server) of a service, as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RealHealth {
     pub address: IpAddr,
-    /// "up", "down", or "unchecked" (no check configured).
-    pub health: String,
+    pub health: CheckHealth,
     /// Takes traffic as far as checks and role go.
     pub usable: bool,
     /// Why not (a failed check, or a role it does not fill).
@@ -37,8 +73,7 @@ pub struct ServiceHealth {
     pub name: String,
     /// The configured policy.
     pub failback: String,
-    /// "pool" or "sorry".
-    pub mode: String,
+    pub mode: ServiceMode,
     /// Why it stays on the sorry server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
@@ -49,52 +84,47 @@ pub struct ServiceHealth {
 
 #[derive(Debug, Clone, Default)]
 pub struct Evaluation {
-    /// Per virtual server, in configuration order.
-    pub verdicts: Vec<ServiceVerdict>,
+    pub verdicts: Verdicts,
+    /// In configuration order.
     pub reports: Vec<ServiceHealth>,
 }
 
-/// A gate per virtual server, in configuration order, keeping the state of services that
-/// keep their name across a reload. A new gate starts where the data plane is: on the sorry
-/// server when an adopted table holds only it (`adopted_sorry[i] == Some(true)`); with no
-/// adopted table, a `caught-up` service starts held on its sorry server until its writer
-/// proves it has caught up (after a reboot it may well not have).
-pub fn gates(
-    cfg: &Config,
-    old: &[(String, Gate)],
-    adopted_sorry: &[Option<bool>],
-) -> Vec<(String, Gate)> {
-    cfg.virtual_servers
-        .iter()
-        .enumerate()
-        .map(|(i, vs)| {
-            let vs = vs.get_ref();
-            let name = vs.display_name();
-            let delay = vs.failback_delay.map(|d| d.0).unwrap_or_default();
-            let held = vs.sorry_server.is_some()
-                && match adopted_sorry.get(i).copied().flatten() {
-                    Some(on_sorry) => on_sorry,
-                    None => vs.failback == Failback::CaughtUp,
-                };
-            let fresh = || {
-                if held {
-                    Gate::held(vs.failback, delay)
-                } else {
-                    Gate::new(vs.failback, delay)
-                }
-            };
-            let gate = old
-                .iter()
-                .find(|(n, g)| *n == name && g.policy() == vs.failback)
-                .map(|(_, g)| g.clone())
-                .unwrap_or_else(fresh);
-            (name, gate)
-        })
-        .collect()
+impl Evaluation {
+    pub fn report_mut(&mut self, service: &str) -> Option<&mut ServiceHealth> {
+        self.reports.iter_mut().find(|r| r.name == service)
+    }
+
+    pub fn holds_sorry(&self, service: &str) -> bool {
+        self.verdicts.get(service).is_some_and(|v| v.hold_sorry)
+    }
 }
 
-fn check_of<'a>(m: &'a Monitor, vs: &VirtualServer, rs: &RealServer) -> Option<&'a Checked> {
-    m.checks.get(m.check_for(vs, rs)?)
+/// Whether an adopted data plane has a service on its sorry server, by name (a service it
+/// does not know is missing).
+pub type AdoptedSorry = HashMap<String, bool>;
+
+/// A gate per virtual server, keeping the state of services that keep their name and policy
+/// across a reload. A new gate starts where the data plane is: on the sorry server when an
+/// adopted table holds only it; with no adopted table, a `caught-up` service starts held on
+/// its sorry server until its writer proves it has caught up (after a reboot it may well not
+/// have).
+pub fn gates(cfg: &Config, old: &Gates, adopted_sorry: &AdoptedSorry) -> Gates {
+    cfg.services
+        .iter()
+        .map(|vs| {
+            let held = vs.sorry.is_some()
+                && match adopted_sorry.get(&vs.name) {
+                    Some(on_sorry) => *on_sorry,
+                    None => vs.failback == Failback::CaughtUp,
+                };
+            let gate = match old.get(&vs.name) {
+                Some(g) if g.policy() == vs.failback => g.clone(),
+                _ if held => Gate::held(vs.failback, vs.failback_delay),
+                _ => Gate::new(vs.failback, vs.failback_delay),
+            };
+            (vs.name.clone(), gate)
+        })
+        .collect()
 }
 
 fn mysql_summary(c: &Checked) -> Option<String> {
@@ -122,17 +152,12 @@ fn mysql_summary(c: &Checked) -> Option<String> {
 /// reason to keep them from the writes (the handover lifts it).
 pub type Fenced = HashSet<IpAddr>;
 
-fn judge(
-    m: &Monitor,
-    vs: &VirtualServer,
-    rs: &RealServer,
-    fenced: &Fenced,
-) -> (RealHealth, Option<u32>) {
-    let Some(c) = check_of(m, vs, rs) else {
+fn judge(m: &Monitor, vs: &Service, rs: &Real, fenced: &Fenced) -> (RealHealth, Option<u32>) {
+    let Some(c) = m.checked(rs) else {
         return (
             RealHealth {
                 address: rs.address,
-                health: "unchecked".into(),
+                health: CheckHealth::Unchecked,
                 usable: true,
                 reason: None,
                 mysql: None,
@@ -142,7 +167,11 @@ fn judge(
     };
     let mut h = RealHealth {
         address: rs.address,
-        health: if c.is_up() { "up" } else { "down" }.into(),
+        health: if c.is_up() {
+            CheckHealth::Up
+        } else {
+            CheckHealth::Down
+        },
         usable: c.is_up(),
         reason: if c.is_up() { None } else { c.reason.clone() },
         mysql: mysql_summary(c),
@@ -153,11 +182,7 @@ fn judge(
             (_, None) => Err("no MySQL state read".to_string()),
             (Role::Writer, Some(s)) if s.writable() || fenced.contains(&rs.address) => Ok(()),
             (Role::Writer, Some(_)) => Err("read_only=1: not writable".to_string()),
-            (Role::Replica, Some(s)) => s.replica_within(
-                vs.max_lag
-                    .map(|d| d.0)
-                    .unwrap_or(std::time::Duration::from_secs(10)),
-            ),
+            (Role::Replica, Some(s)) => s.replica_within(vs.max_lag),
         };
         if let Err(why) = role {
             h.usable = false;
@@ -170,9 +195,9 @@ fn judge(
 /// `caught-up`: every usable real server replicates with zero lag and, in a check that ran
 /// after the sorry server's last one, had executed everything in the sorry server's binary
 /// log as that check read it.
-fn caught_up(m: &Monitor, vs: &VirtualServer, usable: &[&RealServer]) -> Result<(), String> {
-    let sorry = vs.sorry_server.as_ref().ok_or("no sorry server")?;
-    let s = check_of(m, vs, sorry).ok_or("the sorry server is not checked")?;
+fn caught_up(m: &Monitor, vs: &Service, usable: &[&Real]) -> Result<(), String> {
+    let sorry = vs.sorry.as_ref().ok_or("no sorry server")?;
+    let s = m.checked(sorry).ok_or("the sorry server is not checked")?;
     let (Some(pos), Some(read_at)) = (s.mysql.as_ref().map(|x| &x.binlog_pos), s.up_at) else {
         return Err(format!(
             "the sorry server {}'s binary log position is unknown",
@@ -180,7 +205,7 @@ fn caught_up(m: &Monitor, vs: &VirtualServer, usable: &[&RealServer]) -> Result<
         ));
     };
     for rs in usable {
-        let c = check_of(m, vs, rs).ok_or("a real server is not checked")?;
+        let c = m.checked(rs).ok_or("a real server is not checked")?;
         let st = c.mysql.as_ref().ok_or("no MySQL state read")?;
         st.caught_up_with(pos)
             .map_err(|e| format!("{}: {e}", rs.address))?;
@@ -197,21 +222,19 @@ fn caught_up(m: &Monitor, vs: &VirtualServer, usable: &[&RealServer]) -> Result<
 pub fn evaluate(
     cfg: &Config,
     m: &Monitor,
-    gates: &mut [(String, Gate)],
+    gates: &mut Gates,
     fenced: &Fenced,
     now: Instant,
 ) -> Evaluation {
     let mut out = Evaluation::default();
-    for (vs, (_, gate)) in cfg
-        .virtual_servers
-        .iter()
-        .map(|v| v.get_ref())
-        .zip(gates.iter_mut())
-    {
+    for vs in &cfg.services {
+        let Some(gate) = gates.get_mut(&vs.name) else {
+            continue;
+        };
         let mut verdict = ServiceVerdict::default();
         let mut reals = Vec::new();
         let mut usable = Vec::new();
-        for rs in &vs.real_servers {
+        for rs in &vs.reals {
             let (h, weight) = judge(m, vs, rs, fenced);
             if h.usable {
                 usable.push(rs);
@@ -227,9 +250,9 @@ pub fn evaluate(
             reals.push(h);
         }
         let sorry_down = vs
-            .sorry_server
+            .sorry
             .as_ref()
-            .and_then(|s| check_of(m, vs, s))
+            .and_then(|s| m.checked(s))
             .is_some_and(|c| c.seen && !c.is_up());
         // A dead sorry server takes no writes: waiting for its position would only keep the
         // writes on a server that cannot take them.
@@ -246,7 +269,7 @@ pub fn evaluate(
             caught_up: matches!(catch_up, Some(Ok(()))),
         };
         let mode = gate.step(now, health);
-        let sorry = vs.sorry_server.as_ref().map(|s| judge(m, vs, s, fenced).0);
+        let sorry = vs.sorry.as_ref().map(|s| judge(m, vs, s, fenced).0);
         verdict.hold_sorry = mode == Mode::Sorry && sorry.is_some();
         let mut waiting = gate.waiting().map(str::to_string);
         if let (true, Some(Err(why))) = (
@@ -256,14 +279,18 @@ pub fn evaluate(
             waiting = Some(format!("waiting for catch-up: {why}"));
         }
         out.reports.push(ServiceHealth {
-            name: vs.display_name(),
+            name: vs.name.clone(),
             failback: vs.failback.name().into(),
-            mode: if verdict.hold_sorry { "sorry" } else { "pool" }.into(),
+            mode: if verdict.hold_sorry {
+                ServiceMode::Sorry
+            } else {
+                ServiceMode::Pool
+            },
             waiting: if verdict.hold_sorry { waiting } else { None },
             reals,
             sorry,
         });
-        out.verdicts.push(verdict);
+        out.verdicts.insert(vs.name.clone(), verdict);
     }
     out
 }
@@ -280,7 +307,7 @@ mod tests {
 
     /// A write VIP as the recipe has it: db1 the writer, db2 the sorry server, both checked
     /// with MySQL, failback `caught-up`, fall 2 and rise 2.
-    fn setup(failback: &str) -> (Config, Monitor, Vec<(String, Gate)>) {
+    fn setup(failback: &str) -> (Config, Monitor, Gates) {
         let dir = std::env::temp_dir().join(format!("lbt{}-verdict", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pw = dir.join("pw");
@@ -310,7 +337,11 @@ address = "10.0.0.2"
         );
         let cfg = Config::parse(Path::new("t.toml"), &text).unwrap();
         let m = Monitor::new(&cfg).unwrap();
-        let gates = gates(&cfg, &[], &[Some(false)]);
+        let gates = gates(
+            &cfg,
+            &Gates::new(),
+            &[("write".to_string(), false)].into_iter().collect(),
+        );
         (cfg, m, gates)
     }
 
@@ -336,7 +367,7 @@ address = "10.0.0.2"
     struct Run {
         cfg: Config,
         m: Monitor,
-        gates: Vec<(String, Gate)>,
+        gates: Gates,
         t0: Instant,
     }
 
@@ -371,16 +402,19 @@ address = "10.0.0.2"
     fn caught_up_failback_waits_for_the_sorry_servers_position() {
         let mut r = run("caught-up");
         let e = evaluate(&r.cfg, &r.m, &mut r.gates, &Fenced::new(), r.t0);
-        assert!(!e.verdicts[0].hold_sorry, "unchecked servers start up");
+        assert!(
+            !e.verdicts["write"].hold_sorry,
+            "unchecked servers start up"
+        );
         r.feed(0, DB2, mysql("0-2-10", false, true));
         let e = r.feed(10, DB1, mysql("0-1-10", false, true));
-        assert!(!e.verdicts[0].hold_sorry);
+        assert!(!e.verdicts["write"].hold_sorry);
         // db1 dies: the first failure of a seen check is not enough (fall 2), the second is.
         let down = || Outcome::Down("connection refused".into());
-        assert!(!r.feed(200, DB1, down()).verdicts[0].hold_sorry);
+        assert!(!r.feed(200, DB1, down()).verdicts["write"].hold_sorry);
         let e = r.feed(400, DB1, down());
-        assert!(e.verdicts[0].hold_sorry);
-        assert_eq!(e.reports[0].mode, "sorry");
+        assert!(e.verdicts["write"].hold_sorry);
+        assert_eq!(e.reports[0].mode, ServiceMode::Sorry);
         assert_eq!(
             e.reports[0].reals[0].reason.as_deref(),
             Some("connection refused")
@@ -390,7 +424,7 @@ address = "10.0.0.2"
         // db1 returns (rise 2) but has not replicated them: it stays out of the writes.
         r.feed(600, DB1, mysql("0-2-40", false, true));
         let e = r.feed(800, DB1, mysql("0-2-40", false, true));
-        assert!(e.verdicts[0].hold_sorry);
+        assert!(e.verdicts["write"].hold_sorry);
         assert!(
             e.reports[0]
                 .waiting
@@ -403,11 +437,11 @@ address = "10.0.0.2"
         // A newer sorry-server position, then db1 holding an older one: still not.
         r.feed(900, DB2, mysql("0-2-60", false, true));
         let e = r.feed(1000, DB1, mysql("0-2-50", false, true));
-        assert!(e.verdicts[0].hold_sorry);
+        assert!(e.verdicts["write"].hold_sorry);
         // db1 has it all, in a check that ran after the sorry server's: writes go back.
         let e = r.feed(1200, DB1, mysql("0-2-60", false, true));
-        assert!(!e.verdicts[0].hold_sorry, "{:?}", e.reports[0]);
-        assert_eq!(e.reports[0].mode, "pool");
+        assert!(!e.verdicts["write"].hold_sorry, "{:?}", e.reports[0]);
+        assert_eq!(e.reports[0].mode, ServiceMode::Pool);
     }
 
     #[test]
@@ -419,7 +453,7 @@ address = "10.0.0.2"
         r.feed(200, DB1, mysql("0-1-10", false, false));
         let e = r.feed(400, DB1, mysql("0-1-10", false, false));
         assert!(
-            !e.verdicts[0].hold_sorry,
+            !e.verdicts["write"].hold_sorry,
             "the dangerous policy: back without the writes"
         );
     }
@@ -429,14 +463,14 @@ address = "10.0.0.2"
         let mut r = run("immediate");
         let e = r.feed(0, DB1, mysql("0-1-1", true, false));
         assert_eq!(
-            e.verdicts[0].failing,
+            e.verdicts["write"].failing,
             vec![(
                 "10.0.0.1".parse().unwrap(),
                 "read_only=1: not writable".into()
             )]
         );
-        assert!(e.verdicts[0].hold_sorry);
-        assert_eq!(e.reports[0].reals[0].health, "up");
+        assert!(e.verdicts["write"].hold_sorry);
+        assert_eq!(e.reports[0].reals[0].health, CheckHealth::Up);
         assert!(!e.reports[0].reals[0].usable);
     }
 
@@ -446,13 +480,14 @@ address = "10.0.0.2"
         r.feed(0, DB1, Outcome::Down("refused".into()));
         r.feed(200, DB1, mysql("0-1-1", false, false));
         let e = r.feed(400, DB1, mysql("0-1-1", false, false));
-        assert!(e.verdicts[0].hold_sorry);
+        assert!(e.verdicts["write"].hold_sorry);
         assert_eq!(
             e.reports[0].waiting.as_deref(),
             Some("waiting for `lb-agent failback`")
         );
-        r.gates[0]
-            .1
+        r.gates
+            .get_mut("write")
+            .unwrap()
             .request_failback(crate::balancer::failback::Health {
                 usable: 1,
                 quorum: 1,
@@ -460,6 +495,6 @@ address = "10.0.0.2"
             })
             .unwrap();
         let e = r.feed(600, DB1, mysql("0-1-1", false, false));
-        assert!(!e.verdicts[0].hold_sorry);
+        assert!(!e.verdicts["write"].hold_sorry);
     }
 }

@@ -1,11 +1,133 @@
-//! Notifications. Notify scripts (keepalived's `notify_master`, `notify_backup`,
-//! `notify_fault`, `notify_up`, `notify_down`) run through `sh -c` in the background with a
+//! Notifications, decided in one place: `Notifier` says what fires for a VRRP transition, a
+//! real server going up or down, and a service losing or regaining its quorum. Notify
+//! scripts (keepalived's `notify_master`, `notify_backup`, `notify_fault`, `notify_up`,
+//! `notify_down`, `quorum_up`, `quorum_down`) run through `sh -c` in the background with a
 //! timeout; `mail` sends alerts through SMTP. A failing or hanging notifier is logged (and a
 //! script killed); it never delays the data path or the VRRP loop.
 
 pub mod mail;
 
 use std::time::Duration;
+
+use crate::{
+    config::{Config, Service},
+    health::state::Flip,
+    vrrp::{driver::Transition, instance::State},
+};
+
+/// What fires on which event; one mailer, rebuilt with each configuration.
+pub struct Notifier {
+    mailer: Option<mail::Mailer>,
+}
+
+impl Notifier {
+    pub fn new(cfg: &Config) -> Notifier {
+        Notifier {
+            mailer: cfg.mail.as_ref().map(mail::Mailer::new),
+        }
+    }
+
+    /// notify_master / notify_backup / notify_fault, and e-mail with `smtp_alert`.
+    pub fn vrrp(&self, t: &Transition) {
+        let script = match t.to {
+            State::Master => t.notify.master.as_ref().map(|c| ("notify_master", c)),
+            State::Backup => t.notify.backup.as_ref().map(|c| ("notify_backup", c)),
+            State::Fault => t.notify.fault.as_ref().map(|c| ("notify_fault", c)),
+            State::Initialize => None,
+        };
+        if let Some((what, command)) = script {
+            spawn_script(what, command.clone());
+        }
+        if t.smtp_alert
+            && t.to != State::Initialize
+            && let Some(m) = &self.mailer
+        {
+            let state = format!("{:?}", t.to).to_uppercase();
+            m.send(
+                format!(
+                    "=> VRRP Instance {} - Entering {state} state <=",
+                    t.instance
+                ),
+                format!(
+                    "=> VRRP Instance {} is now {state} (was {}): {} <=",
+                    t.instance,
+                    format!("{:?}", t.from).to_uppercase(),
+                    t.reason
+                ),
+            );
+        }
+    }
+
+    /// notify_up / notify_down of every real server entry at the flipped address and port,
+    /// and one e-mail when any of their services has `smtp_alert`.
+    pub fn real(&self, cfg: &Config, f: &Flip) {
+        if f.up {
+            tracing::info!(real = %f.addr, port = f.port, "real server up");
+        } else {
+            tracing::warn!(real = %f.addr, port = f.port, reason = f.reason.as_deref().unwrap_or(""), "real server down");
+        }
+        let mut mail = false;
+        for vs in &cfg.services {
+            for (_, rs) in vs.members() {
+                if rs.address != f.addr || rs.port != f.port {
+                    continue;
+                }
+                let script = if f.up { &rs.notify_up } else { &rs.notify_down };
+                if let Some(command) = script {
+                    let what = if f.up { "notify_up" } else { "notify_down" };
+                    spawn_script(what, command.clone());
+                }
+                mail |= vs.smtp_alert;
+            }
+        }
+        if let (true, Some(m)) = (mail, &self.mailer) {
+            let state = if f.up { "UP" } else { "DOWN" };
+            let reason = f
+                .reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            m.send(
+                format!("=> CHECK on service [{}]:{} {state} <=", f.addr, f.port),
+                format!(
+                    "=> real server [{}]:{} is {state}{reason} <=",
+                    f.addr, f.port
+                ),
+            );
+        }
+    }
+
+    /// quorum_down when a service moves to its sorry server, quorum_up when it leaves it.
+    pub fn quorum(&self, vs: &Service, using_sorry: bool) {
+        let (what, script, text, subject) = if using_sorry {
+            (
+                "quorum_down",
+                &vs.quorum_down,
+                "lost its quorum: the sorry server takes the traffic",
+                "QUORUM DOWN",
+            )
+        } else {
+            (
+                "quorum_up",
+                &vs.quorum_up,
+                "is back on its real servers",
+                "QUORUM UP",
+            )
+        };
+        tracing::warn!(service = %vs.name, "{text}");
+        if let Some(command) = script {
+            spawn_script(what, command.clone());
+        }
+        if vs.smtp_alert
+            && let Some(m) = &self.mailer
+        {
+            m.send(
+                format!("=> {} {subject} <=", vs.name),
+                format!("{} {text}", vs.name),
+            );
+        }
+    }
+}
 
 /// How long a notify script may run before it is killed.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(10);

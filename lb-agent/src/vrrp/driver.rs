@@ -1,95 +1,81 @@
-//! The VRRP driver: one `Instance` per configured `vrrp_instance`, its socket, its timers,
-//! its virtual addresses and what it tracks. The daemon's loop feeds it events (received
-//! adverts, track-script results), link changes and deadlines; the driver carries out the
-//! instances' actions and tells which VIPs this host is master for.
+//! The VRRP driver: one `Router` per configured `vrrp_instance` (by name), the track scripts
+//! (by name) and the sync groups. The daemon's loop feeds it events (received adverts,
+//! track-script results), link changes and deadlines; the driver carries out the instances'
+//! actions, tells which VIPs this host is master for, and hands the transitions to the
+//! daemon for notification. A reload is prepared (every socket opened) before anything
+//! running changes, then committed.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::IpAddr,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
-use futures_util::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use anyhow::{Context, Result};
 use rtnetlink::Handle;
 use tokio::sync::mpsc;
 
 use super::{
-    instance::{Action, Instance, InstanceConfig, State},
-    packet::{Advert, Auth, MULTICAST_V4, MULTICAST_V6, Received, V3Ipv4Checksum, Version},
-    socket::VrrpSocket,
+    instance::{Action, State},
+    packet::{Advert, Received, V3Ipv4Checksum},
+    router::{self, Router, TrackRef},
     track::{self, Tracked},
 };
 use crate::{
-    config::{Config, InitialState, VrrpInstance, VrrpScript},
+    config::{Config, VrrpScript},
     health::{exec, tracker::Tracker},
-    netlink::{
-        self,
-        vips::{self, Vip},
-    },
-    notify,
+    netlink::{self, vips},
 };
 
-/// keepalived's gratuitous ARP settings of one instance.
-struct Garp {
-    repeat: usize,
-    delay: Duration,
-    refresh: Duration,
-    refresh_repeat: usize,
-}
-
-/// What moves an instance's priority, or faults it.
-enum TrackRef {
-    /// An interface and its last known state (the instance's own interface is one, weight 0).
-    Interface { name: String, weight: i32, up: bool },
-    /// A `vrrp_script`, by index into `Vrrp::scripts`.
-    Script { index: usize, weight: i32 },
-}
-
-struct Router {
-    name: String,
-    /// notify_master, notify_backup, notify_fault.
-    notify: [Option<String>; 3],
-    smtp_alert: bool,
-    inst: Instance,
-    base_priority: u8,
-    tracks: Vec<TrackRef>,
-    socket: Arc<VrrpSocket>,
-    local: IpAddr,
-    /// Multicast group, or the unicast peers.
-    destinations: Vec<IpAddr>,
-    vips: Vec<Vip>,
-    mac: [u8; 6],
-    garp: Garp,
-    /// The next gratuitous ARP burst while master: when, and how many per VIP.
-    garp_due: Option<(Instant, usize)>,
-}
-
-/// A track script's latest verdict.
+/// A track script's latest verdict, and its task.
 struct Script {
-    name: String,
+    spec: VrrpScript,
     tracker: Tracker,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What the driver's background tasks report to the daemon's loop.
 pub enum Event {
-    /// A received advert: router index, IP facts, VRRP message.
-    Advert(usize, Received, Vec<u8>),
-    /// A track script ran: script index, exit 0 or not.
-    Script(usize, bool),
+    /// A received advert: instance name, IP facts, VRRP message.
+    Advert(String, Received, Vec<u8>),
+    /// A track script ran: script name, exit 0 or not.
+    Script(String, bool),
+}
+
+/// A state change of an instance, for the notifications.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub instance: String,
+    pub from: State,
+    pub to: State,
+    pub reason: &'static str,
+    pub notify: crate::config::VrrpNotify,
+    pub smtp_alert: bool,
 }
 
 pub struct Vrrp {
     routers: Vec<Router>,
-    /// Per router: its sync group (index into `vrrp_sync_group`), if any.
-    groups: Vec<Option<usize>>,
-    scripts: Vec<Script>,
-    /// For e-mail alerts: who sends, to whom, through which server.
-    mail: Option<notify::mail::Mailer>,
+    /// Removed or restarted instances whose resignation still has to go out.
+    retiring: Vec<Router>,
+    scripts: HashMap<String, Script>,
+    tx: mpsc::Sender<Event>,
+    /// Transitions not yet taken by the daemon.
+    transitions: Vec<Transition>,
     /// While resigning: addresses stay until a backup has taken over (see `shutdown`).
     keep_addresses: bool,
+}
+
+/// A reload, ready to commit: the routers of new and restarted instances are open.
+pub struct Prepared {
+    instances: Vec<crate::config::VrrpInstance>,
+    scripts: Vec<VrrpScript>,
+    opened: HashMap<String, Router>,
 }
 
 /// The longest a resigning master keeps its addresses waiting for a backup's first advert.
@@ -101,7 +87,7 @@ const HANDOVER_MARGIN: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct RouterStatus {
     pub name: String,
-    pub state: String,
+    pub state: StateName,
     /// The current master's address, as far as this host knows.
     #[serde(default)]
     pub master: Option<IpAddr>,
@@ -112,91 +98,53 @@ pub struct RouterStatus {
     pub discards: Vec<(String, u64)>,
 }
 
-/// Makes the other members of `leader`'s sync group follow its move to `to`.
-fn apply_group(
-    routers: &mut [Router],
-    groups: &[Option<usize>],
-    leader: usize,
-    to: State,
-    now: std::time::Instant,
-) {
-    let Some(g) = groups[leader] else { return };
-    for (j, r) in routers.iter_mut().enumerate() {
-        if j != leader && groups[j] == Some(g) {
-            if to == State::Master {
-                r.inst.follow_master(now);
-            } else {
-                r.inst.follow_backup(now);
-            }
-        }
+/// An instance's state as `status` and the metrics show it.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StateName {
+    Initialize,
+    Backup,
+    Master,
+    Fault,
+}
+
+impl std::fmt::Display for StateName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            StateName::Initialize => "initialize",
+            StateName::Backup => "backup",
+            StateName::Master => "master",
+            StateName::Fault => "fault",
+        })
     }
 }
 
-/// The address adverts are sent from: for IPv4 the interface's first address that is not one
-/// of `vips`; for IPv6 its link-local address (RFC 5798 5.1.2.1).
-async fn primary(handle: &Handle, index: u32, vips: &[Vip], v6: bool) -> Result<IpAddr> {
-    let mut addrs = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
-    while let Some(msg) = addrs.try_next().await? {
-        for attr in msg.attributes {
-            if let AddressAttribute::Address(a) = attr
-                && !vips.iter().any(|v| v.address == a)
-            {
-                match a {
-                    IpAddr::V4(_) if !v6 => return Ok(a),
-                    IpAddr::V6(l) if v6 && l.is_unicast_link_local() => return Ok(a),
-                    _ => {}
-                }
-            }
+impl From<State> for StateName {
+    fn from(s: State) -> StateName {
+        match s {
+            State::Initialize => StateName::Initialize,
+            State::Backup => StateName::Backup,
+            State::Master => StateName::Master,
+            State::Fault => StateName::Fault,
         }
     }
-    if v6 {
-        bail!("the interface has no IPv6 link-local address to send VRRP adverts from")
-    }
-    bail!("the interface has no IPv4 address of its own to send VRRP adverts from")
 }
 
 /// Runs a track script every `interval` for as long as the daemon's loop listens.
-fn spawn_script(index: usize, sc: &VrrpScript, tx: mpsc::Sender<Event>) {
-    let command = sc.script.clone();
-    let interval = sc.interval.0;
-    let timeout = sc.timeout.map(|t| t.0).unwrap_or(interval);
+fn spawn_script(sc: &VrrpScript, tx: mpsc::Sender<Event>) -> tokio::task::JoinHandle<()> {
+    let (command, name) = (sc.script.clone(), sc.name.clone());
+    let (interval, timeout) = (sc.interval, sc.timeout);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let ok = exec::run(&command, timeout, false).await.ok();
-            if tx.send(Event::Script(index, ok)).await.is_err() {
+            if tx.send(Event::Script(name.clone(), ok)).await.is_err() {
                 return;
             }
         }
-    });
-}
-
-fn instance_config(vi: &VrrpInstance, primary: IpAddr) -> InstanceConfig {
-    InstanceConfig {
-        vrid: vi.virtual_router_id,
-        version: if vi.version == 3 {
-            Version::V3
-        } else {
-            Version::V2
-        },
-        priority: vi.priority,
-        interval: vi.advert_interval.0,
-        preempt: vi.preempt,
-        preempt_delay: vi.preempt_delay.0,
-        start_as_master: vi.state == InitialState::Master,
-        primary,
-        addresses: vi.virtual_addresses.iter().map(|v| v.address).collect(),
-        auth: match &vi.auth_pass {
-            Some(p) => Auth::pass(p),
-            None => Auth::None,
-        },
-    }
+    })
 }
 
 impl Vrrp {
@@ -209,170 +157,149 @@ impl Vrrp {
         now: Instant,
     ) -> Result<(Vrrp, mpsc::Receiver<Event>)> {
         let (tx, events) = mpsc::channel(256);
-        let scripts: Vec<Script> = cfg
-            .vrrp_scripts
-            .iter()
-            .map(|sc| {
-                let sc = sc.get_ref();
-                Script {
-                    name: sc.name.clone(),
-                    tracker: Tracker::new(sc.rise, sc.fall, !sc.init_fail),
-                }
-            })
-            .collect();
-        let mut routers = Vec::new();
-        for (i, vi) in cfg.vrrp_instances.iter().map(|v| v.get_ref()).enumerate() {
-            routers.push(
-                Self::start_router(cfg, handle, i, vi, &tx, now)
-                    .await
-                    .with_context(|| format!("vrrp_instance {}", vi.name))?,
-            );
-        }
-        // Only the scripts some instance tracks.
-        for (j, sc) in cfg.vrrp_scripts.iter().enumerate() {
-            if routers.iter().any(|r| {
-                r.tracks
-                    .iter()
-                    .any(|t| matches!(t, TrackRef::Script { index, .. } if *index == j))
-            }) {
-                spawn_script(j, sc.get_ref(), tx.clone());
-            }
-        }
-        let groups = cfg
-            .vrrp_instances
-            .iter()
-            .map(|vi| {
-                cfg.sync_groups
-                    .iter()
-                    .position(|g| g.get_ref().members.contains(&vi.get_ref().name))
-            })
-            .collect();
         let mut vrrp = Vrrp {
-            routers,
-            groups,
-            scripts,
-            mail: notify::mail::Mailer::from_config(&cfg.global),
+            routers: Vec::new(),
+            retiring: Vec::new(),
+            scripts: HashMap::new(),
+            tx,
+            transitions: Vec::new(),
             keep_addresses: false,
         };
-        vrrp.refresh_links(handle, now).await;
+        let prepared = vrrp.prepare(cfg, handle).await?;
+        vrrp.commit(prepared, handle, now).await;
         Ok((vrrp, events))
     }
 
-    async fn start_router(
-        cfg: &Config,
-        handle: &Handle,
-        i: usize,
-        vi: &VrrpInstance,
-        tx: &mpsc::Sender<Event>,
-        now: Instant,
-    ) -> Result<Router> {
-        let index = netlink::if_index(&vi.interface)?;
-        let mac = netlink::iface_mac(handle, &vi.interface).await?;
-        let mut vips = Vec::new();
-        for va in &vi.virtual_addresses {
-            let device = va.device.as_deref().unwrap_or(&vi.interface);
-            vips.push(Vip {
-                address: va.address,
-                prefix: va
-                    .prefix
-                    .unwrap_or(if va.address.is_ipv4() { 32 } else { 128 }),
-                index: netlink::if_index(device)?,
-                label: va.label.clone(),
-            });
-        }
-        let v6 = vips.first().is_some_and(|v| v.address.is_ipv6());
-        for v in &vips {
-            if vips::remove(handle, v).await? {
-                tracing::warn!(instance = %vi.name, vip = %v.address, "removed a virtual address left by a previous run");
-            }
-        }
-        let (socket, local) = if v6 {
-            let local = match vi.unicast_src {
-                Some(a) => a,
-                None => primary(handle, index, &vips, true).await?,
-            };
-            (VrrpSocket::open_v6(&vi.interface, index)?, local)
-        } else {
-            let local = match vi.unicast_src {
-                Some(IpAddr::V4(a)) => a,
-                _ => match primary(handle, index, &vips, false).await? {
-                    IpAddr::V4(a) => a,
-                    IpAddr::V6(_) => bail!("no IPv4 address"),
-                },
-            };
-            (
-                VrrpSocket::open_v4(&vi.interface, index, local)?,
-                IpAddr::V4(local),
-            )
-        };
-        let socket = Arc::new(socket);
-        let destinations = if vi.unicast_peers.is_empty() {
-            vec![if v6 {
-                IpAddr::V6(MULTICAST_V6)
-            } else {
-                IpAddr::V4(MULTICAST_V4)
-            }]
-        } else {
-            vi.unicast_peers.clone()
-        };
-        let reader = socket.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Ok((rx, bytes)) = reader.recv().await {
-                if tx.send(Event::Advert(i, rx, bytes)).await.is_err() {
-                    return;
+    /// Opens what a new configuration needs (the sockets of new instances, and of those
+    /// whose interface, router id, version or peers changed) and checks the devices of every
+    /// VIP; changes nothing that runs. Dropping the result closes what it opened.
+    pub async fn prepare(&self, cfg: &Config, handle: &Handle) -> Result<Prepared> {
+        let mut opened = HashMap::new();
+        for vi in &cfg.vrrp_instances {
+            let running = self.routers.iter().find(|r| r.name() == vi.name);
+            match running {
+                Some(r) if r.same_wire(vi) => {
+                    router::vips_of(vi).with_context(|| format!("vrrp_instance {}", vi.name))?;
+                }
+                _ => {
+                    let r = Router::open(handle, vi, &self.tx, running.is_none())
+                        .await
+                        .with_context(|| format!("vrrp_instance {}", vi.name))?;
+                    opened.insert(vi.name.clone(), r);
                 }
             }
-        });
-        let mut tracks = vec![TrackRef::Interface {
-            name: vi.interface.clone(),
-            weight: 0,
-            up: true,
-        }];
-        for t in &vi.track_interface {
-            tracks.push(TrackRef::Interface {
-                name: t.name.clone(),
-                weight: t.weight.unwrap_or(0),
-                up: true,
-            });
         }
-        for t in &vi.track_script {
-            let Some(index) = cfg
-                .vrrp_scripts
-                .iter()
-                .position(|s| s.get_ref().name == t.name)
-            else {
-                bail!("track_script {:?}: no such vrrp_script", t.name);
-            };
-            let weight = t.weight.unwrap_or(cfg.vrrp_scripts[index].get_ref().weight);
-            tracks.push(TrackRef::Script { index, weight });
-        }
-        let mut inst = Instance::new(instance_config(vi, local));
-        inst.startup(now);
-        Ok(Router {
-            name: vi.name.clone(),
-            notify: [
-                vi.notify_master.clone(),
-                vi.notify_backup.clone(),
-                vi.notify_fault.clone(),
-            ],
-            smtp_alert: vi.smtp_alert,
-            inst,
-            base_priority: vi.priority,
-            tracks,
-            socket,
-            local,
-            destinations,
-            vips,
-            mac,
-            garp: Garp {
-                repeat: vi.garp_master_repeat as usize,
-                delay: vi.garp_master_delay.0,
-                refresh: vi.garp_master_refresh.0,
-                refresh_repeat: vi.garp_master_refresh_repeat as usize,
-            },
-            garp_due: None,
+        Ok(Prepared {
+            instances: cfg.vrrp_instances.clone(),
+            scripts: cfg.vrrp_scripts.clone(),
+            opened,
         })
+    }
+
+    /// Applies a prepared configuration as keepalived applies a reload: removed and
+    /// restarted instances resign (priority 0, addresses released), kept ones take their new
+    /// priority, VIPs, tracking, scripts and notifications without a transition, new ones
+    /// start. Call `run_actions` next.
+    pub async fn commit(&mut self, mut p: Prepared, handle: &Handle, now: Instant) {
+        let mut kept = Vec::new();
+        for mut r in std::mem::take(&mut self.routers) {
+            let next = p.instances.iter().find(|vi| vi.name == r.name());
+            match next {
+                Some(vi) if !p.opened.contains_key(&vi.name) => {
+                    self.reconfigure(&mut r, vi.clone(), handle, now).await;
+                    kept.push(r);
+                }
+                _ => {
+                    tracing::info!(instance = %r.name(), restarted = next.is_some(), "VRRP instance removed by the reload: resigning");
+                    r.inst.shutdown();
+                    self.retiring.push(r);
+                }
+            }
+        }
+        for vi in &p.instances {
+            if let Some(mut r) = p.opened.remove(&vi.name) {
+                r.inst.startup(now);
+                kept.push(r);
+            }
+        }
+        // In configuration order, as `status` lists them.
+        kept.sort_by_key(|r| p.instances.iter().position(|vi| vi.name == r.name()));
+        self.routers = kept;
+        self.set_scripts(&p.scripts);
+        self.refresh_links(handle, now).await;
+        self.retrack(now);
+    }
+
+    /// A kept instance takes its new settings; VIPs added or removed while master are added
+    /// (and announced) or removed at once.
+    async fn reconfigure(
+        &mut self,
+        r: &mut Router,
+        vi: crate::config::VrrpInstance,
+        handle: &Handle,
+        now: Instant,
+    ) {
+        if vi == r.cfg {
+            return;
+        }
+        tracing::info!(instance = %vi.name, "VRRP instance reconfigured by the reload");
+        let vips = router::vips_of(&vi).unwrap_or_else(|_| r.vips.clone());
+        if r.inst.state() == State::Master {
+            let added: Vec<_> = vips
+                .iter()
+                .filter(|v| !r.vips.contains(v))
+                .cloned()
+                .collect();
+            for v in r.vips.iter().filter(|v| !vips.contains(v)) {
+                if let Err(e) = vips::remove(handle, v).await {
+                    tracing::warn!(instance = %vi.name, vip = %v.address, error = %format!("{e:#}"), "removing a VIP");
+                }
+            }
+            for v in &added {
+                if let Err(e) = vips::add(handle, v).await {
+                    tracing::warn!(instance = %vi.name, vip = %v.address, error = %format!("{e:#}"), "adding a VIP");
+                }
+            }
+            r.announce_these(&added, vi.garp.repeat as usize);
+        }
+        let mut tracks = router::tracks_of(&vi);
+        for t in &mut tracks {
+            if let TrackRef::Interface { name, up, .. } = t
+                && let Some(TrackRef::Interface { up: was, .. }) = r
+                    .tracks
+                    .iter()
+                    .find(|o| matches!(o, TrackRef::Interface { name: n, .. } if n == name))
+            {
+                *up = *was;
+            }
+        }
+        r.tracks = tracks;
+        r.vips = vips;
+        r.inst
+            .reconfigure(now, router::instance_config(&vi, r.local));
+        r.cfg = vi;
+    }
+
+    /// The scripts some instance tracks: kept (with their verdict) when unchanged, started
+    /// when new or changed, stopped when no longer tracked.
+    fn set_scripts(&mut self, specs: &[VrrpScript]) {
+        let tracked: HashSet<&str> = self
+            .routers
+            .iter()
+            .flat_map(|r| r.cfg.track_scripts.iter().map(|t| t.name.as_str()))
+            .collect();
+        let mut old = std::mem::take(&mut self.scripts);
+        for sc in specs.iter().filter(|s| tracked.contains(s.name.as_str())) {
+            let script = match old.remove(&sc.name) {
+                Some(s) if s.spec == *sc => s,
+                _ => Script {
+                    spec: sc.clone(),
+                    tracker: Tracker::new(sc.rise, sc.fall, !sc.init_fail),
+                    task: spawn_script(sc, self.tx.clone()),
+                },
+            };
+            self.scripts.insert(sc.name.clone(), script);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -394,8 +321,7 @@ impl Vrrp {
                 && at <= now
             {
                 r.announce(count);
-                r.garp_due = (!r.garp.refresh.is_zero())
-                    .then(|| (now + r.garp.refresh, r.garp.refresh_repeat));
+                r.garp_due = r.next_refresh(now);
             }
         }
     }
@@ -403,13 +329,13 @@ impl Vrrp {
     /// An event from a background task.
     pub fn handle_event(&mut self, now: Instant, event: Event) {
         match event {
-            Event::Advert(i, rx, bytes) => self.advert_received(now, i, rx, &bytes),
-            Event::Script(j, ok) => {
-                let Some(sc) = self.scripts.get_mut(j) else {
+            Event::Advert(name, rx, bytes) => self.advert_received(now, &name, rx, &bytes),
+            Event::Script(name, ok) => {
+                let Some(sc) = self.scripts.get_mut(&name) else {
                     return;
                 };
                 if let Some(up) = sc.tracker.record(ok) {
-                    tracing::info!(script = %sc.name, up, "track script changed");
+                    tracing::info!(script = %name, up, "track script changed");
                     self.retrack(now);
                 }
             }
@@ -421,11 +347,12 @@ impl Vrrp {
     pub async fn refresh_links(&mut self, handle: &Handle, now: Instant) {
         let mut changed = false;
         for r in &mut self.routers {
+            let instance = r.cfg.name.clone();
             for t in &mut r.tracks {
                 if let TrackRef::Interface { name, up, .. } = t {
                     let now_up = netlink::link_up(handle, name).await.unwrap_or(false);
                     if now_up != *up {
-                        tracing::info!(instance = %r.name, interface = %name, up = now_up, "tracked interface changed");
+                        tracing::info!(instance, interface = %name, up = now_up, "tracked interface changed");
                         *up = now_up;
                         changed = true;
                     }
@@ -442,15 +369,15 @@ impl Vrrp {
         for r in &mut self.routers {
             let scripts = &self.scripts;
             let (prio, fault) = track::effective(
-                r.base_priority,
+                r.cfg.priority,
                 r.tracks.iter().map(|t| match t {
                     TrackRef::Interface { weight, up, .. } => Tracked {
                         weight: *weight,
                         up: *up,
                     },
-                    TrackRef::Script { index, weight } => Tracked {
+                    TrackRef::Script { name, weight } => Tracked {
                         weight: *weight,
-                        up: scripts[*index].tracker.is_up(),
+                        up: scripts.get(name).is_none_or(|s| s.tracker.is_up()),
                     },
                 }),
             );
@@ -464,8 +391,8 @@ impl Vrrp {
     }
 
     /// A received advert; decoding failures count as discards.
-    fn advert_received(&mut self, now: Instant, i: usize, rx: Received, bytes: &[u8]) {
-        let Some(r) = self.routers.get_mut(i) else {
+    fn advert_received(&mut self, now: Instant, name: &str, rx: Received, bytes: &[u8]) {
+        let Some(r) = self.routers.iter_mut().find(|r| r.cfg.name == name) else {
             return;
         };
         // Our own multicast adverts do not come back (multicast loop off); unicast ones
@@ -481,96 +408,62 @@ impl Vrrp {
         }
     }
 
-    /// Carries out pending actions (sync groups included); returns whether the set of VIPs we
-    /// are master for changed.
+    /// Carries out pending actions (sync groups and retiring instances included); returns
+    /// whether the set of VIPs we are master for changed.
     pub async fn run_actions(&mut self, handle: &Handle) -> Result<bool> {
         let mut changed = false;
+        for mut r in std::mem::take(&mut self.retiring) {
+            let mut transitions = Vec::new();
+            let result =
+                run_router_actions(&mut r, handle, false, &mut changed, &mut transitions).await;
+            self.transitions.extend(transitions);
+            result?;
+        }
         // A group's followers queue actions of their own: go round until nothing is left
         // (bounded: each round can only move members in the direction of the first change).
         for _ in 0..=self.routers.len() {
-            let moves = self.run_actions_once(handle, &mut changed).await?;
+            let mut moves = Vec::new();
+            for r in &mut self.routers {
+                let mut transitions = Vec::new();
+                run_router_actions(
+                    r,
+                    handle,
+                    self.keep_addresses,
+                    &mut changed,
+                    &mut transitions,
+                )
+                .await?;
+                for t in &transitions {
+                    if r.cfg.sync_group.is_some()
+                        && (t.to == State::Master || t.from == State::Master)
+                    {
+                        moves.push((r.cfg.sync_group.clone(), r.cfg.name.clone(), t.to));
+                    }
+                }
+                self.transitions.extend(transitions);
+            }
             if moves.is_empty() {
                 break;
             }
             let now = Instant::now();
-            for (leader, to) in moves {
-                apply_group(&mut self.routers, &self.groups, leader, to, now);
-            }
-        }
-        Ok(changed)
-    }
-
-    /// One pass over the queued actions; returns the transitions of grouped routers.
-    async fn run_actions_once(
-        &mut self,
-        handle: &Handle,
-        changed: &mut bool,
-    ) -> Result<Vec<(usize, State)>> {
-        let mut moves = Vec::new();
-        for (i, r) in self.routers.iter_mut().enumerate() {
-            while let Some(a) = r.inst.poll_action() {
-                match a {
-                    Action::SendAdvert { priority } => r.send_advert(priority),
-                    Action::TakeAddresses => {
-                        for v in &r.vips {
-                            vips::add(handle, v).await?;
-                        }
-                        r.announce(r.garp.repeat);
-                        let now = Instant::now();
-                        r.garp_due = if !r.garp.delay.is_zero() {
-                            Some((now + r.garp.delay, r.garp.repeat))
-                        } else if !r.garp.refresh.is_zero() {
-                            Some((now + r.garp.refresh, r.garp.refresh_repeat))
+            for (group, leader, to) in moves {
+                for r in &mut self.routers {
+                    if r.cfg.name != leader && r.cfg.sync_group == group {
+                        if to == State::Master {
+                            r.inst.follow_master(now);
                         } else {
-                            None
-                        };
-                        *changed = true;
-                    }
-                    Action::ReleaseAddresses => {
-                        r.garp_due = None;
-                        if self.keep_addresses {
-                            continue;
-                        }
-                        for v in &r.vips {
-                            vips::remove(handle, v).await?;
-                        }
-                        *changed = true;
-                    }
-                    Action::Transition { from, to, reason } => {
-                        tracing::info!(instance = %r.name, from = ?from, to = ?to, reason, "VRRP transition");
-                        let script = match to {
-                            State::Master => r.notify[0].clone().map(|c| ("notify_master", c)),
-                            State::Backup => r.notify[1].clone().map(|c| ("notify_backup", c)),
-                            State::Fault => r.notify[2].clone().map(|c| ("notify_fault", c)),
-                            State::Initialize => None,
-                        };
-                        if let Some((what, command)) = script {
-                            notify::spawn_script(what, command);
-                        }
-                        if r.smtp_alert
-                            && to != State::Initialize
-                            && let Some(m) = &self.mail
-                        {
-                            let state = format!("{to:?}").to_uppercase();
-                            m.send(
-                                format!("=> VRRP Instance {} - Entering {state} state <=", r.name),
-                                format!(
-                                    "=> VRRP Instance {} is now {state} (was {}): {reason} <=",
-                                    r.name,
-                                    format!("{from:?}").to_uppercase()
-                                ),
-                            );
-                        }
-                        if self.groups[i].is_some()
-                            && (to == State::Master || from == State::Master)
-                        {
-                            moves.push((i, to));
+                            r.inst.follow_backup(now);
                         }
                     }
                 }
             }
         }
-        Ok(moves)
+        Ok(changed)
+    }
+
+    /// The transitions since the last call, for the notifications.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.transitions)
     }
 
     /// The VIPs of every instance that is master here.
@@ -615,13 +508,16 @@ impl Vrrp {
         let deadline = tokio::time::Instant::now() + bound;
         while !waiting.is_empty() {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(Event::Advert(i, rx, bytes))) => {
+                Ok(Some(Event::Advert(name, rx, bytes))) => {
+                    let Some(i) = self.routers.iter().position(|r| r.cfg.name == name) else {
+                        continue;
+                    };
                     if let Some(r) = self.routers.get(i)
                         && rx.src != r.local
                         && Advert::decode(&bytes, rx, V3Ipv4Checksum::default())
                             .is_ok_and(|a| a.vrid == r.inst.vrid() && a.priority > 0)
                     {
-                        tracing::info!(instance = %r.name, new_master = %rx.src, "a backup took over");
+                        tracing::info!(instance = %r.cfg.name, new_master = %rx.src, "a backup took over");
                         waiting.remove(&i);
                     }
                 }
@@ -648,8 +544,8 @@ impl Vrrp {
             .map(|r| {
                 let s = r.inst.stats();
                 RouterStatus {
-                    name: r.name.clone(),
-                    state: format!("{:?}", r.inst.state()).to_lowercase(),
+                    name: r.cfg.name.clone(),
+                    state: r.inst.state().into(),
                     master: r.inst.master(),
                     priority: r.inst.priority(),
                     adverts_received: s.adverts_received,
@@ -666,34 +562,47 @@ impl Vrrp {
     }
 }
 
-impl Router {
-    fn send_advert(&mut self, priority: u8) {
-        for dst in &self.destinations {
-            // v3 sums the destination into the checksum: encode per destination. (Over IPv6
-            // the kernel computes the checksum again with the source it picks.)
-            let bytes =
-                self.inst
-                    .advert(priority)
-                    .encode(self.local, *dst, V3Ipv4Checksum::default());
-            if let Err(e) = self.socket.send(&bytes, *dst) {
-                tracing::warn!(instance = %self.name, error = %e, "sending a VRRP advert");
+/// One router's queued actions.
+async fn run_router_actions(
+    r: &mut Router,
+    handle: &Handle,
+    keep_addresses: bool,
+    changed: &mut bool,
+    transitions: &mut Vec<Transition>,
+) -> Result<()> {
+    while let Some(a) = r.inst.poll_action() {
+        match a {
+            Action::SendAdvert { priority } => r.send_advert(priority),
+            Action::TakeAddresses => {
+                for v in &r.vips {
+                    vips::add(handle, v).await?;
+                }
+                r.announce(r.cfg.garp.repeat as usize);
+                r.schedule_garp(Instant::now());
+                *changed = true;
+            }
+            Action::ReleaseAddresses => {
+                r.garp_due = None;
+                if keep_addresses {
+                    continue;
+                }
+                for v in &r.vips {
+                    vips::remove(handle, v).await?;
+                }
+                *changed = true;
+            }
+            Action::Transition { from, to, reason } => {
+                tracing::info!(instance = %r.cfg.name, from = ?from, to = ?to, reason, "VRRP transition");
+                transitions.push(Transition {
+                    instance: r.cfg.name.clone(),
+                    from,
+                    to,
+                    reason,
+                    notify: r.cfg.notify.clone(),
+                    smtp_alert: r.cfg.smtp_alert,
+                });
             }
         }
     }
-
-    /// `count` gratuitous ARPs (IPv4) or unsolicited NAs (IPv6) for each VIP.
-    fn announce(&self, count: usize) {
-        if count == 0 {
-            return;
-        }
-        for v in &self.vips {
-            let sent = match v.address {
-                IpAddr::V4(a) => vips::gratuitous_arp(v.index, self.mac, a, count),
-                IpAddr::V6(a) => vips::unsolicited_nas(v.index, self.mac, a, count),
-            };
-            if let Err(e) = sent {
-                tracing::warn!(instance = %self.name, vip = %v.address, error = %format!("{e:#}"), "announcing a VIP");
-            }
-        }
-    }
+    Ok(())
 }

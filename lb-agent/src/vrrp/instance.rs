@@ -407,6 +407,25 @@ impl Instance {
         }
     }
 
+    /// A reload changed what this instance runs with, on the same wire (router id, version and
+    /// primary address unchanged): the state is kept. A master re-advertises at once with a
+    /// changed interval or priority (tracking sets the effective priority afterwards, through
+    /// `set_priority`).
+    pub fn reconfigure(&mut self, now: Instant, cfg: InstanceConfig) {
+        let interval_changed = cfg.interval != self.cfg.interval;
+        if self.cfg.priority != cfg.priority {
+            self.priority = cfg.priority;
+        }
+        if self.state != State::Master {
+            self.master_interval = cfg.interval;
+        }
+        self.cfg = cfg;
+        if self.state == State::Master && interval_changed {
+            self.send_advert(self.priority);
+            self.set(Timer::Advert, Some(now + self.cfg.interval));
+        }
+    }
+
     /// RFC 5798 6.4.3: a master resigns with a priority-0 advert, so that a backup takes over
     /// after Skew_Time instead of the whole master-down interval.
     pub fn shutdown(&mut self) {

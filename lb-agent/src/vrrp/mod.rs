@@ -1,10 +1,12 @@
 //! VRRP (RFC 3768 v2, RFC 5798 v3). `packet`: advertisements on the wire; `instance`: one
-//! virtual router as a state machine without I/O; `socket`: raw IP protocol 112; `driver`:
-//! instances, sockets, timers, virtual addresses and sync groups for the daemon.
+//! virtual router as a state machine without I/O; `socket`: raw IP protocol 112; `router`:
+//! one instance with its socket, VIPs and tracks; `driver`: the routers by name, track
+//! scripts, sync groups and reloads, for the daemon.
 
 pub mod driver;
 pub mod instance;
 pub mod packet;
+pub mod router;
 pub mod socket;
 pub mod track;
 

@@ -11,11 +11,12 @@ use std::{net::IpAddr, path::Path, str::FromStr, time::Duration};
 use toml::Spanned;
 pub use tree::{Node, Place, SyntaxError};
 
-use super::{
-    Algorithm, Check, Config, Dataplane, DurationStr, Failback, Forwarding, Global, InitialState,
-    Protocol, RealServer, Role, SyncGroup, Track, VirtualAddress, VirtualServer, VrrpInstance,
-    VrrpScript, XdpModeSetting,
+use super::schema::{
+    Algorithm, Check, CheckRef, Dataplane, Failback, File as Config, Forwarding, Global,
+    InitialState, RealServer, Role, SyncGroup, Track, VirtualAddress, VirtualServer, VrrpInstance,
+    VrrpScript,
 };
+use super::types::{DurationStr, Protocol, XdpModeSetting};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Severity {
@@ -173,8 +174,9 @@ fn convert(nodes: &[Node]) -> Import {
         .first()
         .map(|vi| vi.interface.clone())
         .unwrap_or_else(|| "eth0".into());
-    let config = Config {
+    let mut config = Config {
         global,
+        checks: Default::default(),
         dataplane: Dataplane {
             interface,
             xdp_mode: XdpModeSetting::Auto,
@@ -191,6 +193,7 @@ fn convert(nodes: &[Node]) -> Import {
         vrrp_scripts: scripts.into_iter().map(|s| Spanned::new(0..0, s)).collect(),
         virtual_servers: servers.into_iter().map(|v| Spanned::new(0..0, v)).collect(),
     };
+    name_repeated_checks(&mut config);
     Import {
         config,
         findings: cv.findings,
@@ -483,6 +486,7 @@ fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServer> {
         algorithm: Algorithm::Maglev,
         forwarding: Forwarding::Dr,
         persistence_timeout: DurationStr::default(),
+        default_check: None,
         check_interval: None,
         quorum: 1,
         failback: Failback::Immediate,
@@ -524,7 +528,7 @@ fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServer> {
             },
             "sorry_server" => {
                 if let Some((a, p)) = endpoint(cv, c) {
-                    vs.sorry_server = Some(plain_real(a, p, port));
+                    vs.sorry_server = Some(Spanned::new(0..0, plain_real(a, p, port)));
                 }
             }
             "quorum" => vs.quorum = cv.arg(c).unwrap_or(1),
@@ -534,13 +538,13 @@ fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServer> {
             "inhibit_on_failure" => vs.inhibit_on_failure = true,
             "real_server" => {
                 if let Some(rs) = real_server(cv, c, port, &mut vs.inhibit_on_failure) {
-                    vs.real_servers.push(rs);
+                    vs.real_servers.push(Spanned::new(0..0, rs));
                 }
             }
             _ => cv.unknown(c, "virtual_server"),
         }
     }
-    for rs in &vs.real_servers {
+    for rs in vs.real_servers.iter().map(|r| r.get_ref()) {
         if rs.port.is_some_and(|p| p != port) {
             cv.unsupported(
                 n,
@@ -553,6 +557,69 @@ fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServer> {
         }
     }
     Some(vs)
+}
+
+/// keepalived repeats a check block in every real server; a check written more than once
+/// becomes a named `[check.NAME]` (its type, numbered when types repeat), and a service whose
+/// servers all use the same one gets it as its `default_check`.
+fn name_repeated_checks(config: &mut Config) {
+    let mut counts: Vec<(Check, usize)> = Vec::new();
+    let inline = |rs: &RealServer| match &rs.check {
+        Some(CheckRef::Inline(c)) => Some(c.clone()),
+        _ => None,
+    };
+    for vs in &config.virtual_servers {
+        let vs = vs.get_ref();
+        for rs in vs.real_servers.iter().chain(vs.sorry_server.iter()) {
+            if let Some(c) = inline(rs.get_ref()) {
+                match counts.iter_mut().find(|(k, _)| *k == c) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((c, 1)),
+                }
+            }
+        }
+    }
+    let mut names: Vec<(Check, String)> = Vec::new();
+    for (c, _) in counts.into_iter().filter(|(_, n)| *n > 1) {
+        let kind = match c {
+            Check::Tcp { .. } => "tcp",
+            Check::Exec { .. } => "exec",
+            Check::Mysql { .. } => "mysql",
+        };
+        let mut name = kind.to_string();
+        let mut i = 1;
+        while config.checks.contains_key(&name) {
+            i += 1;
+            name = format!("{kind}_{i}");
+        }
+        config.checks.insert(name.clone(), c.clone());
+        names.push((c, name));
+    }
+    for vs in &mut config.virtual_servers {
+        let vs = vs.get_mut();
+        for rs in vs.real_servers.iter_mut().chain(vs.sorry_server.iter_mut()) {
+            let rs = rs.get_mut();
+            if let Some(c) = inline(rs)
+                && let Some((_, name)) = names.iter().find(|(k, _)| *k == c)
+            {
+                rs.check = Some(CheckRef::Named(name.clone()));
+            }
+        }
+        let refs: Vec<Option<CheckRef>> = vs
+            .real_servers
+            .iter()
+            .chain(vs.sorry_server.iter())
+            .map(|r| r.get_ref().check.clone())
+            .collect();
+        if let Some(Some(first @ CheckRef::Named(_))) = refs.first()
+            && refs.iter().all(|r| r.as_ref() == Some(first))
+        {
+            vs.default_check = Some(first.clone());
+            for rs in vs.real_servers.iter_mut().chain(vs.sorry_server.iter_mut()) {
+                rs.get_mut().check = None;
+            }
+        }
+    }
 }
 
 fn plain_real(address: IpAddr, port: u16, service_port: u16) -> RealServer {
@@ -581,8 +648,8 @@ fn real_server(
             "inhibit_on_failure" => *inhibit = true,
             "notify_up" => rs.notify_up = Some(c.args.join(" ")),
             "notify_down" => rs.notify_down = Some(c.args.join(" ")),
-            "TCP_CHECK" => rs.check = Some(tcp_check(cv, c)),
-            "MISC_CHECK" => rs.check = misc_check(cv, c),
+            "TCP_CHECK" => rs.check = Some(CheckRef::Inline(tcp_check(cv, c))),
+            "MISC_CHECK" => rs.check = misc_check(cv, c).map(CheckRef::Inline),
             "HTTP_GET" | "SSL_GET" | "SMTP_CHECK" | "DNS_CHECK" | "BFD_CHECK" | "UDP_CHECK"
             | "PING_CHECK" | "FILE_CHECK" => cv.unsupported(
                 c,

@@ -1,0 +1,243 @@
+//! The one owner of the running state: configuration, link, data plane, planner, desired
+//! state, health and VRRP, with one method per event. The event loop (`super::serve`) only
+//! waits and dispatches.
+
+use std::{collections::HashSet, net::IpAddr, path::PathBuf, time::Instant};
+
+use anyhow::Result;
+use lb_agent::{
+    balancer::{desired::DesiredState, ids::Planner},
+    config::Config,
+    control::{self, Reply, Request},
+    dataplane::{Dataplane, reconcile},
+    health::{
+        runner,
+        state::{Action, Event as HealthEvent, HealthState},
+    },
+    notify::Notifier,
+    vrrp::driver::{Event as VrrpEvent, Vrrp},
+};
+use tokio::sync::mpsc;
+
+use super::neighbours::{Link, Resolve, resolve};
+
+pub struct Daemon {
+    pub config_path: PathBuf,
+    pub cfg: Config,
+    pub link: Link,
+    pub dp: Dataplane,
+    /// How the program is attached ("driver", "skb").
+    pub attach_mode: String,
+    pub planner: Planner,
+    /// What the maps hold.
+    pub state: DesiredState,
+    pub health: HealthState,
+    /// Where this configuration's health tasks report (replaced by a reload).
+    pub health_tx: mpsc::Sender<HealthEvent>,
+    pub vrrp: Vrrp,
+    pub notifier: Notifier,
+}
+
+impl Daemon {
+    /// A check result, a handover or a fence ended.
+    pub async fn on_health_event(&mut self, event: HealthEvent) -> Result<()> {
+        let (flip, changed) = self.health.handle(event, Instant::now());
+        if let Some(f) = flip {
+            self.notifier.real(&self.cfg, &f);
+        }
+        if changed {
+            self.health_step().await?;
+        }
+        Ok(())
+    }
+
+    /// A failback gate or a handover retry is due.
+    pub async fn on_health_deadline(&mut self) -> Result<()> {
+        self.health_step().await
+    }
+
+    /// An advert or a track-script result.
+    pub async fn on_vrrp_event(&mut self, event: VrrpEvent) -> Result<()> {
+        self.vrrp.handle_event(Instant::now(), event);
+        self.vrrp_step().await
+    }
+
+    /// A VRRP timer is due.
+    pub async fn on_vrrp_timer(&mut self) -> Result<()> {
+        self.vrrp.handle_timeout(Instant::now());
+        self.vrrp_step().await
+    }
+
+    /// A link, address or neighbour changed (a burst of notifications is one call).
+    pub async fn on_netlink_change(&mut self) -> Result<()> {
+        self.vrrp
+            .refresh_links(&self.link.handle, Instant::now())
+            .await;
+        self.vrrp_step().await?;
+        self.refresh(Resolve::Look).await
+    }
+
+    /// The periodic look at links and neighbours (probing what is unresolved).
+    pub async fn on_tick(&mut self) -> Result<()> {
+        self.vrrp
+            .refresh_links(&self.link.handle, Instant::now())
+            .await;
+        self.vrrp_step().await?;
+        self.refresh(Resolve::Probe).await
+    }
+
+    /// A request on the control socket or the metrics endpoint.
+    pub async fn on_control(&mut self, request: Request) -> Result<Reply> {
+        Ok(match request {
+            Request::Status => match self.status() {
+                Ok(s) => Reply::Status(Box::new(s)),
+                Err(e) => Reply::Error(format!("{e:#}")),
+            },
+            Request::Failback { service } => {
+                match self.health.request_failback(&self.cfg, &service) {
+                    Ok(()) => {
+                        tracing::info!(service, "failback requested");
+                        self.health_step().await?;
+                        Reply::Ok(format!("{service}: failback requested"))
+                    }
+                    Err(e) => Reply::Error(format!("{service}: {e}")),
+                }
+            }
+        })
+    }
+
+    pub fn status(&mut self) -> Result<control::status::Status> {
+        let sids: Vec<u32> = self.state.services.iter().map(|s| s.id).collect();
+        let rids: Vec<u32> = self.state.reals.keys().copied().collect();
+        let counters = self.dp.maps().counters(&sids, &rids)?;
+        let mut s = control::status::build(&self.cfg, &self.state, &counters, &self.attach_mode);
+        s.learned_peers = control::status::peers(&self.dp.maps().learned_peers()?);
+        s.vrrp = self.vrrp.status();
+        control::status::add_health(&mut s, &self.health.eval.reports);
+        Ok(s)
+    }
+
+    /// Carries out the VRRP instances' actions and notifies their transitions; when the VIPs
+    /// we are master for changed, flips the services' active flags (one map write each).
+    pub async fn vrrp_step(&mut self) -> Result<()> {
+        let changed = self.vrrp.run_actions(&self.link.handle).await?;
+        for t in self.vrrp.take_transitions() {
+            self.notifier.vrrp(&t);
+        }
+        if changed {
+            let masters = self.vrrp.masters();
+            let mut next = self.state.clone();
+            next.apply_vrrp(&self.cfg, &masters);
+            let writes = self.apply(next)?;
+            tracing::info!(writes, masters = ?masters, "VRRP ownership changed, services flipped");
+        }
+        Ok(())
+    }
+
+    /// Evaluates the services' health again and, when a verdict changed (a server failed or
+    /// came back, a failback became due), writes the affected services: the
+    /// decision-to-map-flip time is logged as `switch_us`. Side effects (fencing, handovers)
+    /// start after the maps are written.
+    pub async fn health_step(&mut self) -> Result<()> {
+        let decided = Instant::now();
+        let (before, actions) = self.health.evaluate(&self.cfg, decided);
+        if let Some(before) = before {
+            let mut next = self.state.clone();
+            next.apply_health(
+                &self.cfg,
+                self.health.verdicts(),
+                &before,
+                &mut self.planner,
+            );
+            next.apply_vrrp(&self.cfg, &self.vrrp.masters());
+            let sorry_before: HashSet<(String, bool)> = self
+                .state
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.using_sorry))
+                .collect();
+            let writes = self.apply(next)?;
+            let switch_us = decided.elapsed().as_micros() as u64;
+            tracing::info!(writes, switch_us, "health verdicts changed, maps updated");
+            for svc in &self.state.services {
+                if sorry_before.contains(&(svc.name.clone(), svc.using_sorry)) {
+                    continue;
+                }
+                if let Some(vs) = self.cfg.service(&svc.name) {
+                    self.notifier.quorum(vs, svc.using_sorry);
+                }
+            }
+        }
+        self.run(actions);
+        Ok(())
+    }
+
+    /// Starts the health side effects; their results come back as health events.
+    pub fn run(&self, actions: Vec<Action>) {
+        for a in actions {
+            runner::spawn(a, &self.health_tx);
+        }
+    }
+
+    /// Looks at the neighbours again and writes what changed.
+    async fn refresh(&mut self, how: Resolve) -> Result<()> {
+        let masters: HashSet<IpAddr> = self.vrrp.masters();
+        match resolve(
+            &self.cfg,
+            &self.link,
+            how,
+            &mut self.planner,
+            &masters,
+            self.health.verdicts(),
+        )
+        .await
+        {
+            Ok(next) => {
+                let writes = self.apply(next)?;
+                if writes > 0 {
+                    tracing::info!(writes, "real servers changed, maps updated");
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading neighbours"),
+        }
+        Ok(())
+    }
+
+    /// Writes the difference from the current state to `next` and makes `next` the state;
+    /// returns how many map writes that took (0: nothing changed, nothing reported).
+    pub fn apply(&mut self, next: DesiredState) -> Result<usize> {
+        apply(&mut self.dp, &mut self.state, next)
+    }
+
+    /// Resigns from VRRP (priority 0: the peer takes over after skew time; we keep
+    /// forwarding until it has), then detaches and unpins.
+    pub async fn shutdown(mut self, vrrp_events: &mut mpsc::Receiver<VrrpEvent>) -> Result<()> {
+        self.vrrp.shutdown(&self.link.handle, vrrp_events).await?;
+        tracing::info!("stopping: detaching the data plane");
+        let socket = control::socket_path(self.cfg.global.control_socket.as_deref());
+        let _ = std::fs::remove_file(&socket);
+        self.dp.shutdown()?;
+        Ok(())
+    }
+}
+
+/// Writes the difference from `state` to `next` and makes `next` the state.
+pub fn apply(
+    dp: &mut Dataplane,
+    state: &mut DesiredState,
+    mut next: DesiredState,
+) -> Result<usize> {
+    let ops = reconcile::plan(Some(state), &mut next);
+    if !ops.is_empty() {
+        dp.maps().execute(&ops)?;
+        report(&next);
+    }
+    *state = next;
+    Ok(ops.len())
+}
+
+pub fn report(state: &DesiredState) {
+    for w in state.warnings() {
+        tracing::warn!("{w}");
+    }
+}

@@ -1,0 +1,276 @@
+//! The daemon, in start-up order: config, privileges, interface, logging, health checks, data
+//! plane, maps, control, VRRP, readiness; then a loop that waits for the next event and hands
+//! it to the one owner of the running state (`core::Daemon`) until SIGINT/SIGTERM; then a
+//! resignation and a clean detach.
+
+mod core;
+mod neighbours;
+mod reload;
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use lb_agent::{
+    balancer::{desired, ids::Planner},
+    config::{Config, XdpModeSetting},
+    control,
+    dataplane::{Adopted, AttachMode, Dataplane, LoadOptions, reconcile},
+    health::{
+        runner,
+        state::{Event as HealthEvent, HealthState},
+        verdict::AdoptedSorry,
+    },
+    netlink,
+    notify::Notifier,
+    vrrp::driver::Vrrp,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use self::{
+    core::Daemon,
+    neighbours::{Link, Resolve, resolve},
+};
+
+/// How often links and neighbours are re-read (MAC changes, late resolution).
+const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
+
+/// `lb-agent run --cleanup`: detach and unpin what an agent left pinned.
+pub fn cleanup(config_path: &Path) -> Result<()> {
+    let cfg = Config::load(config_path)?;
+    let dir = &cfg.dataplane.pin_dir;
+    lb_agent::dataplane::remove_pinned(dir)?;
+    println!("removed the pinned data plane under {}", dir.display());
+    Ok(())
+}
+
+pub fn run(config_path: &Path) -> Result<()> {
+    // 1. Configuration: an unreadable or invalid file stops here, before anything changes.
+    let cfg = Config::load(config_path)?;
+    // 2. Privileges.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("lb-agent run must be started as root (it loads XDP programs and maps)");
+    }
+    // 3. The interface.
+    netlink::if_index(&cfg.dataplane.interface)?;
+    // 4. Logging: one line per event, no colours (journald).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(config_path, cfg))
+}
+
+async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
+    let iface = cfg.dataplane.interface.clone();
+    let handle = netlink::connect()?;
+    let link = Link {
+        handle: handle.clone(),
+        mac: netlink::iface_mac(&handle, &iface).await?,
+        index: netlink::if_index(&iface)?,
+        name: iface.clone(),
+    };
+
+    // 5. Health checks first: a password file that cannot be used stops the start before the
+    //    data plane changes. Until its first result a checked server counts as up
+    //    (keepalived's default).
+    let now = std::time::Instant::now();
+    let mut health = HealthState::new(&cfg, &AdoptedSorry::new(), now)?;
+
+    // 6. The data plane: load (verifier) with the maps pinned, fill them, then attach, so that
+    //    the first frame already sees the full configuration. A data plane left pinned by a
+    //    previous agent (killed, crashed, upgraded) keeps forwarding meanwhile: we take over
+    //    its maps and ids, write the difference, and swap our program into its link.
+    let mut dp = Dataplane::load_pinned(&cfg.dataplane.pin_dir, &LoadOptions::default())?;
+    let mut planner = Planner::default();
+    let previous = if dp.adopted() {
+        let a = dp.maps().read_back().with_context(|| {
+            format!(
+                "the data plane pinned under {} does not match this lb-agent (a changed map \
+                 layout?); `lb-agent run --cleanup` removes it (forwarding stops until the next \
+                 start)",
+                cfg.dataplane.pin_dir.display()
+            )
+        })?;
+        adopt(&mut planner, &a);
+        // The gates start where the adopted data plane is.
+        health = HealthState::new(&cfg, &adopted_sorry(&cfg, &a), now)?;
+        Some(desired::from_adopted(&a))
+    } else {
+        None
+    };
+    let (health_tx, mut health_rx) = tokio::sync::mpsc::channel::<HealthEvent>(256);
+    runner::spawn_checks(&health.monitor, &health_tx);
+    let no_masters = Default::default();
+    let mut state = resolve(
+        &cfg,
+        &link,
+        Resolve::ProbeAndWait,
+        &mut planner,
+        &no_masters,
+        health.verdicts(),
+    )
+    .await?;
+    let ops = reconcile::plan(previous.as_ref(), &mut state);
+    dp.maps().execute(&ops)?;
+    core::report(&state);
+    let mode = match cfg.dataplane.xdp_mode {
+        XdpModeSetting::Auto => None,
+        XdpModeSetting::Driver => Some(AttachMode::Driver),
+        XdpModeSetting::Skb => Some(AttachMode::Skb),
+    };
+    let got = dp.attach(&iface, mode)?;
+
+    // 7. Control: the socket and the metrics endpoint.
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(16);
+    let socket = control::socket_path(cfg.global.control_socket.as_deref());
+    if let Some(addr) = cfg.global.metrics_listen {
+        control::metrics::serve(addr, control_tx.clone()).await?;
+    }
+    control::serve(&socket, control_tx)?;
+    tracing::info!(interface = %iface, mode = ?got, services = state.services.len(), reals = state.reals.len(), "data plane attached");
+
+    // 8. VRRP: until an instance is master here, the services of its VIPs stay inactive (the
+    //    state above was computed with no masters).
+    let (vrrp, mut vrrp_events) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
+    let mut d = Daemon {
+        config_path: config_path.to_path_buf(),
+        notifier: Notifier::new(&cfg),
+        cfg,
+        link,
+        dp,
+        attach_mode: format!("{got:?}").to_lowercase(),
+        planner,
+        state,
+        health,
+        health_tx,
+        vrrp,
+    };
+    d.vrrp_step().await?;
+
+    // 9. Tell systemd (Type=notify) that we are up; ping its watchdog from the main loop, so a
+    //    loop that hangs gets the service restarted. Outside systemd these do nothing.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut watchdog_usec = 0;
+    let mut watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec).then(|| {
+        tokio::time::interval(
+            Duration::from_micros(watchdog_usec / 2).max(Duration::from_millis(100)),
+        )
+    });
+
+    // 10. Run until told to stop: each event goes to its method of `Daemon`.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut changes = netlink::watch()?;
+    let mut tick = tokio::time::interval(NEIGHBOUR_POLL);
+    loop {
+        let vrrp_deadline = d.vrrp.next_deadline();
+        let health_deadline = d.health.next_deadline();
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(event) = vrrp_events.recv() => d.on_vrrp_event(event).await?,
+            _ = sleep_until(vrrp_deadline) => d.on_vrrp_timer().await?,
+            Some(event) = health_rx.recv() => d.on_health_event(event).await?,
+            _ = sleep_until(health_deadline) => d.on_health_deadline().await?,
+            Some((request, reply)) = control_rx.recv() => {
+                let _ = reply.send(d.on_control(request).await?);
+            }
+            _ = tick_watchdog(&mut watchdog) => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                if let Some(rx) = d.on_reload().await? {
+                    health_rx = rx;
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+            Some(()) = futures_util::StreamExt::next(&mut changes) => {
+                // A burst of notifications is one look.
+                while let Some(Some(())) = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut changes)) {}
+                d.on_netlink_change().await?;
+            }
+            _ = tick.tick() => d.on_tick().await?,
+        }
+    }
+
+    // 11. Clean exit: resign, detach, unpin. (A killed agent leaves the data plane running,
+    //     pinned, for the next one to adopt.)
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    d.shutdown(&mut vrrp_events).await
+}
+
+/// Takes over the ids and generations of an adopted data plane.
+fn adopt(planner: &mut Planner, a: &Adopted) {
+    let reals: Vec<_> = a
+        .reals
+        .iter()
+        .map(|(id, r)| {
+            (
+                desired::addr_from_words(&r.addr, r.family),
+                *id,
+                r.generation,
+            )
+        })
+        .collect();
+    let services: Vec<_> = a
+        .services
+        .iter()
+        .map(|(k, s)| (*k, s.id, s.generation))
+        .collect();
+    planner.adopt(&reals, &services);
+    tracing::info!(
+        services = services.len(),
+        reals = reals.len(),
+        "adopting the pinned data plane"
+    );
+}
+
+/// Per service name: whether the adopted data plane has it on its sorry server only (absent
+/// when the data plane does not know the service).
+fn adopted_sorry(cfg: &Config, a: &Adopted) -> AdoptedSorry {
+    cfg.services
+        .iter()
+        .filter_map(|vs| {
+            let key = desired::service_key(vs);
+            let (_, svc) = a.services.iter().find(|(k, _)| *k == key)?;
+            let (_, members) = a.members.iter().find(|(id, _)| *id == svc.id)?;
+            let sorry = vs.sorry.as_ref()?;
+            let sorry_id = a
+                .reals
+                .iter()
+                .find(|(_, r)| desired::addr_from_words(&r.addr, r.family) == sorry.address)
+                .map(|(id, _)| *id)?;
+            Some((vs.name.clone(), members.as_slice() == [sorry_id]))
+        })
+        .collect()
+}
+
+/// The next watchdog tick, or never without a watchdog.
+async fn tick_watchdog(w: &mut Option<tokio::time::Interval>) {
+    match w {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}

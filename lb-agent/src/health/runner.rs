@@ -1,0 +1,138 @@
+//! The I/O side of health: the check tasks of a `Monitor`, and the MySQL side effects the
+//! state asks for (`Action`), each in its own task, reporting back as an `Event`.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{
+    gtid::Gtids,
+    monitor::{Monitor, Report},
+    mysql::{self, Target},
+    state::{Action, Event},
+};
+
+/// How long a graceful handover waits for the writer to execute the sorry server's binary log.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How long the sorry server's position must stand still (read-only) before the flip.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Starts one task per check; results arrive on `tx`. A run starts every interval even
+/// while earlier ones still wait for a hung server (each ends by its own timeout, so at
+/// most timeout / interval + 1 are in flight): a hang is then detected within
+/// interval × fall + timeout, not fall × timeout. The tasks end when the receiver is
+/// dropped.
+pub fn spawn_checks(m: &Monitor, tx: &mpsc::Sender<Event>) {
+    for (i, c) in m.checks.iter().enumerate() {
+        let (probe, interval, tx) = (c.probe.clone(), c.spec.interval, tx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if tx.is_closed() {
+                    return;
+                }
+                let (probe, tx) = (probe.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let outcome = probe.run().await;
+                    let _ = tx
+                        .send(Event::Check(Report {
+                            check: i,
+                            outcome,
+                            started,
+                            at: Instant::now(),
+                        }))
+                        .await;
+                });
+            }
+        });
+    }
+}
+
+/// Runs `action` in the background; its result (if it has one) comes back on `tx`.
+pub fn spawn(action: Action, tx: &mpsc::Sender<Event>) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        match action {
+            Action::Fence { target } => {
+                let r = mysql::set_read_only(&target, true).await;
+                let _ = tx.send(Event::Fence(target.addr.ip(), r)).await;
+            }
+            Action::Handover {
+                service,
+                attempt,
+                sorry,
+                writers,
+            } => {
+                let result = handover(sorry.as_ref(), &writers).await;
+                let _ = tx.send(Event::Handover(service, attempt, result)).await;
+            }
+            Action::MakeWritable { target } => {
+                if let Err(e) = mysql::set_read_only(&target, false).await {
+                    tracing::error!(server = %target.addr, error = %e, "could not make the sorry server writable again after the handover");
+                }
+            }
+        }
+    });
+}
+
+/// The handover itself. Graceful: the sorry server read-only, its binary log position read,
+/// the writers polled until they have executed it, and again until the position stands still
+/// (bounded). Then fenced writers are made writable again. On failure the sorry server is
+/// made writable again.
+async fn handover(sorry: Option<&Target>, writers: &[(Target, bool)]) -> Result<(), String> {
+    let result = async {
+        if let Some(s) = sorry {
+            mysql::set_read_only(s, true)
+                .await
+                .map_err(|e| format!("making the sorry server {} read-only: {e}", s.addr))?;
+            // read_only stops new writes, but a transaction already open still commits
+            // (MariaDB and MySQL let it): wait for the writers to hold the position, then
+            // read it again, until it stops moving.
+            let deadline = Instant::now() + HANDOVER_WAIT;
+            let mut pos = mysql::probe(s, false).await?.binlog_pos;
+            loop {
+                let want = Gtids::parse(&pos)?;
+                for (w, _) in writers {
+                    loop {
+                        let have = mysql::probe(w, false).await?.executed;
+                        if Gtids::parse(&have)?.contains(&want) {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            return Err(format!(
+                                "{} did not reach the sorry server's {pos:?} within {HANDOVER_WAIT:?}",
+                                w.addr
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                tokio::time::sleep(SETTLE).await;
+                let again = mysql::probe(s, false).await?.binlog_pos;
+                if again == pos {
+                    break;
+                }
+                pos = again;
+            }
+        }
+        for (w, fenced) in writers {
+            if *fenced {
+                mysql::set_read_only(w, false)
+                    .await
+                    .map_err(|e| format!("lifting the fence of {}: {e}", w.addr))?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err()
+        && let Some(s) = sorry
+        && let Err(e) = mysql::set_read_only(s, false).await
+    {
+        tracing::error!(server = %s.addr, error = %e, "could not make the sorry server writable again");
+    }
+    result
+}
