@@ -70,20 +70,21 @@ impl Daemon {
 
     /// A link, address or neighbour changed (a burst of notifications is one call).
     pub async fn on_netlink_change(&mut self) -> Result<()> {
-        self.vrrp
-            .refresh_links(&self.link.handle, Instant::now())
-            .await;
-        self.vrrp_step().await?;
-        self.refresh(Resolve::Look).await
+        self.look_again(Resolve::Look).await
     }
 
     /// The periodic look at links and neighbours (probing what is unresolved).
     pub async fn on_tick(&mut self) -> Result<()> {
+        self.look_again(Resolve::Probe).await
+    }
+
+    /// Tracked links first (VRRP may move), then the neighbours.
+    async fn look_again(&mut self, how: Resolve) -> Result<()> {
         self.vrrp
             .refresh_links(&self.link.handle, Instant::now())
             .await;
         self.vrrp_step().await?;
-        self.refresh(Resolve::Probe).await
+        self.refresh(how).await
     }
 
     /// A request on the control socket or the metrics endpoint.

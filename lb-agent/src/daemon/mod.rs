@@ -103,7 +103,7 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         })?;
         adopt(&mut planner, &a);
         // The gates start where the adopted data plane is.
-        health = HealthState::new(&cfg, &adopted_sorry(&cfg, &a), now)?;
+        health.set_adopted(&cfg, &adopted_sorry(&cfg, &a), now);
         Some(desired::from_adopted(&a))
     } else {
         None

@@ -104,6 +104,13 @@ impl HealthState {
         })
     }
 
+    /// Starts the gates where an adopted data plane is (see `verdict::gates`), without
+    /// reading the checks again.
+    pub fn set_adopted(&mut self, cfg: &Config, adopted_sorry: &AdoptedSorry, now: Instant) {
+        self.gates = verdict::gates(cfg, &Gates::new(), adopted_sorry);
+        self.eval = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
+    }
+
     /// The state for a reloaded `cfg`: new checks (password files read again), gates kept
     /// for services that keep their name and policy, what was fenced kept. Changes nothing
     /// here: the daemon commits it only when the whole reload succeeded.
