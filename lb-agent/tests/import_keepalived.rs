@@ -214,3 +214,49 @@ virtual_server 10.1.1.176 3306 {
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn references_to_unconverted_blocks_are_dropped_and_the_output_validates() {
+    let dir = std::env::temp_dir().join(format!("lbt{}-dangling", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let main = dir.join("keepalived.conf");
+    // keepalived accepts all of this (dropping what it cannot use with a warning): a
+    // local-part address without an SMTP server, a script without a command tracked by an
+    // instance, an instance without a name, and a group naming an instance that does not exist.
+    std::fs::write(
+        &main,
+        "global_defs {\n  notification_email {\n    acassen\n  }\n}\n\
+         vrrp_script chk_gone {\n  interval 2\n  weight 10\n}\n\
+         vrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 51\n  priority 100\n  \
+         track_script {\n    chk_gone\n  }\n  virtual_ipaddress {\n    10.0.0.100\n  }\n}\n\
+         vrrp_instance {\n  interface eth0\n}\n\
+         vrrp_sync_group G {\n  group {\n    VI_1\n    VI_2\n  }\n}\n",
+    )
+    .unwrap();
+    let out = agent()
+        .arg("import-keepalived")
+        .arg("--allow-partial")
+        .arg(&main)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for needle in [
+        "keepalived.conf:6: not converted: `vrrp_script`: a vrrp_script needs a `script`",
+        "keepalived.conf:15: not converted: `chk_gone`: dropped: its vrrp_script was not converted",
+        "keepalived.conf:21: not converted: `vrrp_instance`",
+        "keepalived.conf:25: not converted: `group`: VI_2 dropped from the group",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let c =
+        Config::parse(Path::new("partial.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(c.vrrp_instances[0].track_scripts.is_empty(), "{text}");
+    assert!(
+        c.warnings.iter().any(|w| w.contains("smtp_server")),
+        "e-mail without a server is kept and flagged: {:?}",
+        c.warnings
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

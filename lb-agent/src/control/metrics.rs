@@ -20,7 +20,7 @@ use super::{
     Pending, Reply, Request,
     status::{RealState, Status},
 };
-use crate::{health::verdict::CheckHealth, vrrp::driver::StateName};
+use crate::{health::verdict::CheckHealth, vrrp::status::StateName};
 
 type Labels = Vec<(String, String)>;
 
@@ -248,7 +248,7 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{control::status::Status, vrrp::driver::RouterStatus};
+    use crate::{control::status::Status, vrrp::status::RouterStatus};
 
     #[test]
     fn vrrp_figures_are_exported() {
@@ -259,6 +259,7 @@ mod tests {
             passes: vec![("not_ip".into(), 3)],
             learned_peers: vec![],
             vrrp: vec![RouterStatus {
+                addresses: vec![],
                 name: "VI_1".into(),
                 state: StateName::Master,
                 master: None,

@@ -61,7 +61,7 @@ pub struct Status {
     pub learned_peers: Vec<String>,
     /// VRRP instances: state, priority, counters.
     #[serde(default)]
-    pub vrrp: Vec<crate::vrrp::driver::RouterStatus>,
+    pub vrrp: Vec<crate::vrrp::status::RouterStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -238,11 +238,20 @@ pub fn render(s: &Status) -> String {
         let discards: Vec<String> = r.discards.iter().map(|(d, n)| format!("{d} {n}")).collect();
         let _ = writeln!(
             out,
-            "vrrp {}: {} (priority {}, master {}), adverts sent {} received {}, became master {} time(s){}",
+            "vrrp {}: {} (priority {}, master {}, addresses {}), adverts sent {} received {}, became master {} time(s){}",
             r.name,
             r.state,
             r.priority,
             r.master.map_or("unknown".to_string(), |m| m.to_string()),
+            if r.addresses.is_empty() {
+                "none".to_string()
+            } else {
+                r.addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
             r.adverts_sent,
             r.adverts_received,
             r.became_master,

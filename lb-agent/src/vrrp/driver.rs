@@ -19,26 +19,14 @@ use super::{
     instance::{Action, State},
     packet::{Advert, Received, V3Ipv4Checksum},
     router::{self, Router, TrackRef},
+    scripts::Scripts,
+    status::RouterStatus,
     track::{self, Tracked},
 };
 use crate::{
     config::{Config, VrrpScript},
-    health::{exec, tracker::Tracker},
     netlink::{self, vips},
 };
-
-/// A track script's latest verdict, and its task.
-struct Script {
-    spec: VrrpScript,
-    tracker: Tracker,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// What the driver's background tasks report to the daemon's loop.
 pub enum Event {
@@ -63,7 +51,7 @@ pub struct Vrrp {
     routers: Vec<Router>,
     /// Removed or restarted instances whose resignation still has to go out.
     retiring: Vec<Router>,
-    scripts: HashMap<String, Script>,
+    scripts: Scripts,
     tx: mpsc::Sender<Event>,
     /// Transitions not yet taken by the daemon.
     transitions: Vec<Transition>,
@@ -83,70 +71,6 @@ const MAX_HANDOVER_WAIT: Duration = Duration::from_secs(3);
 /// Slack for the backup's processing and its gratuitous ARPs.
 const HANDOVER_MARGIN: Duration = Duration::from_millis(20);
 
-/// What `status` shows of one instance.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct RouterStatus {
-    pub name: String,
-    pub state: StateName,
-    /// The current master's address, as far as this host knows.
-    #[serde(default)]
-    pub master: Option<IpAddr>,
-    pub priority: u8,
-    pub adverts_received: u64,
-    pub adverts_sent: u64,
-    pub became_master: u64,
-    pub discards: Vec<(String, u64)>,
-}
-
-/// An instance's state as `status` and the metrics show it.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum StateName {
-    Initialize,
-    Backup,
-    Master,
-    Fault,
-}
-
-impl std::fmt::Display for StateName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(match self {
-            StateName::Initialize => "initialize",
-            StateName::Backup => "backup",
-            StateName::Master => "master",
-            StateName::Fault => "fault",
-        })
-    }
-}
-
-impl From<State> for StateName {
-    fn from(s: State) -> StateName {
-        match s {
-            State::Initialize => StateName::Initialize,
-            State::Backup => StateName::Backup,
-            State::Master => StateName::Master,
-            State::Fault => StateName::Fault,
-        }
-    }
-}
-
-/// Runs a track script every `interval` for as long as the daemon's loop listens.
-fn spawn_script(sc: &VrrpScript, tx: mpsc::Sender<Event>) -> tokio::task::JoinHandle<()> {
-    let (command, name) = (sc.script.clone(), sc.name.clone());
-    let (interval, timeout) = (sc.interval, sc.timeout);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let ok = exec::run(&command, timeout, false).await.ok();
-            if tx.send(Event::Script(name.clone(), ok)).await.is_err() {
-                return;
-            }
-        }
-    })
-}
-
 impl Vrrp {
     /// Opens every instance's socket, removes virtual addresses a previous run left (we are
     /// not master of anything yet), starts the track scripts and the instances.
@@ -160,7 +84,7 @@ impl Vrrp {
         let mut vrrp = Vrrp {
             routers: Vec::new(),
             retiring: Vec::new(),
-            scripts: HashMap::new(),
+            scripts: Scripts::default(),
             tx,
             transitions: Vec::new(),
             keep_addresses: false,
@@ -225,7 +149,12 @@ impl Vrrp {
         // In configuration order, as `status` lists them.
         kept.sort_by_key(|r| p.instances.iter().position(|vi| vi.name == r.name()));
         self.routers = kept;
-        self.set_scripts(&p.scripts);
+        let tracked: HashSet<&str> = self
+            .routers
+            .iter()
+            .flat_map(|r| r.cfg.track_scripts.iter().map(|t| t.name.as_str()))
+            .collect();
+        self.scripts.set(&p.scripts, &tracked, &self.tx);
         self.refresh_links(handle, now).await;
         self.retrack(now);
     }
@@ -280,28 +209,6 @@ impl Vrrp {
         r.cfg = vi;
     }
 
-    /// The scripts some instance tracks: kept (with their verdict) when unchanged, started
-    /// when new or changed, stopped when no longer tracked.
-    fn set_scripts(&mut self, specs: &[VrrpScript]) {
-        let tracked: HashSet<&str> = self
-            .routers
-            .iter()
-            .flat_map(|r| r.cfg.track_scripts.iter().map(|t| t.name.as_str()))
-            .collect();
-        let mut old = std::mem::take(&mut self.scripts);
-        for sc in specs.iter().filter(|s| tracked.contains(s.name.as_str())) {
-            let script = match old.remove(&sc.name) {
-                Some(s) if s.spec == *sc => s,
-                _ => Script {
-                    spec: sc.clone(),
-                    tracker: Tracker::new(sc.rise, sc.fall, !sc.init_fail),
-                    task: spawn_script(sc, self.tx.clone()),
-                },
-            };
-            self.scripts.insert(sc.name.clone(), script);
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.routers.is_empty()
     }
@@ -331,10 +238,7 @@ impl Vrrp {
         match event {
             Event::Advert(name, rx, bytes) => self.advert_received(now, &name, rx, &bytes),
             Event::Script(name, ok) => {
-                let Some(sc) = self.scripts.get_mut(&name) else {
-                    return;
-                };
-                if let Some(up) = sc.tracker.record(ok) {
+                if let Some(up) = self.scripts.record(&name, ok) {
                     tracing::info!(script = %name, up, "track script changed");
                     self.retrack(now);
                 }
@@ -377,7 +281,7 @@ impl Vrrp {
                     },
                     TrackRef::Script { name, weight } => Tracked {
                         weight: *weight,
-                        up: scripts.get(name).is_none_or(|s| s.tracker.is_up()),
+                        up: scripts.is_up(name),
                     },
                 }),
             );
@@ -548,6 +452,7 @@ impl Vrrp {
                     state: r.inst.state().into(),
                     master: r.inst.master(),
                     priority: r.inst.priority(),
+                    addresses: r.vips.iter().map(|v| v.address).collect(),
                     adverts_received: s.adverts_received,
                     adverts_sent: s.adverts_sent,
                     became_master: s.became_master,
