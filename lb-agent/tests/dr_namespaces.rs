@@ -470,34 +470,10 @@ fn sighup_applies_the_difference_and_keeps_established_flows() {
         "no connection on r2: {owners:?}"
     );
 
-    let hup = |lab: &mut Lab, text: &str, needle: &str| {
-        std::fs::write(&path, text).unwrap();
-        let before = std::fs::read_to_string(&log)
-            .unwrap()
-            .matches(needle)
-            .count();
-        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(&log)
-            .unwrap()
-            .matches(needle)
-            .count()
-            == before
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no `{needle}` after SIGHUP:\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = lab;
-    };
-
     // r2 leaves the pool: established connections stay where they are (IPVS keeps them on a
     // quiesced server), new ones all go to r1.
     let only_r1 = read_vip_config(&lab, &["10.99.0.11"], "");
-    hup(&mut lab, &only_r1, "configuration reloaded");
+    reload(pid, &path, &log, &only_r1, "configuration reloaded");
     for (i, c) in conns.iter_mut().enumerate() {
         let reply = common::round_trip(c, &format!("b{i}")).expect("round trip after reload");
         assert_eq!(
@@ -527,8 +503,10 @@ fn sighup_applies_the_difference_and_keeps_established_flows() {
     );
 
     // An invalid file is refused and changes nothing.
-    hup(
-        &mut lab,
+    reload(
+        pid,
+        &path,
+        &log,
         "[dataplane]\ninterface = \"eth0\"\nbogus = 1\n",
         "reload refused",
     );
@@ -871,4 +849,158 @@ fn systemd_notify_ready_watchdog_and_stopping() {
         }
     }
     assert!(stopping, "no STOPPING=1 after SIGTERM");
+}
+
+/// `status --json` without the traffic counters (packets the lab's own ARP and IPv6 chatter
+/// may add between two reads).
+fn status_without_counters(lab: &Lab) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for k in [
+                    "packets",
+                    "bytes",
+                    "new_flows",
+                    "passed_local",
+                    "passed_inactive",
+                    "passed_peer",
+                    "no_real",
+                    "passes",
+                ] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let out = status(lab, true);
+    assert!(out.status.success(), "{out:?}");
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    strip(&mut v);
+    v
+}
+
+/// Writes `text` to the agent's file, sends SIGHUP and waits (bounded) until the log has one
+/// more line containing `needle`; returns that line.
+fn reload(pid: u32, path: &std::path::Path, log: &str, text: &str, needle: &str) -> String {
+    std::fs::write(path, text).unwrap();
+    let count = || {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    let before = count();
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count() == before {
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` after SIGHUP:\n{}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .nth(before)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_reload_refused_at_any_stage_leaves_the_running_state_identical() {
+    let (mut lab, pid, path, log) = echo_lab("rfail");
+    let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
+    let client = lab.ns("cl");
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    let before = status_without_counters(&lab);
+
+    // A password file the agent must refuse: readable by others.
+    let pw = dir.join("check.pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mysql_check = format!(
+        "[[virtual_server]]\nname = \"mysql-write\"\naddress = \"10.99.0.101\"\nport = 3306\n\
+         [[virtual_server.real_server]]\naddress = \"10.99.0.11\"\n\
+         check = {{ type = \"mysql\", user = \"lb\", password_file = \"{}\" }}\n",
+        pw.display()
+    );
+    let missing_interface = "[[vrrp_instance]]\nname = \"VI_9\"\ninterface = \"nosuch9\"\n\
+         virtual_router_id = 9\npriority = 100\n\
+         [[vrrp_instance.virtual_address]]\naddress = \"10.99.0.109\"\ndevice = \"nosuch9\"\n";
+    let mut too_many = String::new();
+    for i in 0..1100u32 {
+        too_many += &format!(
+            "[[virtual_server]]\nname = \"s{i}\"\naddress = \"10.98.{}.{}\"\nport = 3306\n\
+             [[virtual_server.real_server]]\naddress = \"10.99.0.11\"\n",
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    let reals = ["10.99.0.11", "10.99.0.12"];
+    let stages = [
+        (
+            "parse",
+            "[dataplane]\ninterface = \"eth0\"\nbogus = 1\n".to_string(),
+            "bogus",
+        ),
+        (
+            "validation",
+            read_vip_config(
+                &lab,
+                &reals,
+                "[[virtual_server.real_server]]\naddress = \"10.99.0.11\"\nweight = 7\n",
+            ),
+            "10.99.0.11",
+        ),
+        (
+            "password file",
+            read_vip_config(&lab, &reals, &mysql_check),
+            "check.pw",
+        ),
+        (
+            "VRRP socket",
+            read_vip_config(&lab, &reals, missing_interface),
+            "nosuch9",
+        ),
+        (
+            "data plane capacity",
+            read_vip_config(&lab, &reals, &too_many),
+            "more virtual servers than the data plane holds",
+        ),
+    ];
+    for (stage, text, why) in stages {
+        let line = reload(pid, &path, &log, &text, "reload refused");
+        assert!(line.contains(why), "{stage}: the refusal says why: {line}");
+        assert_eq!(
+            status_without_counters(&lab),
+            before,
+            "{stage}: a refused reload changed the running state ({line})"
+        );
+        let mut c = common::connect_from(&client, vip);
+        let reply = common::round_trip(&mut c, stage).unwrap();
+        assert!(reply.ends_with(stage), "{stage}: {reply}");
+    }
+    assert!(
+        !lab.ip("lb", &["addr", "show"]).contains("10.99.0.109"),
+        "the refused VRRP instance added its address"
+    );
+
+    // The same agent still takes a good file.
+    let line = reload(
+        pid,
+        &path,
+        &log,
+        &read_vip_config(&lab, &["10.99.0.11"], ""),
+        "configuration reloaded",
+    );
+    assert_ne!(status_without_counters(&lab), before, "{line}");
+    assert!(lab.stop(pid).unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }

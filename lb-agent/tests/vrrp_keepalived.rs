@@ -373,7 +373,7 @@ fn nopreempt_and_track_script() {
     );
     let text = status();
     assert!(
-        text.contains("vrrp VI_1: backup (priority 180, master 10.98.0.2)"),
+        text.contains("vrrp VI_1: backup (priority 180, master 10.98.0.2, addresses 10.98.0.100)"),
         "{text}"
     );
 
@@ -411,6 +411,154 @@ fn nopreempt_and_track_script() {
     assert!(
         lab.has_address("lb2", vip) && !lab.has_address("lb1", vip),
         "nopreempt: lb-agent took the VIP back"
+    );
+    assert!(lab.stop(a).unwrap().success());
+    lab.stop(ka);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reloads against keepalived, as its users change a pair: a raised priority preempts, an
+/// added VIP goes out in the adverts (keepalived, reloaded with the same VIPs, accepts them
+/// and stays backup), a removed instance resigns (keepalived takes over within skew time),
+/// and an instance added back starts and preempts again. Each step is visible in `status`.
+#[test]
+fn reloads_apply_vrrp_changes_as_keepalived_sees_them() {
+    let v = Variant {
+        version: 2,
+        auth: false,
+        unicast: false,
+        v6: false,
+    };
+    let (vip, second) = (v.vip(), "10.98.0.101");
+    let mut lab = Lab::new("kahup");
+    lab.bridge();
+    lab.host("lb1", "10.98.0.1/24");
+    lab.host("lb2", "10.98.0.2/24");
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = env!("CARGO_BIN_EXE_lb-agent");
+    let agent_log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let ka_log = dir.join("keepalived.log").to_string_lossy().into_owned();
+    let ka_conf = dir.join("keepalived.conf");
+    let agent_cfg = dir.join("lb.toml");
+    let status = || {
+        let out = std::process::Command::new(agent)
+            .args(["status", "--socket"])
+            .arg(dir.join("control.sock"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let with_second = |conf: String| {
+        conf.replace(
+            "[[vrrp_instance.virtual_address]]",
+            &format!(
+                "[[vrrp_instance.virtual_address]]\naddress = \"{second}\"\ndevice = \"eth0\"\n[[vrrp_instance.virtual_address]]"
+            ),
+        )
+    };
+    let log_lines = |path: &str, needle: &str| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+    };
+    let reload_agent = |pid: u32, text: String| {
+        std::fs::write(&agent_cfg, text).unwrap();
+        let before = log_lines(&agent_log, "configuration reloaded");
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        wait("the reload", Duration::from_secs(5), || {
+            log_lines(&agent_log, "configuration reloaded") > before
+        });
+    };
+
+    // keepalived (150) master, lb-agent (100) backup.
+    std::fs::write(&ka_conf, keepalived_conf(v, 150, "MASTER")).unwrap();
+    let ka = start_keepalived(&mut lab, "lb2", &ka_conf, &ka_log);
+    wait("keepalived master", Duration::from_secs(8), || {
+        lab.has_address("lb2", vip)
+    });
+    std::fs::write(&agent_cfg, agent_conf(&lab, v, 100)).unwrap();
+    let a = lab.spawn(
+        "lb1",
+        &[agent, "run", "--config", agent_cfg.to_str().unwrap()],
+        &agent_log,
+    );
+    wait("lb-agent backup", Duration::from_secs(8), || {
+        status().contains("vrrp VI_1: backup (priority 100, master 10.98.0.2,")
+    });
+
+    // 1. Priority 100 → 200: lb-agent preempts, keepalived steps down.
+    reload_agent(a, agent_conf(&lab, v, 200));
+    let took = wait(
+        "lb-agent preempts after the reload",
+        Duration::from_secs(5),
+        || lab.has_address("lb1", vip) && !lab.has_address("lb2", vip),
+    );
+    println!("lb-agent preempted {took:?} after its priority was raised by a reload");
+    wait("keepalived backup", Duration::from_secs(3), || {
+        log_lines(&ka_log, "Entering BACKUP STATE") > 0
+    });
+    assert!(
+        status().contains("vrrp VI_1: master (priority 200,"),
+        "{}",
+        status()
+    );
+
+    // 2. A second VIP on both sides (keepalived first: it checks the adverts' address list).
+    std::fs::write(
+        &ka_conf,
+        keepalived_conf(v, 150, "BACKUP").replace(
+            "dev eth0 label eth0:1\n",
+            &format!("dev eth0 label eth0:1\n    {second}/32 dev eth0\n"),
+        ),
+    )
+    .unwrap();
+    unsafe { libc::kill(ka as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    reload_agent(a, with_second(agent_conf(&lab, v, 200)));
+    wait("the second VIP on lb-agent", Duration::from_secs(3), || {
+        lab.has_address("lb1", second)
+    });
+    assert!(
+        status().contains(&format!("addresses {second} {vip})"))
+            || status().contains(&format!("addresses {vip} {second})")),
+        "{}",
+        status()
+    );
+    let mastered = log_lines(&ka_log, "Entering MASTER STATE");
+    // Longer than keepalived's master-down interval: it accepts the new adverts.
+    std::thread::sleep(Duration::from_secs(5));
+    let ka_text = std::fs::read_to_string(&ka_log).unwrap_or_default();
+    assert_eq!(
+        log_lines(&ka_log, "Entering MASTER STATE"),
+        mastered,
+        "keepalived rejected the reloaded adverts:\n{ka_text}"
+    );
+    assert!(!lab.has_address("lb2", vip) && !lab.has_address("lb2", second));
+
+    // 3. The instance removed: lb-agent resigns, keepalived takes over within skew time.
+    let no_vrrp = agent_conf(&lab, v, 200);
+    let no_vrrp = no_vrrp[..no_vrrp.find("[[vrrp_instance]]").unwrap()].to_string();
+    reload_agent(a, no_vrrp);
+    let took = wait(
+        "keepalived takes over a resigned instance",
+        Duration::from_secs(3),
+        || lab.has_address("lb2", vip) && lab.has_address("lb2", second),
+    );
+    println!("keepalived took over {took:?} after the reload removed lb-agent's instance");
+    assert!(!lab.has_address("lb1", vip) && !lab.has_address("lb1", second));
+    assert!(!status().contains("vrrp VI_1"), "{}", status());
+
+    // 4. Added back: it starts as backup and preempts.
+    reload_agent(a, with_second(agent_conf(&lab, v, 200)));
+    wait("lb-agent preempts again", Duration::from_secs(8), || {
+        lab.has_address("lb1", vip) && !lab.has_address("lb2", vip)
+    });
+    assert!(
+        status().contains("vrrp VI_1: master (priority 200,"),
+        "{}",
+        status()
     );
     assert!(lab.stop(a).unwrap().success());
     lab.stop(ka);
