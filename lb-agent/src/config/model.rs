@@ -282,18 +282,6 @@ fn mail(g: &Global) -> (Option<Mail>, Option<String>) {
 
 /// Builds the model from a validated file: validation guarantees every reference resolves.
 pub(super) fn resolve(f: &File) -> Config {
-    let group_of = |name: &str| {
-        f.sync_groups
-            .iter()
-            .find(|g| g.get_ref().members.iter().any(|m| m == name))
-            .map(|g| g.get_ref().name.clone())
-    };
-    let script_weight = |name: &str| {
-        f.vrrp_scripts
-            .iter()
-            .find(|s| s.get_ref().name == name)
-            .map_or(0, |s| s.get_ref().weight)
-    };
     let (mail, mail_warning) = mail(&f.global);
     Config {
         global: f.global.clone(),
@@ -303,57 +291,7 @@ pub(super) fn resolve(f: &File) -> Config {
         vrrp_instances: f
             .vrrp_instances
             .iter()
-            .map(|vi| {
-                let vi = vi.get_ref();
-                VrrpInstance {
-                    name: vi.name.clone(),
-                    initial: vi.state,
-                    interface: vi.interface.clone(),
-                    virtual_router_id: vi.virtual_router_id,
-                    priority: vi.priority,
-                    advert_interval: vi.advert_interval.0,
-                    version: if vi.version == 3 {
-                        VrrpVersion::V3
-                    } else {
-                        VrrpVersion::V2
-                    },
-                    auth_pass: vi.auth_pass.clone(),
-                    preempt: vi.preempt,
-                    preempt_delay: vi.preempt_delay.0,
-                    unicast_src: vi.unicast_src,
-                    unicast_peers: vi.unicast_peers.clone(),
-                    virtual_addresses: vi.virtual_addresses.clone(),
-                    notify: VrrpNotify {
-                        master: vi.notify_master.clone(),
-                        backup: vi.notify_backup.clone(),
-                        fault: vi.notify_fault.clone(),
-                    },
-                    smtp_alert: vi.smtp_alert,
-                    garp: Garp {
-                        repeat: vi.garp_master_repeat,
-                        delay: vi.garp_master_delay.0,
-                        refresh: vi.garp_master_refresh.0,
-                        refresh_repeat: vi.garp_master_refresh_repeat,
-                    },
-                    track_interfaces: vi
-                        .track_interface
-                        .iter()
-                        .map(|t| Tracked {
-                            name: t.name.clone(),
-                            weight: t.weight.unwrap_or(0),
-                        })
-                        .collect(),
-                    track_scripts: vi
-                        .track_script
-                        .iter()
-                        .map(|t| Tracked {
-                            name: t.name.clone(),
-                            weight: t.weight.unwrap_or_else(|| script_weight(&t.name)),
-                        })
-                        .collect(),
-                    sync_group: group_of(&vi.name),
-                }
-            })
+            .map(|vi| vrrp_instance(f, vi.get_ref()))
             .collect(),
         vrrp_scripts: f
             .vrrp_scripts
@@ -383,6 +321,69 @@ pub(super) fn resolve(f: &File) -> Config {
             .iter()
             .map(|vs| service(f, vs.get_ref()))
             .collect(),
+    }
+}
+
+fn vrrp_instance(f: &File, vi: &schema::VrrpInstance) -> VrrpInstance {
+    let group_of = |name: &str| {
+        f.sync_groups
+            .iter()
+            .find(|g| g.get_ref().members.iter().any(|m| m == name))
+            .map(|g| g.get_ref().name.clone())
+    };
+    let script_weight = |name: &str| {
+        f.vrrp_scripts
+            .iter()
+            .find(|s| s.get_ref().name == name)
+            .map_or(0, |s| s.get_ref().weight)
+    };
+    VrrpInstance {
+        name: vi.name.clone(),
+        initial: vi.state,
+        interface: vi.interface.clone(),
+        virtual_router_id: vi.virtual_router_id,
+        priority: vi.priority,
+        advert_interval: vi.advert_interval.0,
+        version: if vi.version == 3 {
+            VrrpVersion::V3
+        } else {
+            VrrpVersion::V2
+        },
+        auth_pass: vi.auth_pass.clone(),
+        preempt: vi.preempt,
+        preempt_delay: vi.preempt_delay.0,
+        unicast_src: vi.unicast_src,
+        unicast_peers: vi.unicast_peers.clone(),
+        virtual_addresses: vi.virtual_addresses.clone(),
+        notify: VrrpNotify {
+            master: vi.notify_master.clone(),
+            backup: vi.notify_backup.clone(),
+            fault: vi.notify_fault.clone(),
+        },
+        smtp_alert: vi.smtp_alert,
+        garp: Garp {
+            repeat: vi.garp_master_repeat,
+            delay: vi.garp_master_delay.0,
+            refresh: vi.garp_master_refresh.0,
+            refresh_repeat: vi.garp_master_refresh_repeat,
+        },
+        track_interfaces: vi
+            .track_interface
+            .iter()
+            .map(|t| Tracked {
+                name: t.name.clone(),
+                weight: t.weight.unwrap_or(0),
+            })
+            .collect(),
+        track_scripts: vi
+            .track_script
+            .iter()
+            .map(|t| Tracked {
+                name: t.name.clone(),
+                weight: t.weight.unwrap_or_else(|| script_weight(&t.name)),
+            })
+            .collect(),
+        sync_group: group_of(&vi.name),
     }
 }
 

@@ -192,6 +192,8 @@ fn vrrp_script(sc: &VrrpScript, t: &mut Table) {
     }
 }
 
+/// Every rule of a `[[vrrp_instance]]`, one after the other in the order of its keys (long
+/// because the block has many keys; each rule is a line or two and independent).
 fn vrrp_instance(vi: &VrrpInstance, t: &mut Table) {
     for (key, tracks) in [
         ("track_interface", &vi.track_interface),
@@ -353,6 +355,8 @@ fn referenced<'a>(c: &'a File, r: &'a CheckRef, t: &mut Table, key: &str) -> Opt
     found
 }
 
+/// Every rule of a `[[virtual_server]]` and its servers, in the order of its keys (long for
+/// the same reason as `vrrp_instance`).
 fn virtual_server(c: &File, vs: &VirtualServer, t: &mut Table) {
     let persistence = vs.persistence_timeout.0;
     if persistence.as_secs() > u32::MAX as u64 || persistence.subsec_nanos() != 0 {

@@ -27,93 +27,70 @@ type Labels = Vec<(String, String)>;
 /// The OpenMetrics text of a status.
 pub fn encode_status(s: &Status) -> String {
     let mut reg = Registry::with_prefix("lb");
-    let counter = |reg: &mut Registry, name: &str, help: &str| {
-        let f = Family::<Labels, Counter>::default();
-        reg.register(name, help, f.clone());
-        f
-    };
-    let gauge = |reg: &mut Registry, name: &str, help: &str| {
-        let f = Family::<Labels, Gauge>::default();
-        reg.register(name, help, f.clone());
-        f
-    };
+    services(&mut reg, s);
+    xdp_passes(&mut reg, s);
+    vrrp(&mut reg, s);
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String");
+    out
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+/// Per service, and per real server.
+fn services(reg: &mut Registry, s: &Status) {
     let packets = counter(
-        &mut reg,
+        reg,
         "service_packets",
         "Frames of the service forwarded or passed to a local real server",
     );
-    let bytes = counter(&mut reg, "service_bytes", "Bytes of those frames");
+    let bytes = counter(reg, "service_bytes", "Bytes of those frames");
     let flows = counter(
-        &mut reg,
+        reg,
         "service_new_flows",
         "Flows that took a new scheduling decision",
     );
     let passed = counter(
-        &mut reg,
+        reg,
         "service_passed",
         "Frames of the service passed to the kernel, by reason",
     );
     let active = gauge(
-        &mut reg,
+        reg,
         "service_active",
         "1 when this host forwards for the service",
     );
     let sorry = gauge(
-        &mut reg,
+        reg,
         "service_sorry_server_in_use",
         "1 when the sorry server has the traffic",
     );
     let real_up = gauge(
-        &mut reg,
+        reg,
         "real_server_up",
         "1 when the real server is in the service's pool",
     );
     let real_healthy = gauge(
-        &mut reg,
+        reg,
         "real_server_healthy",
         "1 when the real server passes its health check and role (or has no check)",
     );
-    let real_packets = counter(
-        &mut reg,
-        "real_server_packets",
-        "Frames sent to the real server",
-    );
-    let real_bytes = counter(
-        &mut reg,
-        "real_server_bytes",
-        "Bytes sent to the real server",
-    );
+    let real_packets = counter(reg, "real_server_packets", "Frames sent to the real server");
+    let real_bytes = counter(reg, "real_server_bytes", "Bytes sent to the real server");
     let real_flows = counter(
-        &mut reg,
+        reg,
         "real_server_new_flows",
         "New flows scheduled to the real server",
-    );
-    let xdp_passed = counter(
-        &mut reg,
-        "xdp_passed",
-        "Frames the XDP program passed to the kernel, by reason",
-    );
-    let vrrp_master = gauge(
-        &mut reg,
-        "vrrp_master",
-        "1 when the VRRP instance is master here",
-    );
-    let vrrp_priority = gauge(
-        &mut reg,
-        "vrrp_priority",
-        "The VRRP instance's current priority",
-    );
-    let vrrp_sent = counter(&mut reg, "vrrp_adverts_sent", "VRRP adverts sent");
-    let vrrp_received = counter(
-        &mut reg,
-        "vrrp_adverts_received",
-        "VRRP adverts received and accepted",
-    );
-    let vrrp_became_master = counter(&mut reg, "vrrp_became_master", "Transitions to master");
-    let vrrp_discards = counter(
-        &mut reg,
-        "vrrp_discards",
-        "VRRP adverts discarded, by reason",
     );
 
     let mut reals = BTreeMap::new();
@@ -160,6 +137,39 @@ pub fn encode_status(s: &Status) -> String {
         real_bytes.get_or_create(&l).inc_by(b);
         real_flows.get_or_create(&l).inc_by(f);
     }
+}
+
+/// `XDP_PASS` counts by reason.
+fn xdp_passes(reg: &mut Registry, s: &Status) {
+    let xdp_passed = counter(
+        reg,
+        "xdp_passed",
+        "Frames the XDP program passed to the kernel, by reason",
+    );
+    for (reason, n) in &s.passes {
+        xdp_passed
+            .get_or_create(&vec![("reason".into(), reason.clone())])
+            .inc_by(*n);
+    }
+}
+
+/// Per VRRP instance.
+fn vrrp(reg: &mut Registry, s: &Status) {
+    let vrrp_master = gauge(
+        reg,
+        "vrrp_master",
+        "1 when the VRRP instance is master here",
+    );
+    let vrrp_priority = gauge(reg, "vrrp_priority", "The VRRP instance's current priority");
+    let vrrp_sent = counter(reg, "vrrp_adverts_sent", "VRRP adverts sent");
+    let vrrp_received = counter(
+        reg,
+        "vrrp_adverts_received",
+        "VRRP adverts received and accepted",
+    );
+    let vrrp_became_master = counter(reg, "vrrp_became_master", "Transitions to master");
+    let vrrp_discards = counter(reg, "vrrp_discards", "VRRP adverts discarded, by reason");
+
     for r in &s.vrrp {
         let l: Labels = vec![("instance".into(), r.name.clone())];
         vrrp_master
@@ -175,14 +185,6 @@ pub fn encode_status(s: &Status) -> String {
             vrrp_discards.get_or_create(&lr).inc_by(*n);
         }
     }
-    for (reason, n) in &s.passes {
-        xdp_passed
-            .get_or_create(&vec![("reason".into(), reason.clone())])
-            .inc_by(*n);
-    }
-    let mut out = String::new();
-    encode(&mut out, &reg).expect("writing to a String");
-    out
 }
 
 /// Serves `GET /metrics` on `addr` (anything else: 404).

@@ -11,6 +11,7 @@ use crate::{
     config::{Config, Member},
     dataplane::Counters,
     health::verdict::CheckHealth,
+    vrrp::status::RouterStatus,
 };
 
 /// What a real server does in its service now.
@@ -61,7 +62,7 @@ pub struct Status {
     pub learned_peers: Vec<String>,
     /// VRRP instances: state, priority, counters.
     #[serde(default)]
-    pub vrrp: Vec<crate::vrrp::status::RouterStatus>,
+    pub vrrp: Vec<RouterStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -235,88 +236,10 @@ pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "interface {} (XDP {})", s.interface, s.attach_mode);
     for r in &s.vrrp {
-        let discards: Vec<String> = r.discards.iter().map(|(d, n)| format!("{d} {n}")).collect();
-        let _ = writeln!(
-            out,
-            "vrrp {}: {} (priority {}, master {}, addresses {}), adverts sent {} received {}, became master {} time(s){}",
-            r.name,
-            r.state,
-            r.priority,
-            r.master.map_or("unknown".to_string(), |m| m.to_string()),
-            if r.addresses.is_empty() {
-                "none".to_string()
-            } else {
-                r.addresses
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            },
-            r.adverts_sent,
-            r.adverts_received,
-            r.became_master,
-            if discards.is_empty() {
-                String::new()
-            } else {
-                format!(", discarded: {}", discards.join(", "))
-            }
-        );
+        render_vrrp(&mut out, r);
     }
     for svc in &s.services {
-        let addr = match svc.address {
-            IpAddr::V4(a) => format!("{a}:{}", svc.port),
-            IpAddr::V6(a) => format!("[{a}]:{}", svc.port),
-        };
-        let _ = writeln!(
-            out,
-            "\n{} {}/{} {}{}  packets {}  bytes {}  new flows {}",
-            svc.name,
-            addr,
-            svc.protocol,
-            if svc.active { "active" } else { "inactive" },
-            if svc.using_sorry_server {
-                ", SORRY SERVER"
-            } else {
-                ""
-            },
-            svc.packets,
-            svc.bytes,
-            svc.new_flows
-        );
-        let _ = writeln!(
-            out,
-            "  {:<40} {:>6} {:<11} {:<10} {:<17} {:>10} {:>12} {:>9}",
-            "real server", "weight", "state", "health", "mac", "packets", "bytes", "new flows"
-        );
-        for r in &svc.real_servers {
-            let _ = writeln!(
-                out,
-                "  {:<40} {:>6} {:<11} {:<10} {:<17} {:>10} {:>12} {:>9}",
-                r.address.to_string(),
-                r.weight,
-                r.state,
-                r.health,
-                r.mac.as_deref().unwrap_or("-"),
-                r.packets,
-                r.bytes,
-                r.new_flows
-            );
-            if let Some(why) = &r.reason {
-                let _ = writeln!(out, "    reason: {why}");
-            }
-            if let Some(m) = &r.mysql {
-                let _ = writeln!(out, "    mysql: {m}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "  failback: {}{}",
-            svc.failback,
-            svc.failback_waiting
-                .as_ref()
-                .map(|w| format!(" — {w}"))
-                .unwrap_or_default()
-        );
+        render_service(&mut out, svc);
     }
     let passes: Vec<String> = s
         .passes
@@ -346,4 +269,92 @@ pub fn render(s: &Status) -> String {
 /// Addresses of learned peers, for the status.
 pub fn peers(macs: &[xdp_ebpf::maps::MacAddr]) -> Vec<String> {
     macs.iter().map(|m| mac_string(m.octets)).collect()
+}
+
+/// One line per VRRP instance.
+fn render_vrrp(out: &mut String, r: &RouterStatus) {
+    let discards: Vec<String> = r.discards.iter().map(|(d, n)| format!("{d} {n}")).collect();
+    let _ = writeln!(
+        out,
+        "vrrp {}: {} (priority {}, master {}, addresses {}), adverts sent {} received {}, became master {} time(s){}",
+        r.name,
+        r.state,
+        r.priority,
+        r.master.map_or("unknown".to_string(), |m| m.to_string()),
+        if r.addresses.is_empty() {
+            "none".to_string()
+        } else {
+            r.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+        r.adverts_sent,
+        r.adverts_received,
+        r.became_master,
+        if discards.is_empty() {
+            String::new()
+        } else {
+            format!(", discarded: {}", discards.join(", "))
+        }
+    );
+}
+
+/// A service's line and its real servers' table.
+fn render_service(out: &mut String, svc: &ServiceStatus) {
+    let addr = match svc.address {
+        IpAddr::V4(a) => format!("{a}:{}", svc.port),
+        IpAddr::V6(a) => format!("[{a}]:{}", svc.port),
+    };
+    let _ = writeln!(
+        out,
+        "\n{} {}/{} {}{}  packets {}  bytes {}  new flows {}",
+        svc.name,
+        addr,
+        svc.protocol,
+        if svc.active { "active" } else { "inactive" },
+        if svc.using_sorry_server {
+            ", SORRY SERVER"
+        } else {
+            ""
+        },
+        svc.packets,
+        svc.bytes,
+        svc.new_flows
+    );
+    let _ = writeln!(
+        out,
+        "  {:<40} {:>6} {:<11} {:<10} {:<17} {:>10} {:>12} {:>9}",
+        "real server", "weight", "state", "health", "mac", "packets", "bytes", "new flows"
+    );
+    for r in &svc.real_servers {
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>6} {:<11} {:<10} {:<17} {:>10} {:>12} {:>9}",
+            r.address.to_string(),
+            r.weight,
+            r.state,
+            r.health,
+            r.mac.as_deref().unwrap_or("-"),
+            r.packets,
+            r.bytes,
+            r.new_flows
+        );
+        if let Some(why) = &r.reason {
+            let _ = writeln!(out, "    reason: {why}");
+        }
+        if let Some(m) = &r.mysql {
+            let _ = writeln!(out, "    mysql: {m}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  failback: {}{}",
+        svc.failback,
+        svc.failback_waiting
+            .as_ref()
+            .map(|w| format!(" — {w}"))
+            .unwrap_or_default()
+    );
 }

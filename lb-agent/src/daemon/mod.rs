@@ -3,18 +3,17 @@
 //! it to the one owner of the running state (`core::Daemon`) until SIGINT/SIGTERM; then a
 //! resignation and a clean detach.
 
+mod attach;
 mod core;
 mod neighbours;
 mod reload;
 
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use lb_agent::{
-    balancer::{desired, ids::Planner},
-    config::{Config, XdpModeSetting},
+    config::Config,
     control,
-    dataplane::{Adopted, AttachMode, Dataplane, LoadOptions, reconcile},
     health::{
         runner,
         state::{Event as HealthEvent, HealthState},
@@ -22,14 +21,14 @@ use lb_agent::{
     },
     netlink,
     notify::Notifier,
-    vrrp::driver::Vrrp,
+    vrrp::driver::{Event as VrrpEvent, Vrrp},
 };
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 
-use self::{
-    core::Daemon,
-    neighbours::{Link, Resolve, resolve},
-};
+use self::{attach::Attached, core::Daemon, neighbours::Link};
 
 /// How often links and neighbours are re-read (MAC changes, late resolution).
 const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
@@ -90,48 +89,17 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     //    the first frame already sees the full configuration. A data plane left pinned by a
     //    previous agent (killed, crashed, upgraded) keeps forwarding meanwhile: we take over
     //    its maps and ids, write the difference, and swap our program into its link.
-    let mut dp = Dataplane::load_pinned(&cfg.dataplane.pin_dir, &LoadOptions::default())?;
-    let mut planner = Planner::default();
-    let previous = if dp.adopted() {
-        let a = dp.maps().read_back().with_context(|| {
-            format!(
-                "the data plane pinned under {} does not match this lb-agent (a changed map \
-                 layout?); `lb-agent run --cleanup` removes it (forwarding stops until the next \
-                 start)",
-                cfg.dataplane.pin_dir.display()
-            )
-        })?;
-        adopt(&mut planner, &a);
-        // The gates start where the adopted data plane is.
-        health.set_adopted(&cfg, &adopted_sorry(&cfg, &a), now);
-        Some(desired::from_adopted(&a))
-    } else {
-        None
-    };
-    let (health_tx, mut health_rx) = tokio::sync::mpsc::channel::<HealthEvent>(256);
+    let Attached {
+        dp,
+        planner,
+        state,
+        mode: got,
+    } = attach::attach(&cfg, &link, &mut health, now).await?;
+    let (health_tx, health_rx) = tokio::sync::mpsc::channel::<HealthEvent>(256);
     runner::spawn_checks(&health.monitor, &health_tx);
-    let no_masters = Default::default();
-    let mut state = resolve(
-        &cfg,
-        &link,
-        Resolve::ProbeAndWait,
-        &mut planner,
-        &no_masters,
-        health.verdicts(),
-    )
-    .await?;
-    let ops = reconcile::plan(previous.as_ref(), &mut state);
-    dp.maps().execute(&ops)?;
-    core::report(&state);
-    let mode = match cfg.dataplane.xdp_mode {
-        XdpModeSetting::Auto => None,
-        XdpModeSetting::Driver => Some(AttachMode::Driver),
-        XdpModeSetting::Skb => Some(AttachMode::Skb),
-    };
-    let got = dp.attach(&iface, mode)?;
 
     // 7. Control: the socket and the metrics endpoint.
-    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(16);
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
     let socket = control::socket_path(cfg.global.control_socket.as_deref());
     if let Some(addr) = cfg.global.metrics_listen {
         control::metrics::serve(addr, control_tx.clone()).await?;
@@ -141,7 +109,7 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
 
     // 8. VRRP: until an instance is master here, the services of its VIPs stay inactive (the
     //    state above was computed with no masters).
-    let (vrrp, mut vrrp_events) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
+    let (vrrp, vrrp_events) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
         notifier: Notifier::new(&cfg),
@@ -161,100 +129,25 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     //    loop that hangs gets the service restarted. Outside systemd these do nothing.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut watchdog_usec = 0;
-    let mut watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec).then(|| {
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec).then(|| {
         tokio::time::interval(
             Duration::from_micros(watchdog_usec / 2).max(Duration::from_millis(100)),
         )
     });
 
     // 10. Run until told to stop: each event goes to its method of `Daemon`.
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut changes = netlink::watch()?;
-    let mut tick = tokio::time::interval(NEIGHBOUR_POLL);
-    loop {
-        let vrrp_deadline = d.vrrp.next_deadline();
-        let health_deadline = d.health.next_deadline();
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            Some(event) = vrrp_events.recv() => d.on_vrrp_event(event).await?,
-            _ = sleep_until(vrrp_deadline) => d.on_vrrp_timer().await?,
-            Some(event) = health_rx.recv() => d.on_health_event(event).await?,
-            _ = sleep_until(health_deadline) => d.on_health_deadline().await?,
-            Some((request, reply)) = control_rx.recv() => {
-                let _ = reply.send(d.on_control(request).await?);
-            }
-            _ = tick_watchdog(&mut watchdog) => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-            }
-            _ = hup.recv() => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-                if let Some(rx) = d.on_reload().await? {
-                    health_rx = rx;
-                }
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-            }
-            Some(()) = futures_util::StreamExt::next(&mut changes) => {
-                // A burst of notifications is one look.
-                while let Some(Some(())) = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut changes)) {}
-                d.on_netlink_change().await?;
-            }
-            _ = tick.tick() => d.on_tick().await?,
-        }
-    }
+    let mut inputs = Inputs {
+        vrrp: vrrp_events,
+        health: health_rx,
+        control: control_rx,
+        watchdog,
+    };
+    event_loop(&mut d, &mut inputs).await?;
 
     // 11. Clean exit: resign, detach, unpin. (A killed agent leaves the data plane running,
     //     pinned, for the next one to adopt.)
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    d.shutdown(&mut vrrp_events).await
-}
-
-/// Takes over the ids and generations of an adopted data plane.
-fn adopt(planner: &mut Planner, a: &Adopted) {
-    let reals: Vec<_> = a
-        .reals
-        .iter()
-        .map(|(id, r)| {
-            (
-                desired::addr_from_words(&r.addr, r.family),
-                *id,
-                r.generation,
-            )
-        })
-        .collect();
-    let services: Vec<_> = a
-        .services
-        .iter()
-        .map(|(k, s)| (*k, s.id, s.generation))
-        .collect();
-    planner.adopt(&reals, &services);
-    tracing::info!(
-        services = services.len(),
-        reals = reals.len(),
-        "adopting the pinned data plane"
-    );
-}
-
-/// Per service name: whether the adopted data plane has it on its sorry server only (absent
-/// when the data plane does not know the service).
-fn adopted_sorry(cfg: &Config, a: &Adopted) -> AdoptedSorry {
-    cfg.services
-        .iter()
-        .filter_map(|vs| {
-            let key = desired::service_key(vs);
-            let (_, svc) = a.services.iter().find(|(k, _)| *k == key)?;
-            let (_, members) = a.members.iter().find(|(id, _)| *id == svc.id)?;
-            let sorry = vs.sorry.as_ref()?;
-            let sorry_id = a
-                .reals
-                .iter()
-                .find(|(_, r)| desired::addr_from_words(&r.addr, r.family) == sorry.address)
-                .map(|(id, _)| *id)?;
-            Some((vs.name.clone(), members.as_slice() == [sorry_id]))
-        })
-        .collect()
+    d.shutdown(&mut inputs.vrrp).await
 }
 
 /// The next watchdog tick, or never without a watchdog.
@@ -273,4 +166,53 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
         Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
         None => std::future::pending().await,
     }
+}
+
+/// What the loop waits on besides signals, netlink and the tick.
+struct Inputs {
+    vrrp: mpsc::Receiver<VrrpEvent>,
+    health: mpsc::Receiver<HealthEvent>,
+    control: mpsc::Receiver<control::Pending>,
+    watchdog: Option<tokio::time::Interval>,
+}
+
+/// Waits for the next event and hands it to its method of `Daemon`, until SIGTERM/SIGINT.
+async fn event_loop(d: &mut Daemon, inputs: &mut Inputs) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut changes = netlink::watch()?;
+    let mut tick = tokio::time::interval(NEIGHBOUR_POLL);
+    loop {
+        let vrrp_deadline = d.vrrp.next_deadline();
+        let health_deadline = d.health.next_deadline();
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(event) = inputs.vrrp.recv() => d.on_vrrp_event(event).await?,
+            _ = sleep_until(vrrp_deadline) => d.on_vrrp_timer().await?,
+            Some(event) = inputs.health.recv() => d.on_health_event(event).await?,
+            _ = sleep_until(health_deadline) => d.on_health_deadline().await?,
+            Some((request, reply)) = inputs.control.recv() => {
+                let _ = reply.send(d.on_control(request).await?);
+            }
+            _ = tick_watchdog(&mut inputs.watchdog) => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                if let Some(rx) = d.on_reload().await? {
+                    inputs.health = rx;
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+            Some(()) = futures_util::StreamExt::next(&mut changes) => {
+                // A burst of notifications is one look.
+                while let Some(Some(())) = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut changes)) {}
+                d.on_netlink_change().await?;
+            }
+            _ = tick.tick() => d.on_tick().await?,
+        }
+    }
+    Ok(())
 }

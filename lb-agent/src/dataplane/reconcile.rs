@@ -78,6 +78,10 @@ fn filter_of(state: Option<&DesiredState>) -> BTreeMap<u32, u32> {
 
 /// The writes from `old` (what the maps hold; `None` = fresh maps) to `new`. Sets each new
 /// service's `active_table`.
+///
+/// One function on purpose: the order of the writes is what makes a change safe for the
+/// packets in flight (a key is found only after its table, info and filter bits are in
+/// place; a removed key goes first), and that order is easiest to check read in one piece.
 pub fn plan(old: Option<&DesiredState>, new: &mut DesiredState) -> Vec<MapOp> {
     let mut ops = Vec::new();
     // The common case at run time (a real server changed, a reload that kept every service):

@@ -89,16 +89,28 @@ impl HealthState {
     /// Reads the checks of `cfg` (password files included); nothing runs yet (the daemon
     /// starts the tasks of `monitor`). `adopted_sorry`: see `verdict::gates`.
     pub fn new(cfg: &Config, adopted_sorry: &AdoptedSorry, now: Instant) -> Result<HealthState> {
+        Self::build(cfg, &Gates::new(), adopted_sorry, Fenced::new(), 0, now)
+    }
+
+    /// The checks of `cfg` (password files read), its gates seeded from `prior` (by service
+    /// name and policy) or an adopted data plane, evaluated once.
+    fn build(
+        cfg: &Config,
+        prior: &Gates,
+        adopted_sorry: &AdoptedSorry,
+        fenced: Fenced,
+        attempts: u64,
+        now: Instant,
+    ) -> Result<HealthState> {
         let monitor = Monitor::new(cfg)?;
-        let mut gates = verdict::gates(cfg, &Gates::new(), adopted_sorry);
-        let fenced = Fenced::new();
+        let mut gates = verdict::gates(cfg, prior, adopted_sorry);
         let eval = verdict::evaluate(cfg, &monitor, &mut gates, &fenced, now);
         Ok(HealthState {
             monitor,
             gates,
             eval,
             handovers: HashMap::new(),
-            attempts: 0,
+            attempts,
             fenced,
             fencing: HashSet::new(),
         })
@@ -115,18 +127,14 @@ impl HealthState {
     /// for services that keep their name and policy, what was fenced kept. Changes nothing
     /// here: the daemon commits it only when the whole reload succeeded.
     pub fn reloaded(&self, cfg: &Config, now: Instant) -> Result<HealthState> {
-        let monitor = Monitor::new(cfg)?;
-        let mut gates = verdict::gates(cfg, &self.gates, &AdoptedSorry::new());
-        let eval = verdict::evaluate(cfg, &monitor, &mut gates, &self.fenced, now);
-        Ok(HealthState {
-            monitor,
-            gates,
-            eval,
-            handovers: HashMap::new(),
-            attempts: self.attempts,
-            fenced: self.fenced.clone(),
-            fencing: HashSet::new(),
-        })
+        Self::build(
+            cfg,
+            &self.gates,
+            &AdoptedSorry::new(),
+            self.fenced.clone(),
+            self.attempts,
+            now,
+        )
     }
 
     pub fn verdicts(&self) -> &Verdicts {

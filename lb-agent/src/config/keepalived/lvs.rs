@@ -33,6 +33,7 @@ fn endpoint(cv: &mut Converter, n: &Node) -> Option<(IpAddr, u16)> {
     }
 }
 
+/// One arm per keepalived keyword of the block: a flat table, read (and extended) whole.
 pub(super) fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServer> {
     let (address, port) = endpoint(cv, n)?;
     let mut vs = VirtualServer {

@@ -76,6 +76,7 @@ pub(super) fn vrrp_script(cv: &mut Converter, n: &Node) -> Option<VrrpScript> {
     Some(sc)
 }
 
+/// One arm per keepalived keyword of the block: a flat table, read (and extended) whole.
 pub(super) fn vrrp_instance(cv: &mut Converter, n: &Node) -> Option<VrrpInstance> {
     let [name] = n.args.as_slice() else {
         cv.unsupported(n, "expected `vrrp_instance NAME { ... }`");
