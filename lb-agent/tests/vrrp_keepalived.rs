@@ -114,6 +114,49 @@ fn kill_children(pid: u32) {
     }
 }
 
+const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
+
+/// Two LB hosts on a bridge — lb1 (10.98.0.1) runs lb-agent, lb2 (10.98.0.2) keepalived —
+/// and where their files go.
+struct Pair {
+    lab: Lab,
+    dir: std::path::PathBuf,
+    agent_log: String,
+    ka_log: String,
+    ka_conf: std::path::PathBuf,
+    agent_cfg: std::path::PathBuf,
+}
+
+impl Pair {
+    fn new(tag: &str) -> Pair {
+        let mut lab = Lab::new(tag);
+        lab.bridge();
+        lab.host("lb1", "10.98.0.1/24");
+        lab.host("lb2", "10.98.0.2/24");
+        let dir = std::env::temp_dir().join(&lab.prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str| dir.join(name);
+        Pair {
+            agent_log: file("lb-agent.log").to_string_lossy().into_owned(),
+            ka_log: file("keepalived.log").to_string_lossy().into_owned(),
+            ka_conf: file("keepalived.conf"),
+            agent_cfg: file("lb.toml"),
+            lab,
+            dir,
+        }
+    }
+}
+
+/// `lb-agent status` of the agent whose files are in `dir`.
+fn agent_status(dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(AGENT)
+        .args(["status", "--socket"])
+        .arg(dir.join("control.sock"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Waits (bounded) until `cond` holds; returns how long that took.
 fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -178,17 +221,15 @@ fn v3_ipv6_multicast() {
 
 fn interop(tag: &str, v: Variant) {
     let vip = v.vip();
-    let mut lab = Lab::new(tag);
-    lab.bridge();
-    lab.host("lb1", "10.98.0.1/24");
-    lab.host("lb2", "10.98.0.2/24");
-    let dir = std::env::temp_dir().join(&lab.prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let agent = env!("CARGO_BIN_EXE_lb-agent");
-    let agent_log = dir.join("lb-agent.log").to_string_lossy().into_owned();
-    let ka_log = dir.join("keepalived.log").to_string_lossy().into_owned();
-    let ka_conf = dir.join("keepalived.conf");
-    let agent_cfg = dir.join("lb.toml");
+    let Pair {
+        mut lab,
+        dir,
+        agent_log,
+        ka_log,
+        ka_conf,
+        agent_cfg,
+    } = Pair::new(tag);
+    let agent = AGENT;
 
     // 1. lb-agent (180) master, keepalived (150) backup.
     std::fs::write(&agent_cfg, agent_conf(&lab, v, 180)).unwrap();
@@ -295,12 +336,7 @@ fn interop(tag: &str, v: Variant) {
             .collect::<Vec<_>>()
             == ["backup", "master"]
     });
-    let out = std::process::Command::new(agent)
-        .args(["status", "--socket"])
-        .arg(dir.join("control.sock"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = agent_status(&dir);
     assert!(
         text.contains("vrrp VI_1: master (priority 100, master "),
         "{text}"
@@ -326,17 +362,15 @@ fn nopreempt_and_track_script() {
         v6: false,
     };
     let vip = v.vip();
-    let mut lab = Lab::new("kanp");
-    lab.bridge();
-    lab.host("lb1", "10.98.0.1/24");
-    lab.host("lb2", "10.98.0.2/24");
-    let dir = std::env::temp_dir().join(&lab.prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let agent = env!("CARGO_BIN_EXE_lb-agent");
-    let agent_log = dir.join("lb-agent.log").to_string_lossy().into_owned();
-    let ka_log = dir.join("keepalived.log").to_string_lossy().into_owned();
-    let ka_conf = dir.join("keepalived.conf");
-    let agent_cfg = dir.join("lb.toml");
+    let Pair {
+        mut lab,
+        dir,
+        agent_log,
+        ka_log,
+        ka_conf,
+        agent_cfg,
+    } = Pair::new("kanp");
+    let agent = AGENT;
     let fail = dir.join("fail");
     let conf = agent_conf(&lab, v, 180).replace(
         "[[vrrp_instance.virtual_address]]",
@@ -348,14 +382,7 @@ fn nopreempt_and_track_script() {
     );
     std::fs::write(&agent_cfg, conf).unwrap();
     std::fs::write(&ka_conf, keepalived_conf(v, 150, "MASTER")).unwrap();
-    let status = || {
-        let out = std::process::Command::new(agent)
-            .args(["status", "--socket"])
-            .arg(dir.join("control.sock"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let status = || agent_status(&dir);
 
     let ka = start_keepalived(&mut lab, "lb2", &ka_conf, &ka_log);
     wait("keepalived master", Duration::from_secs(8), || {
@@ -430,25 +457,16 @@ fn reloads_apply_vrrp_changes_as_keepalived_sees_them() {
         v6: false,
     };
     let (vip, second) = (v.vip(), "10.98.0.101");
-    let mut lab = Lab::new("kahup");
-    lab.bridge();
-    lab.host("lb1", "10.98.0.1/24");
-    lab.host("lb2", "10.98.0.2/24");
-    let dir = std::env::temp_dir().join(&lab.prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let agent = env!("CARGO_BIN_EXE_lb-agent");
-    let agent_log = dir.join("lb-agent.log").to_string_lossy().into_owned();
-    let ka_log = dir.join("keepalived.log").to_string_lossy().into_owned();
-    let ka_conf = dir.join("keepalived.conf");
-    let agent_cfg = dir.join("lb.toml");
-    let status = || {
-        let out = std::process::Command::new(agent)
-            .args(["status", "--socket"])
-            .arg(dir.join("control.sock"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let Pair {
+        mut lab,
+        dir,
+        agent_log,
+        ka_log,
+        ka_conf,
+        agent_cfg,
+    } = Pair::new("kahup");
+    let agent = AGENT;
+    let status = || agent_status(&dir);
     let with_second = |conf: String| {
         conf.replace(
             "[[vrrp_instance.virtual_address]]",

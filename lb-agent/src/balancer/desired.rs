@@ -8,7 +8,7 @@ use std::{
 };
 
 use xdp_ebpf::maps::{
-    Config as XdpConfig, FAMILY_V4, FAMILY_V6, MAX_MACS, MacAddr, MaglevTable, NO_REAL, REAL_LOCAL,
+    Config as XdpConfig, FAMILY_V4, FAMILY_V6, MAX_MACS, MacAddr, MaglevTable, REAL_LOCAL,
     REAL_VALID, Real, SERVICE_ACTIVE, ServiceKey,
 };
 
@@ -168,43 +168,6 @@ pub fn addr_from_words(words: &[u32; 4], family: u32) -> IpAddr {
             o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
         }
         IpAddr::V6(o.into())
-    }
-}
-
-/// The state a previous agent left in the maps, as far as the reconciler needs it: its tables
-/// are unknown (so every pool is written again into the inactive table and flipped, without a
-/// gap), its ids and generations are kept.
-pub fn from_adopted(a: &crate::dataplane::Adopted) -> DesiredState {
-    let unknown = Arc::new(MaglevTable {
-        slots: [NO_REAL - 1; xdp_ebpf::maps::MAGLEV_RING as usize],
-    });
-    let mut services: Vec<DesiredService> = a
-        .services
-        .iter()
-        .map(|(key, info)| DesiredService {
-            name: String::new(),
-            key: *key,
-            id: info.id,
-            generation: info.generation,
-            flags: info.flags,
-            persistence_timeout_s: info.persistence_timeout_s,
-            members: vec![],
-            using_sorry: false,
-            warning: None,
-            table: unknown.clone(),
-            active_table: info.active_table,
-        })
-        .collect();
-    services.sort_by_key(|s| s.id);
-    DesiredState {
-        config: a.config,
-        reals: a
-            .reals
-            .iter()
-            .map(|(id, r)| (*id, (addr_from_words(&r.addr, r.family), *r)))
-            .collect(),
-        known: HashMap::new(),
-        services,
     }
 }
 

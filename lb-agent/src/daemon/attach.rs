@@ -49,7 +49,7 @@ pub async fn attach(
         adopt(&mut planner, &a);
         // The gates start where the adopted data plane is.
         health.set_adopted(cfg, &adopted_sorry(cfg, &a), now);
-        Some(desired::from_adopted(&a))
+        Some(a.as_desired())
     } else {
         None
     };

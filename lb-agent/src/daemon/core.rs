@@ -15,7 +15,7 @@ use lb_agent::{
         state::{Action, Event as HealthEvent, HealthState},
     },
     notify::Notifier,
-    vrrp::driver::{Event as VrrpEvent, Vrrp},
+    vrrp::{driver::Vrrp, event::Event as VrrpEvent},
 };
 use tokio::sync::mpsc;
 

@@ -21,7 +21,7 @@ use lb_agent::{
     },
     netlink,
     notify::Notifier,
-    vrrp::driver::{Event as VrrpEvent, Vrrp},
+    vrrp::{driver::Vrrp, event::Event as VrrpEvent},
 };
 use tokio::{
     signal::unix::{SignalKind, signal},

@@ -4,6 +4,8 @@
 //! entry with `active_table` flipped: the data plane sees the old pool or the new one, never a
 //! mix.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, Pod,
@@ -12,7 +14,7 @@ use aya::{
 use xdp_ebpf::maps::*;
 
 use super::reconcile::{self, MapOp};
-use crate::balancer::desired::DesiredState;
+use crate::balancer::desired::{DesiredService, DesiredState, addr_from_words};
 
 pub struct MapWriter<'a> {
     ebpf: &'a mut Ebpf,
@@ -28,6 +30,46 @@ pub struct Adopted {
     pub reals: Vec<(u32, Real)>,
     /// (service id, the real ids its active table holds, sorted).
     pub members: Vec<(u32, Vec<u32>)>,
+}
+
+impl Adopted {
+    /// The state a previous agent left in the maps, as far as the reconciler needs it: its tables
+    /// are unknown (so every pool is written again into the inactive table and flipped, without a
+    /// gap), its ids and generations are kept.
+    pub fn as_desired(&self) -> DesiredState {
+        let a = self;
+        let unknown = Arc::new(MaglevTable {
+            slots: [NO_REAL - 1; xdp_ebpf::maps::MAGLEV_RING as usize],
+        });
+        let mut services: Vec<DesiredService> = a
+            .services
+            .iter()
+            .map(|(key, info)| DesiredService {
+                name: String::new(),
+                key: *key,
+                id: info.id,
+                generation: info.generation,
+                flags: info.flags,
+                persistence_timeout_s: info.persistence_timeout_s,
+                members: vec![],
+                using_sorry: false,
+                warning: None,
+                table: unknown.clone(),
+                active_table: info.active_table,
+            })
+            .collect();
+        services.sort_by_key(|s| s.id);
+        DesiredState {
+            config: a.config,
+            reals: a
+                .reals
+                .iter()
+                .map(|(id, r)| (*id, (addr_from_words(&r.addr, r.family), *r)))
+                .collect(),
+            known: std::collections::HashMap::new(),
+            services,
+        }
+    }
 }
 
 /// Counters of the whole data plane, summed over CPUs.

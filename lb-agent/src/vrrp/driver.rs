@@ -16,6 +16,7 @@ use rtnetlink::Handle;
 use tokio::sync::mpsc;
 
 use super::{
+    event::Event,
     instance::{Action, State},
     packet::{Advert, Received, V3Ipv4Checksum},
     router::{self, Router, TrackRef},
@@ -27,14 +28,6 @@ use crate::{
     config::{Config, VrrpScript},
     netlink::{self, vips},
 };
-
-/// What the driver's background tasks report to the daemon's loop.
-pub enum Event {
-    /// A received advert: instance name, IP facts, VRRP message.
-    Advert(String, Received, Vec<u8>),
-    /// A track script ran: script name, exit 0 or not.
-    Script(String, bool),
-}
 
 /// A state change of an instance, for the notifications.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@
 //! scripts, sync groups and reloads, for the daemon.
 
 pub mod driver;
+pub mod event;
 pub mod instance;
 pub mod packet;
 pub mod router;

@@ -14,7 +14,7 @@ use rtnetlink::Handle;
 use tokio::sync::mpsc;
 
 use super::{
-    driver::Event,
+    event::Event,
     instance::{Instance, InstanceConfig},
     packet::{Auth, MULTICAST_V4, MULTICAST_V6, V3Ipv4Checksum, Version},
     socket::VrrpSocket,

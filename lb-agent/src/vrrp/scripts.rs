@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::mpsc;
 
-use super::driver::Event;
+use super::event::Event;
 use crate::{
     config::VrrpScript,
     health::{exec, tracker::Tracker},
