@@ -458,7 +458,14 @@ fn detection_and_switch_times() {
     let mut killed = Vec::new();
     let mut hung = Vec::new();
     for _ in 0..RUNS {
-        until_sorry(&socket, false, Instant::now(), Duration::from_secs(20)).expect("in the pool");
+        if until_sorry(&socket, false, Instant::now(), Duration::from_secs(20)).is_none() {
+            let log = std::env::temp_dir().join(&lab.prefix).join("lb-agent.log");
+            panic!(
+                "db1 not in the pool:\n{}\n{}",
+                status(&socket),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
         let t = Instant::now();
         lab.kill(db1.pid);
         killed.push(until_sorry(&socket, true, t, Duration::from_secs(5)).expect("detected"));

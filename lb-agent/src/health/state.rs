@@ -156,7 +156,10 @@ impl HealthState {
                     });
                     (flip, true)
                 }
-                None => (None, false),
+                // A result that only confirms the last one still matters while a service is
+                // held on its sorry server: `caught-up` waits for a check of the writer that
+                // ran after the sorry server's, whatever it reads.
+                None => (None, self.eval.verdicts.values().any(|v| v.hold_sorry)),
             },
             Event::Handover(service, attempt, result) => {
                 let Some(h) = self.handovers.get_mut(&service) else {
@@ -358,5 +361,47 @@ impl HealthState {
             quorum: vs.quorum,
             caught_up: true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::health::{
+        monitor::Report,
+        verdict::tests::{mysql, setup},
+    };
+
+    /// As the daemon does: handle, and evaluate when told to.
+    fn feed(h: &mut HealthState, cfg: &Config, check: usize, at: Instant) {
+        let (_, changed) = h.handle(
+            Event::Check(Report {
+                check,
+                outcome: mysql("0-1-4", false, true),
+                started: at,
+                at,
+            }),
+            at,
+        );
+        if changed {
+            h.evaluate(cfg, at);
+        }
+    }
+
+    #[test]
+    fn a_held_gate_opens_on_results_that_change_nothing() {
+        let (cfg, _, _) = setup("caught-up");
+        let t0 = Instant::now();
+        // A fresh start of a `caught-up` service: held until the writer proves it.
+        let mut h = HealthState::new(&cfg, &AdoptedSorry::new(), t0).unwrap();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        feed(&mut h, &cfg, 0, at(100));
+        feed(&mut h, &cfg, 1, at(200));
+        assert!(h.verdicts()["write"].hold_sorry, "db1 was read before db2");
+        // The same reads again (no writes anywhere): db1's next check is after db2's.
+        feed(&mut h, &cfg, 0, at(300));
+        assert!(!h.verdicts()["write"].hold_sorry, "{:?}", h.eval.reports);
     }
 }

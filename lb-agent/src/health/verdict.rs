@@ -296,7 +296,7 @@ pub fn evaluate(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
     use super::*;
@@ -307,7 +307,7 @@ mod tests {
 
     /// A write VIP as the recipe has it: db1 the writer, db2 the sorry server, both checked
     /// with MySQL, failback `caught-up`, fall 2 and rise 2.
-    fn setup(failback: &str) -> (Config, Monitor, Gates) {
+    pub(crate) fn setup(failback: &str) -> (Config, Monitor, Gates) {
         let dir = std::env::temp_dir().join(format!("lbt{}-verdict", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pw = dir.join("pw");
@@ -345,7 +345,7 @@ address = "10.0.0.2"
         (cfg, m, gates)
     }
 
-    fn mysql(executed: &str, read_only: bool, replica: bool) -> Outcome {
+    pub(crate) fn mysql(executed: &str, read_only: bool, replica: bool) -> Outcome {
         Outcome::Up {
             mysql: Some(MysqlState {
                 mariadb: true,
