@@ -374,6 +374,7 @@ impl Harness {
             .find(|x| x.name == service)
             .unwrap();
         entry.table = table.clone();
+        entry.targets = desired::targets_of(&backends).into();
         entry.members = backends
             .iter()
             .filter(|b| b.weight > 0)

@@ -17,42 +17,49 @@ fn client(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i)
 }
 
-/// Sends a SYN of flow `i` to `vip:3306` and returns the real id it went to.
+/// Sends a SYN of flow `i` to `vip:3306` (a new connection: always a fresh decision) and
+/// returns the real id it went to.
 fn send(h: &Harness, vip: Ipv4Addr, i: u32) -> u32 {
-    let frame = tcp4(client(i), vip, 10_000 + (i % 50_000) as u16, 3306).bytes();
+    send_flags(h, vip, i, TCP_SYN)
+}
+
+/// Sends an ACK of flow `i` (its connection goes on) and returns the real id it went to.
+fn ack(h: &Harness, vip: Ipv4Addr, i: u32) -> u32 {
+    send_flags(h, vip, i, TCP_ACK)
+}
+
+fn send_flags(h: &Harness, vip: Ipv4Addr, i: u32, flags: u8) -> u32 {
+    let ip = bpf_tests::builder::V4::new(client(i), vip, 6);
+    let frame = tcp4_with(ip, 10_000 + (i % 50_000) as u16, 3306, flags).bytes();
     let (action, out) = h.run(&frame);
     assert_eq!(action, XDP_TX, "flow {i} not forwarded");
     h.real_of_mac(&out).expect("forwarded to a known real")
 }
 
 #[test]
-fn established_flows_stay_when_a_server_is_added_or_removed() {
+fn established_flows_stay_when_a_server_is_added_drained_or_removed() {
     let mut h = Harness::new();
     h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)]);
     let before: Vec<u32> = (0..600).map(|i| send(&h, VIP_TCP, i)).collect();
     let r3 = h.real_id("10.0.1.3");
     assert!(before.contains(&r3), "the third server got no flows");
 
-    // Remove 10.0.1.3 from the pool: its established flows stay on it (IPVS keeps
-    // connections to a quiesced server), and nobody else moves.
-    h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1)]);
-    let after_remove: Vec<u32> = (0..600).map(|i| send(&h, VIP_TCP, i)).collect();
-    assert_eq!(
-        before, after_remove,
-        "established flows moved after a removal"
-    );
-    // New flows no longer reach it.
+    // Drain 10.0.1.3 (weight 0): its established flows stay on it (IPVS keeps connections to
+    // a quiesced server), nobody else moves, and new connections no longer reach it.
+    h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 0)]);
+    let after_drain: Vec<u32> = (0..600).map(|i| ack(&h, VIP_TCP, i)).collect();
+    assert_eq!(before, after_drain, "established flows moved after a drain");
     for i in 1000..1300 {
         assert_ne!(
             send(&h, VIP_TCP, i),
             r3,
-            "a new flow reached the removed server"
+            "a new connection reached the drained server"
         );
     }
 
-    // Add 10.0.1.3 back with weight 2: established flows stay, new flows reach it.
+    // Add it back with weight 2: established flows stay, new connections reach it.
     h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 2)]);
-    let after_add: Vec<u32> = (0..600).map(|i| send(&h, VIP_TCP, i)).collect();
+    let after_add: Vec<u32> = (0..600).map(|i| ack(&h, VIP_TCP, i)).collect();
     assert_eq!(
         before, after_add,
         "established flows moved after an addition"
@@ -60,8 +67,99 @@ fn established_flows_stay_when_a_server_is_added_or_removed() {
     let new: Vec<u32> = (2000..2400).map(|i| send(&h, VIP_TCP, i)).collect();
     assert!(
         new.iter().filter(|&&r| r == r3).count() > 100,
-        "new flows do not reach the added server"
+        "new connections do not reach the added server"
     );
+
+    // Remove it: it is no longer a target of the service, so its flows take a new decision
+    // (a connection entry never keeps a flow on a server that left the pool); the others
+    // stay where they are.
+    h.set_pool("tcp", &[("10.0.1.1", 1), ("10.0.1.2", 1)]);
+    for (i, &was) in before.iter().enumerate() {
+        let now = ack(&h, VIP_TCP, i as u32);
+        if was == r3 {
+            assert_ne!(now, r3, "flow {i} stayed on the removed server");
+        } else {
+            assert_eq!(now, was, "flow {i} moved although its server stayed");
+        }
+    }
+}
+
+#[test]
+fn a_syn_takes_a_fresh_decision_whatever_its_port_did_before() {
+    let mut h = Harness::new();
+    h.set_pool("tcp", &[("10.0.1.1", 1)]);
+    let (r1, r2) = (h.real_id("10.0.1.1"), h.real_id("10.0.1.2"));
+    for i in 0..100 {
+        assert_eq!(send(&h, VIP_TCP, i), r1);
+    }
+    // 10.0.1.1 is drained (still a target: its connections go on) and 10.0.1.2 takes the new
+    // ones — a failback, say. A client that reuses a port opens a new connection: its SYN
+    // goes where the pool says, not where the old entry of its 5-tuple pointed.
+    h.set_pool("tcp", &[("10.0.1.1", 0), ("10.0.1.2", 1)]);
+    for i in 0..100 {
+        assert_eq!(ack(&h, VIP_TCP, i), r1, "an established flow moved");
+    }
+    for i in 0..100 {
+        assert_eq!(send(&h, VIP_TCP, i), r2, "a SYN followed a stale entry");
+        // And the new entry replaced the old one.
+        assert_eq!(ack(&h, VIP_TCP, i), r2);
+    }
+}
+
+/// The provisioning with short connection timeouts: `timeouts` is the TOML of
+/// `[dataplane.timeouts]`.
+fn with_timeouts(timeouts: &str) -> Harness {
+    Harness::with(&format!("{PROVISION}\n[dataplane.timeouts]\n{timeouts}\n"))
+}
+
+/// Entries age out by state, as IPVS times them: an idle TCP connection after `tcp`, one
+/// the client closed (FIN) after `tcp_fin`, one it reset after `tcp_close`, UDP after `udp`.
+/// A flow whose entry expired takes a new decision. (Ticks are 1.07 s: a timeout of "1s" is
+/// one tick, gone after two.)
+#[test]
+fn entries_age_out_by_state() {
+    let mut h = with_timeouts("tcp = \"1h\"\ntcp_fin = \"1s\"\ntcp_close = \"1s\"\nudp = \"1s\"");
+    h.set_pool("tcp", &[("10.0.1.1", 1)]);
+    h.set_pool("udp", &[("10.0.1.1", 1)]);
+    let (r1, r2) = (h.real_id("10.0.1.1"), h.real_id("10.0.1.2"));
+    let flags = |h: &Harness, i: u32, f: u8| send_flags(h, VIP_TCP, i, f);
+    let udp = |h: &Harness, i: u32| {
+        let frame = udp4(client(i), VIP_TCP, 20_000 + i as u16, 53).bytes();
+        let (action, out) = h.run(&frame);
+        assert_eq!(action, XDP_TX);
+        h.real_of_mac(&out).unwrap()
+    };
+    // Flow 0 stays open; flow 1 is closed by the client, flow 2 reset; flow 3 is UDP.
+    for i in 0..3 {
+        assert_eq!(flags(&h, i, TCP_SYN), r1);
+    }
+    assert_eq!(flags(&h, 1, TCP_ACK | 0x01), r1);
+    assert_eq!(flags(&h, 2, 0x04), r1);
+    assert_eq!(udp(&h, 3), r1);
+    // 10.0.1.1 drained: every entry is still valid, so every flow stays.
+    h.set_pool("tcp", &[("10.0.1.1", 0), ("10.0.1.2", 1)]);
+    h.set_pool("udp", &[("10.0.1.1", 0), ("10.0.1.2", 1)]);
+    assert_eq!(
+        (flags(&h, 0, TCP_ACK), flags(&h, 1, TCP_ACK), udp(&h, 3)),
+        (r1, r1, r1)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(3300));
+    assert_eq!(
+        flags(&h, 0, TCP_ACK),
+        r1,
+        "an open connection aged out within its 1 h"
+    );
+    assert_eq!(
+        flags(&h, 1, TCP_ACK),
+        r2,
+        "a closed connection outlived tcp_fin"
+    );
+    assert_eq!(
+        flags(&h, 2, TCP_ACK),
+        r2,
+        "a reset connection outlived tcp_close"
+    );
+    assert_eq!(udp(&h, 3), r2, "a UDP flow outlived udp");
 }
 
 #[test]
@@ -83,7 +181,7 @@ fn a_flow_on_an_unusable_server_is_rebalanced() {
 
 #[test]
 fn persistence_keeps_a_client_on_one_server() {
-    let h = Harness::new();
+    let mut h = Harness::new();
     let mut per_client: HashMap<u32, u32> = HashMap::new();
     for c in 0..40u32 {
         for port in 0..10u16 {
@@ -105,6 +203,19 @@ fn persistence_keeps_a_client_on_one_server() {
     for (c, real) in &per_client {
         let hash = xdp_ebpf::hash::client_hash(&bpf_tests::fixtures::words(IpAddr::V4(client(*c))));
         assert_eq!(h.predicted("persistent", hash), *real);
+    }
+    // A server that leaves the pool loses its persistent clients at their next connection
+    // (persistence follows the target set, as connection entries do); the others keep theirs.
+    let (r1, r2) = (h.real_id("10.0.1.1"), h.real_id("10.0.1.2"));
+    h.set_pool("persistent", &[("10.0.1.2", 1)]);
+    for (c, was) in &per_client {
+        let frame = tcp4(client(*c), VIP_PERSIST, 30_000, 3306).bytes();
+        let (_, out) = h.run(&frame);
+        let now = h.real_of_mac(&out).unwrap();
+        assert_eq!(
+            now, r2,
+            "client {c} kept its removed server {was} (r1 = {r1})"
+        );
     }
 }
 
@@ -243,8 +354,17 @@ fn a_learned_peer_is_never_forwarded_again() {
 #[test]
 fn counters_count_per_service_and_real() {
     let mut h = Harness::new();
-    let frame = tcp4(CLIENT4, VIP_TCP, 40000, 3306).bytes();
-    for _ in 0..5 {
+    let syn = tcp4(CLIENT4, VIP_TCP, 40000, 3306).bytes();
+    let frame = tcp4_with(
+        bpf_tests::builder::V4::new(CLIENT4, VIP_TCP, 6),
+        40000,
+        3306,
+        TCP_ACK,
+    )
+    .bytes();
+    assert_eq!(frame.len(), syn.len());
+    assert_eq!(h.run(&syn).0, XDP_TX);
+    for _ in 0..4 {
         assert_eq!(h.run(&frame).0, XDP_TX);
     }
     let c = h.counters();

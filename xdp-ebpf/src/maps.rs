@@ -2,7 +2,7 @@
 //!
 //! Who writes what:
 //! - `lb-agent` writes `LB_CONFIG`, `LB_SERVICES`, `LB_SVC_INFO`, `LB_VIP_FILTER`, `LB_MAGLEV`,
-//!   `LB_REALS`;
+//!   `LB_TARGETS`, `LB_REALS`;
 //! - the XDP program writes `LB_CONNS4`, `LB_CONNS6`, `LB_PERSIST`, `LB_FRAGS`, `LB_PEERS` and all the
 //!   counters (`LB_SVC_STATS`, `LB_REAL_STATS`, `LB_PASS_STATS`); userspace only reads them
 //!   (and may clear connection entries).
@@ -17,6 +17,7 @@ pub const MAP_SERVICES: &str = "LB_SERVICES";
 pub const MAP_SVC_INFO: &str = "LB_SVC_INFO";
 pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_MAGLEV: &str = "LB_MAGLEV";
+pub const MAP_TARGETS: &str = "LB_TARGETS";
 pub const MAP_REALS: &str = "LB_REALS";
 pub const MAP_CONNS4: &str = "LB_CONNS4";
 pub const MAP_CONNS6: &str = "LB_CONNS6";
@@ -31,12 +32,13 @@ pub const MAP_PASS_STATS: &str = "LB_PASS_STATS";
 pub const BENCH_NEXT_FLOW: &str = "LB_BENCH_NEXT_FLOW";
 
 /// Every map, for pinning and inspection.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_CONFIG,
     MAP_SERVICES,
     MAP_SVC_INFO,
     MAP_VIP_FILTER,
     MAP_MAGLEV,
+    MAP_TARGETS,
     MAP_REALS,
     MAP_CONNS4,
     MAP_CONNS6,
@@ -101,6 +103,81 @@ impl Default for MaglevTable {
     }
 }
 
+/// Words of a `Targets` bitmap: one bit per real id.
+pub const TARGET_WORDS: usize = MAX_REALS as usize / 64;
+
+/// `LB_TARGETS` value, beside each Maglev table (same index): the real servers a flow of the
+/// service may stay on — the table's pool, including members with weight 0 (drained or
+/// quiesced: no new flows, established ones stay, as IPVS keeps them). A connection or
+/// persistence entry whose server is not in the live set takes a new decision: after a
+/// failback, nothing keeps writing to the sorry server. Written and flipped with its table.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    pub bits: [u64; TARGET_WORDS],
+}
+
+impl Targets {
+    pub const EMPTY: Targets = Targets {
+        bits: [0; TARGET_WORDS],
+    };
+
+    #[inline(always)]
+    pub fn contains(&self, real_id: u32) -> bool {
+        match self.bits.get((real_id >> 6) as usize) {
+            Some(w) => w & (1 << (real_id & 63)) != 0,
+            None => false,
+        }
+    }
+
+    pub fn insert(&mut self, real_id: u32) {
+        if let Some(w) = self.bits.get_mut((real_id >> 6) as usize) {
+            *w |= 1 << (real_id & 63);
+        }
+    }
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl core::fmt::Debug for Targets {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut l = f.debug_set();
+        for id in 0..MAX_REALS {
+            if self.contains(id) {
+                l.entry(&id);
+            }
+        }
+        l.finish()
+    }
+}
+
+/// Connection-table time: `bpf_ktime_get_coarse_ns() >> TICK_SHIFT`, ticks of 2^30 ns
+/// (1.07 s) — a shift, not a division, on the packet path; fine enough for timeouts of
+/// seconds to minutes.
+pub const TICK_SHIFT: u32 = 30;
+
+/// The ticks that cover at least `secs` seconds (0 stays 0: no timeout).
+pub const fn ticks_of_secs(secs: u32) -> u32 {
+    let ns = secs as u64 * 1_000_000_000;
+    ns.div_ceil(1 << TICK_SHIFT) as u32
+}
+
+/// `Conn::state`, and the index of its idle timeout in `Config::conn_timeout`, as IPVS
+/// times its entries (in DR mode it sees the client's half of a connection only).
+/// A TCP flow that has not ended (SYN seen, or established).
+pub const CONN_TCP_OPEN: u32 = 0;
+/// The client sent FIN: the connection is closing (IPVS `fin_wait`).
+pub const CONN_TCP_FIN: u32 = 1;
+/// The client sent RST (IPVS `close`).
+pub const CONN_TCP_RST: u32 = 2;
+/// A UDP flow (IPVS `udp`).
+pub const CONN_UDP: u32 = 3;
+pub const CONN_STATES: usize = 4;
+
 /// An Ethernet address, padded to 8 bytes and 8-aligned so that the data plane compares it as
 /// one `u64` (octets in memory order, i.e. little-endian, with the padding zero).
 #[repr(C, align(8))]
@@ -148,6 +225,9 @@ pub struct Config {
     /// Bitmap of our VRRP router ids: the source MAC of an advert for one of them is a peer
     /// load balancer, learned into `LB_PEERS`. Adverts of other routers teach nothing.
     pub vrid_bitmap: [u32; 8],
+    /// Idle timeout of a connection entry by `Conn::state`, in ticks (`ticks_of_secs`); an
+    /// entry idle for longer is gone (0: never, until the LRU evicts it).
+    pub conn_timeout: [u32; CONN_STATES],
 }
 
 impl Config {
@@ -183,8 +263,10 @@ pub struct ServiceKey {
     pub family: u8,
 }
 
-/// The service is forwarded by this host (VRRP master). When clear, the tables stay warm but
-/// every frame passes to the local stack, so that a takeover is a single flag flip.
+/// The service is forwarded. Every load balancer forwards by the same decision whatever its
+/// VRRP state (a backup that receives VIP frames — stale ARP, two masters — sends them where
+/// the master would); clear only for a service configured `active = false`, whose frames
+/// pass to the local stack.
 pub const SERVICE_ACTIVE: u32 = 1;
 
 /// `LB_SVC_INFO[id]` (`LB_SERVICES` maps a `ServiceKey` to the id). An array, so that an
@@ -282,8 +364,8 @@ impl FlowKey {
     }
 }
 
-/// `LB_CONNS4` / `LB_CONNS6` value: the flow's real server and its service (for the activity check and the
-/// counters).
+/// `LB_CONNS4` / `LB_CONNS6` value: the flow's real server and its service (for the activity
+/// check and the counters), and what ages it out.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conn {
@@ -291,6 +373,10 @@ pub struct Conn {
     pub real: u32,
     /// `conn_service(id, generation)`: valid only while the service's generation matches.
     pub service: u32,
+    /// The tick (see `TICK_SHIFT`) of the flow's last frame.
+    pub last_seen: u32,
+    /// `CONN_*`: which idle timeout applies.
+    pub state: u32,
 }
 
 // Service ids must fit `conn_service`'s 16 bits.
@@ -485,6 +571,7 @@ mod pod {
     // no implicit padding (explicit `_pad` fields fill every gap).
     unsafe impl aya::Pod for super::MacAddr {}
     unsafe impl aya::Pod for super::MaglevTable {}
+    unsafe impl aya::Pod for super::Targets {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Peers {}
     unsafe impl aya::Pod for super::ServiceKey {}
@@ -509,7 +596,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<MacAddr>(), 8);
-        assert_eq!(size_of::<Config>(), 8 + 8 * 8 * 2 + 4 + 4 + 32);
+        assert_eq!(size_of::<Config>(), 8 + 8 * 8 * 2 + 4 + 4 + 32 + 16);
+        assert_eq!(size_of::<Conn>(), 16);
+        assert_eq!(size_of::<Targets>(), MAX_REALS as usize / 8);
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<Service>(), 24);
         assert_eq!(size_of::<Real>(), 40);
@@ -527,6 +616,32 @@ mod tests {
         assert_eq!(maglev_index(0, 1), 1);
         assert_eq!(maglev_index(0, 3), 1);
         assert_eq!(maglev_index(MAX_SERVICES - 1, 1), MAGLEV_TABLES - 1);
+    }
+
+    #[test]
+    fn ticks_cover_at_least_the_seconds() {
+        assert_eq!(ticks_of_secs(0), 0);
+        assert_eq!(ticks_of_secs(1), 1);
+        // 900 s = 838.2 ticks of 1.074 s: rounded up.
+        assert_eq!(ticks_of_secs(900), 839);
+        assert!(ticks_of_secs(u32::MAX) > 0);
+    }
+
+    #[test]
+    fn targets_hold_any_real_id() {
+        let mut t = Targets::EMPTY;
+        for id in [0, 63, 64, MAX_REALS - 1] {
+            assert!(!t.contains(id));
+            t.insert(id);
+            assert!(t.contains(id));
+        }
+        assert!(!t.contains(1) && !t.contains(MAX_REALS));
+        t.insert(MAX_REALS);
+        let mut n = 0;
+        for id in 0..MAX_REALS {
+            n += t.contains(id) as u32;
+        }
+        assert_eq!(n, 4, "MAX_REALS is out of range: not inserted");
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::{
 };
 
 use xdp_ebpf::maps::{
-    Config as XdpConfig, FAMILY_V4, FAMILY_V6, MAX_MACS, MacAddr, MaglevTable, REAL_LOCAL,
-    REAL_VALID, Real, SERVICE_ACTIVE, ServiceKey,
+    CONN_STATES, CONN_TCP_FIN, CONN_TCP_OPEN, CONN_TCP_RST, CONN_UDP, Config as XdpConfig,
+    FAMILY_V4, FAMILY_V6, MAX_MACS, MacAddr, MaglevTable, REAL_LOCAL, REAL_VALID, Real,
+    SERVICE_ACTIVE, ServiceKey, Targets, ticks_of_secs,
 };
 
 use super::{
@@ -59,6 +60,9 @@ pub struct DesiredService {
     pub persistence_timeout_s: u32,
     /// Real ids in the table (the sorry server's when `using_sorry`).
     pub members: Vec<u32>,
+    /// The servers an established flow may stay on: the pool, weight 0 included (see
+    /// `xdp_ebpf::maps::Targets`); written and flipped with the table.
+    pub targets: Arc<Targets>,
     pub using_sorry: bool,
     /// What an operator should hear about this service (sorry server in use, empty pool).
     pub warning: Option<String>,
@@ -101,27 +105,8 @@ impl DesiredState {
         self.known.insert(addr, (id, ri));
     }
 
-    /// VRRP decides who forwards: a service whose VIP belongs to a VRRP instance is active
-    /// exactly when this host is master for that VIP (`masters`); a backup keeps its tables
-    /// warm and passes everything to the local stack, so a takeover is one flag flip.
-    pub fn apply_vrrp(&mut self, cfg: &Config, masters: &HashSet<IpAddr>) {
-        let managed: HashSet<IpAddr> = cfg.vrrp_addresses().collect();
-        for s in &mut self.services {
-            let Some(vs) = cfg.service(&s.name) else {
-                continue;
-            };
-            if managed.contains(&vs.address) {
-                s.flags = if masters.contains(&vs.address) {
-                    SERVICE_ACTIVE
-                } else {
-                    0
-                };
-            }
-        }
-    }
-
     /// Recomputes the services whose health verdict differs from `before` (a missing entry
-    /// is the default, so `before` is empty after `compute`). Call before `apply_vrrp`.
+    /// is the default, so `before` is empty after `compute`).
     pub fn apply_health(
         &mut self,
         cfg: &Config,
@@ -218,6 +203,13 @@ pub fn xdp_config(cfg: &Config, iface_mac: [u8; 6]) -> Result<XdpConfig, String>
     let (local_macs, n_local_macs) =
         mac_list(std::iter::once(iface_mac).chain(dp.extra_macs.iter().map(|m: &Mac| m.0)));
     let (peer_macs, n_peer_macs) = mac_list(dp.peer_macs.iter().map(|m| m.0));
+    let t = &cfg.conn_timeouts;
+    let ticks = |d: std::time::Duration| ticks_of_secs(d.as_secs().min(u32::MAX as u64) as u32);
+    let mut conn_timeout = [0; CONN_STATES];
+    conn_timeout[CONN_TCP_OPEN as usize] = ticks(t.tcp);
+    conn_timeout[CONN_TCP_FIN as usize] = ticks(t.tcp_fin);
+    conn_timeout[CONN_TCP_RST as usize] = ticks(t.tcp_close);
+    conn_timeout[CONN_UDP as usize] = ticks(t.udp);
     let mut c = XdpConfig {
         iface_mac: MacAddr::new(iface_mac),
         local_macs,
@@ -225,6 +217,7 @@ pub fn xdp_config(cfg: &Config, iface_mac: [u8; 6]) -> Result<XdpConfig, String>
         n_local_macs,
         n_peer_macs,
         vrid_bitmap: [0; 8],
+        conn_timeout,
     };
     for &v in &dp.vrids {
         c.set_vrid(v);
@@ -288,6 +281,15 @@ pub fn compute(
     let live_reals: HashSet<IpAddr> = state.known.keys().copied().collect();
     planner.finish(&live_reals, &live_services);
     Ok(state)
+}
+
+/// The target set of a pool (see `DesiredService::targets`).
+pub fn targets_of(pool: &[Backend]) -> Targets {
+    let mut t = Targets::EMPTY;
+    for b in pool {
+        t.insert(b.id);
+    }
+    t
 }
 
 /// One service: its pool (or the sorry server below quorum) and its table.
@@ -364,6 +366,7 @@ fn service_state(
         flags: if vs.active { SERVICE_ACTIVE } else { 0 },
         persistence_timeout_s: vs.persistence_timeout.as_secs() as u32,
         members: pool.iter().filter(|b| b.weight > 0).map(|b| b.id).collect(),
+        targets: Arc::new(targets_of(&pool)),
         using_sorry,
         warning,
         table: planner.table(&pool),

@@ -9,7 +9,7 @@ use super::schema::{
     self, Algorithm, CheckRef, Dataplane, Failback, File, Global, InitialState, Role,
     VirtualAddress,
 };
-use super::types::{Protocol, email_address, parse_smtp_server};
+use super::types::{DurationStr, Protocol, email_address, parse_smtp_server};
 
 /// keepalived's `delay_loop` when a service sets no `check_interval`.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,6 +25,14 @@ pub const DEFAULT_MYSQL_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
 /// keepalived's default `smtp_connect_timeout`.
 pub const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// IPVS's connection timeouts (`ipvsadm --set 900 120 300`, and `close` 10 s).
+pub const DEFAULT_CONN_TCP: Duration = Duration::from_secs(900);
+pub const DEFAULT_CONN_TCP_FIN: Duration = Duration::from_secs(120);
+pub const DEFAULT_CONN_TCP_CLOSE: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONN_UDP: Duration = Duration::from_secs(300);
+/// The longest idle timeout accepted: connection-table ticks are 32 bits of ~1 s, and an
+/// entry idle for a week is better gone.
+pub const MAX_CONN_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -34,6 +42,8 @@ pub struct Config {
     /// What is valid but deserves a word at start-up and in `check-config`.
     pub warnings: Vec<String>,
     pub dataplane: Dataplane,
+    /// Idle timeouts of connection-table entries, defaults applied.
+    pub conn_timeouts: ConnTimeouts,
     pub vrrp_instances: Vec<VrrpInstance>,
     pub vrrp_scripts: Vec<VrrpScript>,
     /// In configuration order (the order of `status`); identity is the name.
@@ -53,6 +63,15 @@ pub struct Mail {
     pub timeout: Duration,
     /// The EHLO name and the prefix of subjects: `router_id`, or "lb-agent".
     pub router_id: String,
+}
+
+/// How long a connection entry outlives its flow's last frame, by the flow's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnTimeouts {
+    pub tcp: Duration,
+    pub tcp_fin: Duration,
+    pub tcp_close: Duration,
+    pub udp: Duration,
 }
 
 /// VRRP version: 2 (RFC 3768) or 3 (RFC 5798).
@@ -288,6 +307,16 @@ pub(super) fn resolve(f: &File) -> Config {
         mail,
         warnings: mail_warning.into_iter().collect(),
         dataplane: f.dataplane.clone(),
+        conn_timeouts: {
+            let t = &f.dataplane.timeouts;
+            let or = |d: Option<DurationStr>, default| d.map_or(default, |d| d.0);
+            ConnTimeouts {
+                tcp: or(t.tcp, DEFAULT_CONN_TCP),
+                tcp_fin: or(t.tcp_fin, DEFAULT_CONN_TCP_FIN),
+                tcp_close: or(t.tcp_close, DEFAULT_CONN_TCP_CLOSE),
+                udp: or(t.udp, DEFAULT_CONN_UDP),
+            }
+        },
         vrrp_instances: f
             .vrrp_instances
             .iter()

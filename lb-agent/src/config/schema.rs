@@ -99,6 +99,28 @@ pub struct Dataplane {
         skip_serializing_if = "is_default_pin_dir"
     )]
     pub pin_dir: PathBuf,
+    /// Idle timeouts of connection-table entries, as IPVS has them (`ipvsadm --set`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub timeouts: ConnTimeouts,
+}
+
+/// `[dataplane.timeouts]`: how long a connection entry keeps its flow on its real server
+/// without a frame. Defaults are IPVS's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnTimeouts {
+    /// A TCP connection that has not ended (IPVS `tcp`, 15 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<DurationStr>,
+    /// After the client's FIN (IPVS `tcpfin`, 2 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_fin: Option<DurationStr>,
+    /// After the client's RST (IPVS `close`, 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_close: Option<DurationStr>,
+    /// A UDP flow (IPVS `udp`, 5 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<DurationStr>,
 }
 
 fn default_pin_dir() -> PathBuf {

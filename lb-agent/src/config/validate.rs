@@ -2,7 +2,7 @@
 //! reports every error, each with the table it concerns (a byte offset, turned into the line
 //! of the offending key by the caller) and the dotted key.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use super::schema::{
     Check, CheckRef, Failback, File, RealServer, Role, VirtualServer, VrrpInstance, VrrpScript,
@@ -56,6 +56,21 @@ pub fn validate(c: &File) -> Vec<ValidationError> {
         top.err("interface", "must name an interface");
         top.prefix = "global".into();
     }
+    let t = &c.dataplane.timeouts;
+    top.prefix = "dataplane.timeouts".into();
+    for (key, d) in [
+        ("tcp", t.tcp),
+        ("tcp_fin", t.tcp_fin),
+        ("tcp_close", t.tcp_close),
+        ("udp", t.udp),
+    ] {
+        if let Some(d) = d
+            && (d.0 < Duration::from_secs(1) || d.0 > super::model::MAX_CONN_TIMEOUT)
+        {
+            top.err(key, "must be between 1s and 7 days");
+        }
+    }
+    top.prefix = "global".into();
     let g = &c.global;
     for a in g
         .notification_email

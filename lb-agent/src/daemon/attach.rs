@@ -53,14 +53,11 @@ pub async fn attach(
     } else {
         None
     };
-    // No instance is master yet: the services of VRRP addresses start inactive.
-    let no_masters = Default::default();
     let mut state = resolve(
         cfg,
         link,
         Resolve::ProbeAndWait,
         &mut planner,
-        &no_masters,
         health.verdicts(),
     )
     .await?;

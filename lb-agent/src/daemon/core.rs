@@ -2,7 +2,7 @@
 //! state, health and VRRP, with one method per event. The event loop (`super::serve`) only
 //! waits and dispatches.
 
-use std::{collections::HashSet, net::IpAddr, path::PathBuf, time::Instant};
+use std::{collections::HashSet, path::PathBuf, time::Instant};
 
 use anyhow::Result;
 use lb_agent::{
@@ -118,19 +118,16 @@ impl Daemon {
         Ok(s)
     }
 
-    /// Carries out the VRRP instances' actions and notifies their transitions; when the VIPs
-    /// we are master for changed, flips the services' active flags (one map write each).
+    /// Carries out the VRRP instances' actions and notifies their transitions. The maps do
+    /// not change: every load balancer forwards by the same decision whatever its VRRP state,
+    /// so VRRP only moves the addresses (and a takeover announces VIPs whose services are
+    /// already on).
     pub async fn vrrp_step(&mut self) -> Result<()> {
-        let changed = self.vrrp.run_actions(&self.link.handle).await?;
+        if self.vrrp.run_actions(&self.link.handle).await? {
+            tracing::info!(masters = ?self.vrrp.masters(), "VRRP ownership changed");
+        }
         for t in self.vrrp.take_transitions() {
             self.notifier.vrrp(&t);
-        }
-        if changed {
-            let masters = self.vrrp.masters();
-            let mut next = self.state.clone();
-            next.apply_vrrp(&self.cfg, &masters);
-            let writes = self.apply(next)?;
-            tracing::info!(writes, masters = ?masters, "VRRP ownership changed, services flipped");
         }
         Ok(())
     }
@@ -150,7 +147,6 @@ impl Daemon {
                 &before,
                 &mut self.planner,
             );
-            next.apply_vrrp(&self.cfg, &self.vrrp.masters());
             let sorry_before: HashSet<(String, bool)> = self
                 .state
                 .services
@@ -182,13 +178,11 @@ impl Daemon {
 
     /// Looks at the neighbours again and writes what changed.
     async fn refresh(&mut self, how: Resolve) -> Result<()> {
-        let masters: HashSet<IpAddr> = self.vrrp.masters();
         match resolve(
             &self.cfg,
             &self.link,
             how,
             &mut self.planner,
-            &masters,
             self.health.verdicts(),
         )
         .await

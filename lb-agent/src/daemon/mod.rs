@@ -107,8 +107,8 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     control::serve(&socket, control_tx)?;
     tracing::info!(interface = %iface, mode = ?got, services = state.services.len(), reals = state.reals.len(), "data plane attached");
 
-    // 8. VRRP: until an instance is master here, the services of its VIPs stay inactive (the
-    //    state above was computed with no masters).
+    // 8. VRRP: it moves the addresses only. The services are on already: a backup that
+    //    receives VIP frames forwards them by the same decision as the master.
     let (vrrp, vrrp_events) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),

@@ -1,11 +1,7 @@
 //! What the kernel knows of the real servers: local addresses and neighbour entries (MACs),
 //! probed when missing, turned into the desired data-plane state.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-    time::Duration,
-};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::{Context, Result};
 use lb_agent::{
@@ -42,7 +38,6 @@ pub async fn resolve(
     link: &Link,
     how: Resolve,
     planner: &mut Planner,
-    masters: &HashSet<IpAddr>,
     verdicts: &Verdicts,
 ) -> Result<DesiredState> {
     let local = netlink::local_addresses(&link.handle).await?;
@@ -92,6 +87,5 @@ pub async fn resolve(
     .map_err(anyhow::Error::msg)
     .context("computing the data-plane state")?;
     state.apply_health(cfg, verdicts, &Verdicts::new(), planner);
-    state.apply_vrrp(cfg, masters);
     Ok(state)
 }

@@ -52,8 +52,6 @@ impl Daemon {
         for t in self.vrrp.take_transitions() {
             self.notifier.vrrp(&t);
         }
-        let mut next = next;
-        next.apply_vrrp(&self.cfg, &self.vrrp.masters());
         let writes = self.apply(next)?;
         tracing::info!(
             writes,
@@ -78,7 +76,6 @@ impl Daemon {
             &self.link,
             Resolve::ProbeAndWait,
             &mut planner,
-            &self.vrrp.masters(),
             health.verdicts(),
         )
         .await?;

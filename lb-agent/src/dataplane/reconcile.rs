@@ -10,7 +10,7 @@ use std::{
 
 use xdp_ebpf::{
     maps::{
-        Config as XdpConfig, MaglevTable, Real, Service, ServiceKey, VIP_FILTER_ALL_PORTS,
+        Config as XdpConfig, MaglevTable, Real, Service, ServiceKey, Targets, VIP_FILTER_ALL_PORTS,
         VIP_FILTER_ANY,
     },
     vip_filter_slot,
@@ -28,11 +28,12 @@ pub enum MapOp {
     },
     /// Zero a real server's counters (its id now belongs to another address).
     ResetRealStats(u32),
-    /// Write one of a service's two tables.
+    /// Write one of a service's two tables, with its target set.
     Table {
         service: u32,
         copy: u32,
         table: Arc<MaglevTable>,
+        targets: Arc<Targets>,
     },
     Info {
         id: u32,
@@ -135,6 +136,7 @@ pub fn plan(old: Option<&DesiredState>, new: &mut DesiredState) -> Vec<MapOp> {
                     service: s.id,
                     copy: 0,
                     table: s.table.clone(),
+                    targets: s.targets.clone(),
                 });
                 ops.push(MapOp::Info {
                     id: s.id,
@@ -213,7 +215,8 @@ fn config_and_reals(old: Option<&DesiredState>, new: &DesiredState, ops: &mut Ve
 /// A service that exists on both sides with the same id: flip its table if the pool changed,
 /// rewrite its info if that changed.
 fn update_service(o: &DesiredService, s: &mut DesiredService, ops: &mut Vec<MapOp>) {
-    if Arc::ptr_eq(&o.table, &s.table) || o.table.slots == s.table.slots {
+    let same_table = Arc::ptr_eq(&o.table, &s.table) || o.table.slots == s.table.slots;
+    if same_table && o.targets == s.targets {
         s.active_table = o.active_table;
     } else {
         s.active_table = o.active_table ^ 1;
@@ -221,6 +224,7 @@ fn update_service(o: &DesiredService, s: &mut DesiredService, ops: &mut Vec<MapO
             service: s.id,
             copy: s.active_table,
             table: s.table.clone(),
+            targets: s.targets.clone(),
         });
     }
     if info_of(o) != info_of(s) {

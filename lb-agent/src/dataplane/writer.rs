@@ -55,6 +55,7 @@ impl Adopted {
                 using_sorry: false,
                 warning: None,
                 table: unknown.clone(),
+                targets: Arc::new(Targets::EMPTY),
                 active_table: info.active_table,
             })
             .collect();
@@ -139,10 +140,16 @@ impl<'a> MapWriter<'a> {
                     service,
                     copy,
                     table,
-                } => self
-                    .array::<MaglevTable>(MAP_MAGLEV)?
-                    .set(maglev_index(*service, *copy), table.as_ref(), 0)
-                    .with_context(|| format!("writing a Maglev table of service {service}"))?,
+                    targets,
+                } => {
+                    let index = maglev_index(*service, *copy);
+                    self.array::<Targets>(MAP_TARGETS)?
+                        .set(index, targets.as_ref(), 0)
+                        .with_context(|| format!("writing the targets of service {service}"))?;
+                    self.array::<MaglevTable>(MAP_MAGLEV)?
+                        .set(index, table.as_ref(), 0)
+                        .with_context(|| format!("writing a Maglev table of service {service}"))?
+                }
                 MapOp::Info { id, info } => self
                     .array::<Service>(MAP_SVC_INFO)?
                     .set(*id, info, 0)

@@ -57,17 +57,17 @@ fn try_balance(ctx: &XdpContext) -> Result<Verdict, PassReason> {
         }
         IPPROTO_TCP | IPPROTO_UDP => {
             let filter = select::vip_filter(&ip.dst)?;
-            let (sport, dport) = parse::ports(ctx, ip.proto, ip.l4_off)?;
+            let l4 = parse::ports(ctx, ip.proto, ip.l4_off)?;
             let flow = FlowKey {
                 src: ip.src,
                 dst: ip.dst,
-                sport,
-                dport,
+                sport: l4.sport,
+                dport: l4.dport,
                 proto: ip.proto,
                 family: ip.family,
                 _pad: [0; 2],
             };
-            let (svc, choice) = route(cfg, filter, &flow, eth.src, true)?;
+            let (svc, choice) = route(cfg, filter, &flow, eth.src, Some(l4.tcp_flags))?;
             if ip.frag.is_fragment {
                 // The first fragment: the others (no ports) follow it through LB_FRAGS.
                 let key = frag_key(&ip);
@@ -89,17 +89,22 @@ fn try_balance(ctx: &XdpContext) -> Result<Verdict, PassReason> {
 }
 
 /// The service and real server of a client flow: the connection table first (an established
-/// flow costs one hash lookup), then the service and Maglev. With `track`, a new decision is
-/// remembered (not for ICMP errors, which must not create flows).
+/// flow costs one hash lookup), then the service and Maglev. `tcp_flags` is the frame's
+/// (0 for UDP): a TCP SYN always takes a fresh decision, replacing whatever entry its
+/// 5-tuple had (a client port reused after a failback must not follow the old choice).
+/// `None`: an ICMP error about a flow, which must not create, refresh or end entries.
 #[inline(always)]
 fn route(
     cfg: &Config,
     filter: u32,
     flow: &FlowKey,
     src_mac: u64,
-    track: bool,
+    tcp_flags: Option<u8>,
 ) -> Result<(Service, Choice), PassReason> {
-    if let Some((_, svc, real_id, real)) = select::established(flow) {
+    let now = select::now_ticks();
+    let syn = flow.proto == IPPROTO_TCP
+        && matches!(tcp_flags, Some(f) if f & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN);
+    if !syn && let Some((svc, real_id, real)) = select::established(cfg, flow, now, tcp_flags) {
         admit(cfg, &svc, src_mac)?;
         return Ok((
             svc,
@@ -112,7 +117,7 @@ fn route(
     }
     let svc = select::service(filter, flow.family, &flow.dst, flow.dport, flow.proto)?;
     admit(cfg, &svc, src_mac)?;
-    let choice = select::choose(&svc, flow, track)
+    let choice = select::choose(&svc, flow, tcp_flags.is_some(), now)
         .inspect_err(|_| stats::service(svc.id, |s| s.no_real += 1))?;
     Ok((svc, choice))
 }
@@ -234,7 +239,7 @@ fn too_big(
         family: ip.family,
         _pad: [0; 2],
     };
-    let (svc, choice) = route(cfg, filter, &flow, src_mac, false)?;
+    let (svc, choice) = route(cfg, filter, &flow, src_mac, None)?;
     stats::service(svc.id, |s| s.icmp_too_big += 1);
     forward(
         ctx,

@@ -32,6 +32,10 @@ pub static LB_VIP_FILTER: Array<u32, { VIP_FILTER_SIZE as usize }> = Array::new(
 #[btf_map]
 pub static LB_MAGLEV: Array<MaglevTable, { MAGLEV_TABLES as usize }> = Array::new();
 
+/// The real servers a flow may stay on, beside each Maglev table (same index).
+#[btf_map]
+pub static LB_TARGETS: Array<Targets, { MAGLEV_TABLES as usize }> = Array::new();
+
 /// Real servers by id: MAC and flags.
 #[btf_map]
 pub static LB_REALS: Array<Real, { MAX_REALS as usize }> = Array::new();

@@ -235,20 +235,48 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<Ip, PassReason> {
     })
 }
 
-/// Source and destination port at `off` (TCP or UDP), network order, after checking that the
-/// whole fixed L4 header is in the frame.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Ports (network order) and, for TCP, the flags byte (0 for UDP).
+pub struct L4 {
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+}
+
+/// Source and destination port at `off` (TCP or UDP), network order, and the TCP flags, after
+/// checking that the whole fixed L4 header is in the frame.
 #[inline(always)]
-pub fn ports(ctx: &XdpContext, proto: u8, off: usize) -> Result<(u16, u16), PassReason> {
+pub fn ports(ctx: &XdpContext, proto: u8, off: usize) -> Result<L4, PassReason> {
     if off > MAX_L4_OFFSET {
         return Err(PassReason::Malformed);
     }
-    let p = load_at_variable::<[u16; 2]>(ctx, off).ok_or(PassReason::Malformed)?;
-    let (sport, dport) = (p[0], p[1]);
+    // One load each: the flags come with the ports (a separate load at `off + 13` would have
+    // its bounds check folded into the header-length check below, and the verifier rejects
+    // what is left).
+    let (sport, dport, tcp_flags) = if proto == IPPROTO_TCP {
+        let h = load_at_variable::<[u8; 14]>(ctx, off).ok_or(PassReason::Malformed)?;
+        (
+            u16::from_ne_bytes([h[0], h[1]]),
+            u16::from_ne_bytes([h[2], h[3]]),
+            h[13],
+        )
+    } else {
+        let p = load_at_variable::<[u16; 2]>(ctx, off).ok_or(PassReason::Malformed)?;
+        (p[0], p[1], 0)
+    };
     let header_len = if proto == IPPROTO_TCP { 20 } else { 8 };
     if ctx.data() + off + header_len > ctx.data_end() {
         return Err(PassReason::Malformed);
     }
-    Ok((sport, dport))
+    Ok(L4 {
+        sport,
+        dport,
+        tcp_flags,
+    })
 }
 
 /// The packet an ICMP error quotes: the real server's reply, VIP:port → client:port.

@@ -1,19 +1,24 @@
 //! Choosing the real server: service lookup, connection table, persistence, Maglev.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use xdp_ebpf::{
     flow_hash,
     hash::client_hash,
     maps::{
-        Conn, FlowKey, FlowKey4, MAGLEV_RING, NO_REAL, PassReason, Persist, PersistKey, REAL_VALID,
-        Real, Service, ServiceKey, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, conn_service,
+        CONN_TCP_FIN, CONN_TCP_OPEN, CONN_TCP_RST, CONN_UDP, Config, Conn, FlowKey, FlowKey4,
+        MAGLEV_RING, NO_REAL, PROTO_TCP, PassReason, Persist, PersistKey, REAL_VALID, Real,
+        Service, ServiceKey, TICK_SHIFT, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, conn_service,
         maglev_index, real_ref,
     },
     vip_filter_slot,
 };
 
-use crate::maps::{
-    LB_CONNS4, LB_CONNS6, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_SVC_INFO, LB_VIP_FILTER,
+use crate::{
+    maps::{
+        LB_CONNS4, LB_CONNS6, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_SVC_INFO,
+        LB_TARGETS, LB_VIP_FILTER,
+    },
+    parse::{TCP_FIN, TCP_RST},
 };
 
 /// Refresh a persistence entry's timestamp at most this often (a map write per packet would
@@ -68,22 +73,69 @@ pub fn service(
     Err(PassReason::NoService)
 }
 
-/// The connection-table entry of an established flow, with its service, whose server is
-/// still usable and whose service id was not given to another service since.
+/// Connection-table time now, in ticks (see `TICK_SHIFT`). The coarse clock: a few
+/// nanoseconds, and millisecond precision is plenty for idle timeouts.
 #[inline(always)]
-pub fn established(flow: &FlowKey) -> Option<(Conn, Service, u32, Real)> {
-    // SAFETY: copied out at once.
+pub fn now_ticks() -> u32 {
+    (unsafe { bpf_ktime_get_coarse_ns() } >> TICK_SHIFT) as u32
+}
+
+/// Whether `real_id` is in the live target set of `svc` (see `Targets`).
+#[inline(always)]
+fn is_target(svc: &Service, real_id: u32) -> bool {
+    match LB_TARGETS.get(maglev_index(svc.id, svc.active_table)) {
+        Some(t) => t.contains(real_id),
+        None => false,
+    }
+}
+
+/// The connection-table entry of an established flow, with its service: one that has not
+/// been idle past its state's timeout, whose service id was not given to another service
+/// since, and whose server is usable and still a target of the service. `tcp_flags` is the
+/// frame's (`None`: an ICMP error about the flow, which neither refreshes nor ends it).
+#[inline(always)]
+pub fn established(
+    cfg: &Config,
+    flow: &FlowKey,
+    now: u32,
+    tcp_flags: Option<u8>,
+) -> Option<(Service, u32, Real)> {
     let conn = if flow.is_v4() {
-        unsafe { LB_CONNS4.get(FlowKey4::from_flow(flow)) }.copied()?
+        LB_CONNS4.get_ptr_mut(FlowKey4::from_flow(flow))?
     } else {
-        unsafe { LB_CONNS6.get(flow) }.copied()?
+        LB_CONNS6.get_ptr_mut(flow)?
     };
+    // SAFETY: a valid map value; concurrent writers (other CPUs) only race on the timestamp
+    // and the state, and any of their values is a valid one.
+    let conn = unsafe { &mut *conn };
+    let timeout = cfg
+        .conn_timeout
+        .get(conn.state as usize)
+        .copied()
+        .unwrap_or(0);
+    if timeout != 0 && now.wrapping_sub(conn.last_seen) > timeout {
+        return None;
+    }
     let svc = LB_SVC_INFO.get(conn.service & 0xffff).copied()?;
     if conn_service(svc.id, svc.generation) != conn.service {
         return None;
     }
     let (real_id, real) = usable_real_ref(conn.real)?;
-    Some((conn, svc, real_id, real))
+    if !is_target(&svc, real_id) {
+        return None;
+    }
+    if let Some(flags) = tcp_flags {
+        // One write per tick at most: a store per packet would cost more than aging is worth.
+        if conn.last_seen != now {
+            conn.last_seen = now;
+        }
+        if flags & TCP_RST != 0 {
+            conn.state = CONN_TCP_RST;
+        } else if flags & TCP_FIN != 0 && conn.state == CONN_TCP_OPEN {
+            conn.state = CONN_TCP_FIN;
+        }
+    }
+    Some((svc, real_id, real))
 }
 
 /// The real server of a `real_ref`, if it can take traffic and its id was not given to
@@ -131,10 +183,10 @@ pub struct Choice {
     pub new_flow: bool,
 }
 
-/// A new decision for `flow` of `svc` (no usable connection-table entry). With `track`, it is
-/// remembered in the connection table.
+/// A new decision for `flow` of `svc` (no usable connection-table entry, or a SYN). With
+/// `track`, it is remembered in the connection table, replacing any entry of the 5-tuple.
 #[inline(always)]
-pub fn choose(svc: &Service, flow: &FlowKey, track: bool) -> Result<Choice, PassReason> {
+pub fn choose(svc: &Service, flow: &FlowKey, track: bool, now: u32) -> Result<Choice, PassReason> {
     let real_id = if svc.persistence_timeout_s != 0 {
         persistent_choice(svc, &flow.src)
     } else {
@@ -147,6 +199,12 @@ pub fn choose(svc: &Service, flow: &FlowKey, track: bool) -> Result<Choice, Pass
         let conn = Conn {
             real: real_ref(real_id, real.generation),
             service: conn_service(svc.id, svc.generation),
+            last_seen: now,
+            state: if flow.proto == PROTO_TCP {
+                CONN_TCP_OPEN
+            } else {
+                CONN_UDP
+            },
         };
         let _ = if flow.is_v4() {
             LB_CONNS4.insert(FlowKey4::from_flow(flow), conn, 0)
@@ -177,6 +235,7 @@ fn persistent_choice(svc: &Service, client: &[u32; 4]) -> u32 {
         let p = unsafe { &mut *p };
         if now.wrapping_sub(p.last_seen_ns) < timeout_ns
             && let Some((id, _)) = usable_real_ref(p.real)
+            && is_target(svc, id)
         {
             if now.wrapping_sub(p.last_seen_ns) > PERSIST_REFRESH_NS {
                 p.last_seen_ns = now;

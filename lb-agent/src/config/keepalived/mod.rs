@@ -183,6 +183,7 @@ fn convert(nodes: &[Node]) -> Import {
             peer_macs: vec![],
             vrids: vec![],
             pin_dir: "/sys/fs/bpf/lb-agent".into(),
+            timeouts: Default::default(),
         },
         vrrp_instances: instances
             .into_iter()
