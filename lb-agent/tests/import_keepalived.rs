@@ -145,6 +145,8 @@ global_defs {
   notification_email { dba@example.com }
   smtp_server 127.0.0.1 2525
   router_id LB1
+  vrrp_garp_lower_prio_repeat 2
+  vrrp_higher_prio_send_advert
 }
 vrrp_script chk_mysql {
   script "/usr/bin/mariadb-admin ping"
@@ -164,6 +166,8 @@ vrrp_instance VI_1 {
   garp_master_delay 2
   garp_master_repeat 3
   garp_master_refresh 30
+  garp_lower_prio_delay 4
+  lower_prio_no_advert true
   track_interface {
     eth0
     eth1 weight -20
@@ -202,6 +206,13 @@ virtual_server 10.1.1.176 3306 {
     assert_eq!(vi.garp_master_repeat, 3);
     assert_eq!(vi.garp_master_delay.0, std::time::Duration::from_secs(2));
     assert_eq!(vi.garp_master_refresh.0, std::time::Duration::from_secs(30));
+    // Lower/higher-priority behaviour: the global default and the instance's own setting.
+    assert_eq!(vi.garp_lower_prio_repeat, Some(2));
+    assert_eq!(
+        vi.garp_lower_prio_delay.map(|d| d.0),
+        Some(std::time::Duration::from_secs(4))
+    );
+    assert!(vi.lower_prio_no_advert && vi.higher_prio_send_advert);
     assert_eq!(vi.track_interface.len(), 2);
     assert_eq!(vi.track_interface[1].weight, Some(-20));
     assert_eq!(vi.track_script[0].name, "chk_mysql");

@@ -90,6 +90,13 @@ pub struct Garp {
     /// While master, a burst every this long; zero = none.
     pub refresh: Duration,
     pub refresh_repeat: u32,
+    /// Messages per VIP when, as master, it hears a lower-priority advert; 0 = none.
+    pub lower_prio_repeat: u32,
+    /// And again this long after; zero = once only.
+    pub lower_prio_delay: Duration,
+    /// Answer a lower-priority advert with no advert of our own.
+    pub lower_prio_no_advert: bool,
+    pub higher_prio_send_advert: bool,
 }
 
 /// The commands run on a VRRP transition.
@@ -395,6 +402,12 @@ fn vrrp_instance(f: &File, vi: &schema::VrrpInstance) -> VrrpInstance {
             delay: vi.garp_master_delay.0,
             refresh: vi.garp_master_refresh.0,
             refresh_repeat: vi.garp_master_refresh_repeat,
+            lower_prio_repeat: vi.garp_lower_prio_repeat.unwrap_or(vi.garp_master_repeat),
+            lower_prio_delay: vi
+                .garp_lower_prio_delay
+                .map_or(vi.garp_master_delay.0, |d| d.0),
+            lower_prio_no_advert: vi.lower_prio_no_advert,
+            higher_prio_send_advert: vi.higher_prio_send_advert,
         },
         track_interfaces: vi
             .track_interface

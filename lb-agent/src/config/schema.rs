@@ -200,6 +200,21 @@ pub struct VrrpInstance {
     /// Messages per VIP in each refresh burst.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub garp_master_refresh_repeat: u32,
+    /// Gratuitous ARPs per VIP when, as master, it hears a lower-priority advert (two
+    /// masters: the other one's announcements may have moved clients); default
+    /// `garp_master_repeat`, 0 = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub garp_lower_prio_repeat: Option<u32>,
+    /// And again this long after; default `garp_master_delay`, "0s" = once only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub garp_lower_prio_delay: Option<DurationStr>,
+    /// Do not answer a lower-priority advert with an advert of our own (RFC behaviour;
+    /// keepalived answers by default).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lower_prio_no_advert: bool,
+    /// Send one more advert on hearing a higher-priority one, before becoming backup.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub higher_prio_send_advert: bool,
     /// Interfaces whose state moves the priority (or, with weight 0, faults the instance).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub track_interface: Vec<Track>,

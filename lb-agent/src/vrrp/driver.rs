@@ -479,6 +479,7 @@ async fn run_router_actions(
                 r.schedule_garp(Instant::now());
                 *changed = true;
             }
+            Action::Announce { count } => r.announce(count),
             Action::ReleaseAddresses => {
                 r.garp_due = None;
                 if keep_addresses {

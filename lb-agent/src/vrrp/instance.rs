@@ -43,6 +43,25 @@ pub struct InstanceConfig {
     pub primary: IpAddr,
     pub addresses: Vec<IpAddr>,
     pub auth: Auth,
+    /// What a master does when it hears a lower-priority advert (keepalived's defaults: an
+    /// advert back, and gratuitous ARPs now and again after a delay), so that a client
+    /// whose ARP entry moved to the other host during two masters comes back.
+    pub lower_prio: LowerPrio,
+    /// keepalived's `higher_prio_send_advert`: a master that hears a higher priority sends
+    /// one more advert of its own before it becomes backup.
+    pub higher_prio_send_advert: bool,
+}
+
+/// keepalived's `garp_lower_prio_repeat`, `garp_lower_prio_delay`, `lower_prio_no_advert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowerPrio {
+    /// Gratuitous ARPs / unsolicited NAs per address, at once and again after `garp_delay`
+    /// (0: none).
+    pub garp_repeat: usize,
+    /// The second burst's delay (zero: no second burst).
+    pub garp_delay: Duration,
+    /// Do not answer with an advert (RFC behaviour).
+    pub no_advert: bool,
 }
 
 /// Something the driver must do.
@@ -54,6 +73,8 @@ pub enum Action {
     TakeAddresses,
     /// Remove the virtual addresses.
     ReleaseAddresses,
+    /// Announce the addresses held again: this many gratuitous ARPs / unsolicited NAs each.
+    Announce { count: usize },
     /// A state change, with why (for logs, notify scripts and status).
     Transition {
         from: State,
@@ -66,7 +87,11 @@ pub enum Action {
 enum Timer {
     Advert = 0,
     MasterDown = 1,
+    /// The second burst of gratuitous ARPs after a lower-priority advert.
+    LowerPrioGarp = 2,
 }
+
+const TIMERS: usize = 3;
 
 /// Per-instance counters (the VRRP MIB's statistics).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,7 +111,7 @@ pub struct Instance {
     priority: u8,
     /// Master_Adver_Interval: the master's advert interval (learned from its adverts in v3).
     master_interval: Duration,
-    timers: [Option<Instant>; 2],
+    timers: [Option<Instant>; TIMERS],
     started: Option<Instant>,
     actions: VecDeque<Action>,
     stats: Stats,
@@ -104,7 +129,7 @@ impl Instance {
             state: State::Initialize,
             priority,
             master_interval,
-            timers: [None; 2],
+            timers: [None; TIMERS],
             started: None,
             actions: VecDeque::new(),
             stats: Stats::default(),
@@ -240,6 +265,7 @@ impl Instance {
 
     fn become_backup(&mut self, now: Instant, reason: &'static str) {
         self.set(Timer::Advert, None);
+        self.set(Timer::LowerPrioGarp, None);
         self.set(Timer::MasterDown, Some(now + self.master_down_interval()));
         self.transition(State::Backup, reason);
     }
@@ -280,6 +306,14 @@ impl Instance {
         {
             self.send_advert(self.priority);
             self.set(Timer::Advert, Some(now + self.cfg.interval));
+        }
+        if self.timers[Timer::LowerPrioGarp as usize].is_some_and(|t| t <= now) {
+            self.set(Timer::LowerPrioGarp, None);
+            if self.state == State::Master {
+                self.actions.push_back(Action::Announce {
+                    count: self.cfg.lower_prio.garp_repeat,
+                });
+            }
         }
     }
 
@@ -328,15 +362,37 @@ impl Instance {
                 } else if adv.priority > self.priority
                     || (adv.priority == self.priority && src > self.cfg.primary)
                 {
+                    if self.cfg.higher_prio_send_advert {
+                        self.send_advert(self.priority);
+                    }
                     if self.cfg.version == Version::V3 {
                         self.master_interval = adv.interval;
                     }
                     self.become_backup(now, "a higher-priority master");
                     self.master = Some(src);
+                } else {
+                    self.lower_priority_heard(now);
                 }
-                // A lower-priority master: ignore; our next advert makes it back down.
             }
             State::Initialize | State::Fault => {}
+        }
+    }
+
+    /// Another master with a lower priority: two masters, after lost adverts or a stalled
+    /// peer. Our advert makes it back down; the gratuitous ARPs bring back clients (and
+    /// switches) that followed its announcements meanwhile. As keepalived does.
+    fn lower_priority_heard(&mut self, now: Instant) {
+        let lp = self.cfg.lower_prio;
+        if !lp.no_advert {
+            self.send_advert(self.priority);
+        }
+        if lp.garp_repeat > 0 {
+            self.actions.push_back(Action::Announce {
+                count: lp.garp_repeat,
+            });
+            if !lp.garp_delay.is_zero() {
+                self.set(Timer::LowerPrioGarp, Some(now + lp.garp_delay));
+            }
         }
     }
 
@@ -390,7 +446,7 @@ impl Instance {
         if self.state == State::Master {
             self.send_advert(0);
         }
-        self.timers = [None; 2];
+        self.timers = [None; TIMERS];
         self.transition(State::Fault, reason);
     }
 
@@ -432,7 +488,7 @@ impl Instance {
         if self.state == State::Master {
             self.send_advert(0);
         }
-        self.timers = [None; 2];
+        self.timers = [None; TIMERS];
         self.transition(State::Initialize, "shutdown");
     }
 }

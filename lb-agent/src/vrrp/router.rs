@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{
     event::Event,
-    instance::{Instance, InstanceConfig},
+    instance::{Instance, InstanceConfig, LowerPrio},
     packet::{Auth, MULTICAST_V4, MULTICAST_V6, V3Ipv4Checksum, Version},
     socket::VrrpSocket,
 };
@@ -103,6 +103,12 @@ pub fn instance_config(vi: &VrrpInstance, primary: IpAddr) -> InstanceConfig {
             Some(p) => Auth::pass(p),
             None => Auth::None,
         },
+        lower_prio: LowerPrio {
+            garp_repeat: vi.garp.lower_prio_repeat as usize,
+            garp_delay: vi.garp.lower_prio_delay,
+            no_advert: vi.garp.lower_prio_no_advert,
+        },
+        higher_prio_send_advert: vi.garp.higher_prio_send_advert,
     }
 }
 

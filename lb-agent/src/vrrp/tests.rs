@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    instance::{Action, Instance, InstanceConfig, State},
+    instance::{Action, Instance, InstanceConfig, LowerPrio, State},
     packet::{Advert, Auth, MULTICAST_V4, Received, V3Ipv4Checksum, Version},
 };
 
@@ -32,6 +32,8 @@ struct Lan {
     /// Nodes on different sides of a partition do not hear each other.
     partition: Option<Vec<usize>>,
     sent: Vec<(Duration, usize, u8)>,
+    /// (virtual time, node, messages per address) of every re-announcement.
+    announced: Vec<(Duration, usize, usize)>,
 }
 
 fn cfg(version: Version, priority: u8, last_octet: u8) -> InstanceConfig {
@@ -50,6 +52,13 @@ fn cfg(version: Version, priority: u8, last_octet: u8) -> InstanceConfig {
         } else {
             Auth::None
         },
+        // keepalived's defaults.
+        lower_prio: LowerPrio {
+            garp_repeat: 5,
+            garp_delay: Duration::from_secs(5),
+            no_advert: false,
+        },
+        higher_prio_send_advert: false,
     }
 }
 
@@ -72,6 +81,7 @@ impl Lan {
             transitions: vec![],
             partition: None,
             sent: vec![],
+            announced: vec![],
         }
     }
 
@@ -125,6 +135,7 @@ impl Lan {
                         Action::Transition { from, to, .. } => {
                             self.transitions.push((self.at(), i, from, to))
                         }
+                        Action::Announce { count } => self.announced.push((self.at(), i, count)),
                         Action::TakeAddresses | Action::ReleaseAddresses => {}
                     }
                 }
@@ -336,6 +347,96 @@ fn a_split_makes_two_masters_and_the_heal_leaves_one() {
     lan.partition = None;
     lan.run_until(secs(25.0));
     assert_eq!(lan.masters(), vec![0]);
+}
+
+/// keepalived's answer to two masters (`garp_lower_prio_repeat`, `garp_lower_prio_delay`):
+/// the master that hears a lower-priority advert answers with its own advert at once (the
+/// other backs down without waiting for the next interval) and re-announces its addresses,
+/// now and 5 s later, so that clients whose ARP entries followed the other master return.
+#[test]
+fn the_master_that_hears_a_lower_priority_re_announces_its_addresses() {
+    let mut lan = Lan::new(vec![cfg(Version::V2, 180, 1), cfg(Version::V2, 150, 2)]);
+    lan.start(0);
+    lan.start(1);
+    lan.run_until(secs(10.0));
+    assert!(lan.announced.is_empty(), "{:?}", lan.announced);
+    lan.partition = Some(vec![0]);
+    lan.run_until(secs(20.0));
+    assert_eq!(lan.masters(), vec![0, 1]);
+    // The heal, with node 0's adverts still lost for a second: node 1's adverts reach it
+    // first (whichever phase the two timers have).
+    let heal = secs(20.0);
+    lan.partition = None;
+    lan.nodes[0].mute = true;
+    lan.run_until(secs(21.0));
+    lan.nodes[0].mute = false;
+    lan.run_until(secs(30.0));
+    assert_eq!(lan.masters(), vec![0]);
+    // Node 1's first advert after the heal reaches node 0 within an interval: node 0
+    // answers (advert) and announces, now and 5 s later.
+    let answers: Vec<_> = lan
+        .announced
+        .iter()
+        .filter(|(_, n, count)| *n == 0 && *count == 5)
+        .map(|(t, ..)| *t)
+        .collect();
+    assert_eq!(answers.len(), 2, "{:?}", lan.announced);
+    assert!(
+        answers[0] >= heal && answers[0] <= heal + secs(1.0),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1] - answers[0], secs(5.0));
+    assert!(
+        lan.sent.iter().any(|(t, n, _)| *n == 0 && *t == answers[0]),
+        "no advert answered the lower priority"
+    );
+    assert!(!lan.announced.iter().any(|(_, n, _)| *n == 1));
+}
+
+/// `lower_prio_no_advert` (the RFC's behaviour): no answering advert; `garp_lower_prio_repeat`
+/// 0: no re-announcement. `higher_prio_send_advert`: a master stepping down sends one more.
+#[test]
+fn lower_and_higher_priority_options() {
+    let mut quiet = cfg(Version::V2, 180, 1);
+    quiet.lower_prio = LowerPrio {
+        garp_repeat: 0,
+        garp_delay: Duration::ZERO,
+        no_advert: true,
+    };
+    let mut loud = cfg(Version::V2, 150, 2);
+    loud.higher_prio_send_advert = true;
+    let mut lan = Lan::new(vec![quiet, loud]);
+    lan.start(0);
+    lan.start(1);
+    lan.run_until(secs(10.0));
+    lan.partition = Some(vec![0]);
+    lan.run_until(secs(20.0));
+    lan.partition = None;
+    let sent_before = lan.sent.len();
+    lan.run_until(secs(22.5));
+    assert_eq!(lan.masters(), vec![0]);
+    assert!(lan.announced.is_empty(), "{:?}", lan.announced);
+    // Node 0 only sends its interval adverts; node 1 sent one more as it stepped down (at
+    // the instant it heard node 0).
+    let after: Vec<_> = lan.sent[sent_before..].to_vec();
+    let node0: Vec<_> = after
+        .iter()
+        .filter(|(_, n, _)| *n == 0)
+        .map(|(t, ..)| *t)
+        .collect();
+    assert!(
+        after
+            .iter()
+            .any(|(t, n, p)| *n == 1 && *p == 150 && node0.contains(t)),
+        "node 1 stepped down without its advert: {after:?}"
+    );
+    for w in node0.windows(2) {
+        assert_eq!(
+            w[1] - w[0],
+            secs(1.0),
+            "node 0 answered a lower priority: {after:?}"
+        );
+    }
 }
 
 #[test]

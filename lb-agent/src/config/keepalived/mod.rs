@@ -138,9 +138,10 @@ fn convert(nodes: &[Node]) -> Import {
     let mut servers = Vec::new();
     let mut scripts = Vec::new();
     let mut version = None;
+    let mut defaults = VrrpDefaults::default();
     for n in nodes {
         match n.keyword.as_str() {
-            "global_defs" => global_defs(&mut cv, n, &mut global, &mut version),
+            "global_defs" => global_defs(&mut cv, n, &mut global, &mut version, &mut defaults),
             "vrrp_instance" => {
                 if let Some(vi) = vrrp::vrrp_instance(&mut cv, n) {
                     instances.push(vi);
@@ -168,6 +169,9 @@ fn convert(nodes: &[Node]) -> Import {
     drop_dangling_references(&mut cv, nodes, &mut instances, &mut groups, &scripts);
     if let Some(v) = version {
         instances.iter_mut().for_each(|vi| vi.version = v);
+    }
+    for vi in &mut instances {
+        defaults.apply(vi);
     }
     let interface = instances
         .first()
@@ -200,7 +204,32 @@ fn convert(nodes: &[Node]) -> Import {
     }
 }
 
-fn global_defs(cv: &mut Converter, n: &Node, g: &mut Global, version: &mut Option<u8>) {
+/// `global_defs` settings that are defaults of every `vrrp_instance` (an instance's own
+/// setting wins).
+#[derive(Default)]
+struct VrrpDefaults {
+    garp_lower_prio_repeat: Option<u32>,
+    garp_lower_prio_delay: Option<DurationStr>,
+    lower_prio_no_advert: bool,
+    higher_prio_send_advert: bool,
+}
+
+impl VrrpDefaults {
+    fn apply(&self, vi: &mut VrrpInstance) {
+        vi.garp_lower_prio_repeat = vi.garp_lower_prio_repeat.or(self.garp_lower_prio_repeat);
+        vi.garp_lower_prio_delay = vi.garp_lower_prio_delay.or(self.garp_lower_prio_delay);
+        vi.lower_prio_no_advert |= self.lower_prio_no_advert;
+        vi.higher_prio_send_advert |= self.higher_prio_send_advert;
+    }
+}
+
+fn global_defs(
+    cv: &mut Converter,
+    n: &Node,
+    g: &mut Global,
+    version: &mut Option<u8>,
+    defaults: &mut VrrpDefaults,
+) {
     for c in n.children() {
         match c.keyword.as_str() {
             "notification_email" => g.notification_email = Converter::values(c),
@@ -213,6 +242,10 @@ fn global_defs(cv: &mut Converter, n: &Node, g: &mut Global, version: &mut Optio
             "smtp_connect_timeout" => g.smtp_connect_timeout = cv.seconds(c),
             "router_id" => g.router_id = cv.arg(c),
             "vrrp_version" => *version = cv.arg(c),
+            "vrrp_garp_lower_prio_repeat" => defaults.garp_lower_prio_repeat = cv.arg(c),
+            "vrrp_garp_lower_prio_delay" => defaults.garp_lower_prio_delay = cv.seconds(c),
+            "vrrp_lower_prio_no_advert" => defaults.lower_prio_no_advert = vrrp::flag(cv, c),
+            "vrrp_higher_prio_send_advert" => defaults.higher_prio_send_advert = vrrp::flag(cv, c),
             "vrrp_skip_check_adv_addr"
             | "vrrp_strict"
             | "vrrp_garp_interval"

@@ -104,6 +104,10 @@ pub(super) fn vrrp_instance(cv: &mut Converter, n: &Node) -> Option<VrrpInstance
         garp_master_delay: DurationStr(Duration::from_secs(5)),
         garp_master_refresh: DurationStr::default(),
         garp_master_refresh_repeat: 1,
+        garp_lower_prio_repeat: None,
+        garp_lower_prio_delay: None,
+        lower_prio_no_advert: false,
+        higher_prio_send_advert: false,
         track_interface: vec![],
         track_script: vec![],
     };
@@ -166,6 +170,10 @@ pub(super) fn vrrp_instance(cv: &mut Converter, n: &Node) -> Option<VrrpInstance
             }
             "garp_master_refresh" => vi.garp_master_refresh = cv.seconds(c).unwrap_or_default(),
             "garp_master_refresh_repeat" => vi.garp_master_refresh_repeat = cv.arg(c).unwrap_or(1),
+            "garp_lower_prio_repeat" => vi.garp_lower_prio_repeat = cv.arg(c),
+            "garp_lower_prio_delay" => vi.garp_lower_prio_delay = cv.seconds(c),
+            "lower_prio_no_advert" => vi.lower_prio_no_advert = flag(cv, c),
+            "higher_prio_send_advert" => vi.higher_prio_send_advert = flag(cv, c),
             "track_interface" => vi.track_interface = tracks(cv, c),
             "track_script" => vi.track_script = tracks(cv, c),
             // The recipe spells it `inteface`; keepalived accepts both.
@@ -234,4 +242,17 @@ pub(super) fn sync_group(cv: &mut Converter, n: &Node) -> Option<SyncGroup> {
         }
     }
     Some(g)
+}
+
+/// A keepalived boolean: bare (`lower_prio_no_advert`) means true; `true`/`false` (or
+/// `on`/`off`, `yes`/`no`) as written.
+pub(super) fn flag(cv: &mut Converter, n: &Node) -> bool {
+    match n.args.first().map(|a| a.to_ascii_lowercase()).as_deref() {
+        None | Some("true" | "on" | "yes") => true,
+        Some("false" | "off" | "no") => false,
+        Some(other) => {
+            cv.unsupported(n, format!("expected true or false, not {other:?}"));
+            false
+        }
+    }
 }
