@@ -345,6 +345,12 @@ impl Harness {
 
     /// Replaces a service's pool with `members` (address, weight), through the agent's atomic
     /// table flip. Returns the new table.
+    /// Sets the connection table's clock (ticks, see `xdp_ebpf::maps::TICK_SHIFT`): time is
+    /// injected here, as the agent publishes it.
+    pub fn set_clock(&mut self, tick: u32) {
+        self.dp.maps().set_clock(tick).expect("writing the clock");
+    }
+
     pub fn set_pool(
         &mut self,
         service: &str,

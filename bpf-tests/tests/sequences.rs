@@ -114,11 +114,12 @@ fn with_timeouts(timeouts: &str) -> Harness {
 
 /// Entries age out by state, as IPVS times them: an idle TCP connection after `tcp`, one
 /// the client closed (FIN) after `tcp_fin`, one it reset after `tcp_close`, UDP after `udp`.
-/// A flow whose entry expired takes a new decision. (Ticks are 1.07 s: a timeout of "1s" is
-/// one tick, gone after two.)
+/// A flow whose entry expired takes a new decision. Time is the agent's clock, injected:
+/// ticks of 1.07 s, so a timeout of "1s" is one tick, and an entry idle for two is gone.
 #[test]
 fn entries_age_out_by_state() {
     let mut h = with_timeouts("tcp = \"1h\"\ntcp_fin = \"1s\"\ntcp_close = \"1s\"\nudp = \"1s\"");
+    h.set_clock(1000);
     h.set_pool("tcp", &[("10.0.1.1", 1)]);
     h.set_pool("udp", &[("10.0.1.1", 1)]);
     let (r1, r2) = (h.real_id("10.0.1.1"), h.real_id("10.0.1.2"));
@@ -143,7 +144,15 @@ fn entries_age_out_by_state() {
         (flags(&h, 0, TCP_ACK), flags(&h, 1, TCP_ACK), udp(&h, 3)),
         (r1, r1, r1)
     );
-    std::thread::sleep(std::time::Duration::from_millis(3300));
+    // One tick later nothing has expired (idle for one tick = the timeout), and every frame
+    // refreshes its entry...
+    h.set_clock(1001);
+    assert_eq!(
+        (flags(&h, 1, TCP_ACK), flags(&h, 2, TCP_ACK), udp(&h, 3)),
+        (r1, r1, r1)
+    );
+    // ...two ticks on, the short timeouts have passed; the open connection has an hour.
+    h.set_clock(1003);
     assert_eq!(
         flags(&h, 0, TCP_ACK),
         r1,

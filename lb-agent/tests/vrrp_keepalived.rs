@@ -582,3 +582,129 @@ fn reloads_apply_vrrp_changes_as_keepalived_sees_them() {
     lab.stop(ka);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Drops (or lets through again) VRRP arriving at `host`'s eth0, before the stack: lost
+/// adverts, as a switch or firewall loses them. (`tc`: nftables is not installed here, and it
+/// would not see XDP_TX frames anyway.)
+fn block_vrrp(lab: &Lab, host: &str, block: bool) {
+    if block {
+        lab.exec(host, &["tc", "qdisc", "replace", "dev", "eth0", "clsact"]);
+        lab.exec(
+            host,
+            &[
+                "tc", "filter", "add", "dev", "eth0", "ingress", "protocol", "ip", "u32", "match",
+                "ip", "protocol", "112", "0xff", "action", "drop",
+            ],
+        );
+    } else {
+        lab.exec(host, &["tc", "filter", "del", "dev", "eth0", "ingress"]);
+    }
+}
+
+/// The MAC `host`'s neighbour table holds for `addr`, if any.
+fn neighbour_mac(lab: &Lab, host: &str, addr: &str) -> Option<String> {
+    let out = lab.ip(host, &["neigh", "show", addr, "dev", "eth0"]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "lladdr")?;
+    words.get(i + 1).map(|m| m.to_string())
+}
+
+/// Two masters, healed: VRRP adverts are lost between lb-agent (180) and keepalived (150) for
+/// 10 s, so keepalived becomes master too and its gratuitous ARPs move a client's ARP entry
+/// for the VIP to it. When the adverts return, lb-agent hears keepalived's lower priority,
+/// answers with an advert (keepalived backs down at once) and re-announces the VIP: the
+/// client's entry is back on lb-agent within a second, not after the client's own neighbour
+/// timeouts (seconds more of traffic to a host that no longer holds the VIP).
+#[test]
+fn two_masters_heal_and_the_client_follows_the_master_back() {
+    let v = Variant {
+        version: 2,
+        auth: false,
+        unicast: false,
+        v6: false,
+    };
+    let vip = v.vip();
+    let Pair {
+        mut lab,
+        dir,
+        agent_log,
+        ka_log,
+        ka_conf,
+        agent_cfg,
+    } = Pair::new("ka2m");
+    lab.host("cl", "10.98.0.10/24");
+    let (lb1_mac, lb2_mac) = (lab.mac("lb1", "eth0"), lab.mac("lb2", "eth0"));
+    std::fs::write(&agent_cfg, agent_conf(&lab, v, 180)).unwrap();
+    std::fs::write(&ka_conf, keepalived_conf(v, 150, "BACKUP")).unwrap();
+    let a = lab.spawn(
+        "lb1",
+        &[AGENT, "run", "--config", agent_cfg.to_str().unwrap()],
+        &agent_log,
+    );
+    wait("lb-agent master", Duration::from_secs(8), || {
+        lab.has_address("lb1", vip)
+    });
+    let ka = start_keepalived(&mut lab, "lb2", &ka_conf, &ka_log);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // A client that keeps sending to the VIP (its traffic keeps its ARP entry in use).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (stop, ns, vip) = (stop.clone(), lab.ns("cl"), vip.to_string());
+        std::thread::spawn(move || {
+            common::enter(&ns);
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..600 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let _ = s.send_to(b"x", (vip.as_str(), 9));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait(
+        "the client resolves the VIP to lb-agent",
+        Duration::from_secs(5),
+        || neighbour_mac(&lab, "cl", vip).as_deref() == Some(lb1_mac.as_str()),
+    );
+
+    // Adverts lost both ways: keepalived takes over as well, and the client follows its
+    // gratuitous ARPs.
+    block_vrrp(&lab, "lb1", true);
+    block_vrrp(&lab, "lb2", true);
+    wait("keepalived master too", Duration::from_secs(8), || {
+        lab.has_address("lb2", vip)
+    });
+    wait(
+        "the client follows keepalived",
+        Duration::from_secs(3),
+        || neighbour_mac(&lab, "cl", vip).as_deref() == Some(lb2_mac.as_str()),
+    );
+    assert!(lab.has_address("lb1", vip), "two masters expected");
+    std::thread::sleep(Duration::from_secs(4));
+
+    // The heal.
+    block_vrrp(&lab, "lb1", false);
+    block_vrrp(&lab, "lb2", false);
+    let took = wait(
+        "the client back on lb-agent",
+        Duration::from_secs(3),
+        || neighbour_mac(&lab, "cl", vip).as_deref() == Some(lb1_mac.as_str()),
+    );
+    println!("after the heal the client's ARP entry was back on lb-agent in {took:?}");
+    wait("keepalived backs down", Duration::from_secs(3), || {
+        !lab.has_address("lb2", vip)
+    });
+    assert!(lab.has_address("lb1", vip));
+    let status = agent_status(&dir);
+    assert!(
+        status.contains("vrrp VI_1: master (priority 180,"),
+        "{status}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    assert!(lab.stop(a).unwrap().success());
+    lab.stop(ka);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,6 +2,7 @@
 //! (apt packages, the nightly `rust-src` component, `bpf-linker`) when it is missing, and says
 //! so.
 
+mod compare;
 mod deploy;
 mod setup;
 
@@ -39,8 +40,14 @@ enum Task {
         #[arg(value_enum)]
         action: Option<LabAction>,
     },
-    /// Data-plane benchmarks (BPF_PROG_TEST_RUN): prints ns/packet per case.
-    Bench,
+    /// Benchmarks: the data plane (BPF_PROG_TEST_RUN, ns/packet per case), the map
+    /// reconciler, VRRP failover against keepalived, MySQL failure detection.
+    Bench {
+        /// Only the data plane, interleaved against a build of this commit (e.g. `HEAD~1`):
+        /// both medians and the change per case.
+        #[arg(long)]
+        against: Option<String>,
+    },
     /// Build and install the agent, a configuration (kept if present), the systemd units and
     /// the README under a root directory.
     Deploy {
@@ -71,7 +78,11 @@ fn main() -> Result<()> {
             ..
         } => lab_down(),
         Task::Lab { keep, action: None } => lab(&root, keep),
-        Task::Bench => bench(&root),
+        Task::Bench { against: None } => bench(&root),
+        Task::Bench { against: Some(rev) } => {
+            setup::require_root("the benchmark runs XDP programs in the kernel")?;
+            compare::against(&root, &rev)
+        }
         Task::Deploy { root: dest } => {
             build(&root)?;
             for line in deploy::install(&root, &dest)? {
@@ -134,7 +145,8 @@ fn build_ebpf(root: &Path) -> Result<()> {
     setup::rust_src()?;
     setup::bpf_linker()?;
     let mut cmd = nightly_cargo();
-    cmd.args(["build", "--locked", "--release", "-p", "xdp-ebpf"])
+    cmd.current_dir(root)
+        .args(["build", "--locked", "--release", "-p", "xdp-ebpf"])
         .args(["--features", "bpf-program", "-Z", "build-std=core"])
         .args(["--target", "bpfel-unknown-none"])
         // BTF for typed `bpftool map dump` output and for the kernel's map checks.

@@ -62,6 +62,7 @@ pub async fn attach(
     )
     .await?;
     let ops = reconcile::plan(previous.as_ref(), &mut state);
+    dp.maps().set_clock(lb_agent::dataplane::clock_tick())?;
     dp.maps().execute(&ops)?;
     core::report(&state);
     let mode = match cfg.dataplane.xdp_mode {

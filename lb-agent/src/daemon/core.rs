@@ -74,7 +74,11 @@ impl Daemon {
     }
 
     /// The periodic look at links and neighbours (probing what is unresolved).
+    /// Every second: the connection table's clock, then links and neighbours.
     pub async fn on_tick(&mut self) -> Result<()> {
+        self.dp
+            .maps()
+            .set_clock(lb_agent::dataplane::clock_tick())?;
         self.look_again(Resolve::Probe).await
     }
 

@@ -25,6 +25,18 @@ use xdp_ebpf::maps::{ALL_MAPS, BENCH_NEXT_FLOW, PROGRAM_NAME};
 
 pub use writer::{Adopted, Counters, MapWriter};
 
+/// The connection table's clock now: `CLOCK_MONOTONIC` in ticks (`xdp_ebpf::maps::TICK_SHIFT`),
+/// the clock a restarted agent continues.
+pub fn clock_tick() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    xdp_ebpf::maps::tick_of_ns(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp.o"));
 

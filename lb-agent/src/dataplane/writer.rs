@@ -224,6 +224,21 @@ impl<'a> MapWriter<'a> {
         })
     }
 
+    /// Publishes the clock the connection table ages by (see `xdp_ebpf::maps::TICK_SHIFT`).
+    pub fn set_clock(&mut self, tick: u32) -> Result<()> {
+        self.array::<u32>(MAP_CLOCK)?
+            .set(0, tick, 0)
+            .context("writing LB_CLOCK")
+    }
+
+    /// The IPv4 connection table as it is now (for tests and inspection; a million entries
+    /// take a while).
+    pub fn conns4(&mut self) -> Result<Vec<(FlowKey4, Conn)>> {
+        let m: HashMap<&mut MapData, FlowKey4, Conn> =
+            HashMap::try_from(map(self.ebpf, MAP_CONNS4)?).context("opening LB_CONNS4")?;
+        Ok(m.iter().filter_map(|e| e.ok()).collect())
+    }
+
     /// The peers learned from VRRP adverts.
     pub fn learned_peers(&mut self) -> Result<Vec<MacAddr>> {
         let peers = self.array::<Peers>(MAP_PEERS)?.get(&0, 0)?;

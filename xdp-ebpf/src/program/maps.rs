@@ -36,6 +36,10 @@ pub static LB_MAGLEV: Array<MaglevTable, { MAGLEV_TABLES as usize }> = Array::ne
 #[btf_map]
 pub static LB_TARGETS: Array<Targets, { MAGLEV_TABLES as usize }> = Array::new();
 
+/// The agent's clock in connection-table ticks (index 0), written every second.
+#[btf_map]
+pub static LB_CLOCK: Array<u32, 1> = Array::new();
+
 /// Real servers by id: MAC and flags.
 #[btf_map]
 pub static LB_REALS: Array<Real, { MAX_REALS as usize }> = Array::new();

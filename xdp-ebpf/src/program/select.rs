@@ -1,21 +1,21 @@
 //! Choosing the real server: service lookup, connection table, persistence, Maglev.
 
-use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use xdp_ebpf::{
     flow_hash,
     hash::client_hash,
     maps::{
         CONN_TCP_FIN, CONN_TCP_OPEN, CONN_TCP_RST, CONN_UDP, Config, Conn, FlowKey, FlowKey4,
         MAGLEV_RING, NO_REAL, PROTO_TCP, PassReason, Persist, PersistKey, REAL_VALID, Real,
-        Service, ServiceKey, TICK_SHIFT, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, conn_service,
-        maglev_index, real_ref,
+        Service, ServiceKey, VIP_FILTER_ALL_PORTS, VIP_FILTER_ANY, conn_service, maglev_index,
+        real_ref,
     },
     vip_filter_slot,
 };
 
 use crate::{
     maps::{
-        LB_CONNS4, LB_CONNS6, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_SVC_INFO,
+        LB_CLOCK, LB_CONNS4, LB_CONNS6, LB_MAGLEV, LB_PERSIST, LB_REALS, LB_SERVICES, LB_SVC_INFO,
         LB_TARGETS, LB_VIP_FILTER,
     },
     parse::{TCP_FIN, TCP_RST},
@@ -73,11 +73,10 @@ pub fn service(
     Err(PassReason::NoService)
 }
 
-/// Connection-table time now, in ticks (see `TICK_SHIFT`). The coarse clock: a few
-/// nanoseconds, and millisecond precision is plenty for idle timeouts.
+/// Connection-table time now, in ticks: the agent's clock (see `TICK_SHIFT`).
 #[inline(always)]
 pub fn now_ticks() -> u32 {
-    (unsafe { bpf_ktime_get_coarse_ns() } >> TICK_SHIFT) as u32
+    LB_CLOCK.get(0).copied().unwrap_or(0)
 }
 
 /// Whether `real_id` is in the live target set of `svc` (see `Targets`).
