@@ -583,21 +583,29 @@ fn reloads_apply_vrrp_changes_as_keepalived_sees_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Drops (or lets through again) VRRP arriving at `host`'s eth0, before the stack: lost
-/// adverts, as a switch or firewall loses them. (`tc`: nftables is not installed here, and it
-/// would not see XDP_TX frames anyway.)
-fn block_vrrp(lab: &Lab, host: &str, block: bool) {
-    if block {
-        lab.exec(host, &["tc", "qdisc", "replace", "dev", "eth0", "clsact"]);
-        lab.exec(
+/// Loses (or delivers again) the unicast VRRP adverts `host` sends to `peer`: a permanent
+/// neighbour entry with a MAC nobody has sends them nowhere (the bridge floods them, every
+/// host drops them as not its own), as a lossy path would, while the client still reaches
+/// both hosts. (This machine has no nftables and no tc actions; routes do not apply to a
+/// socket bound to its device; and nftables would not see XDP_TX frames anyway.)
+fn lose_adverts(lab: &Lab, host: &str, peer: &str, lose: bool) {
+    if lose {
+        lab.ip(
             host,
             &[
-                "tc", "filter", "add", "dev", "eth0", "ingress", "protocol", "ip", "u32", "match",
-                "ip", "protocol", "112", "0xff", "action", "drop",
+                "neigh",
+                "replace",
+                peer,
+                "lladdr",
+                "02:00:00:00:00:99",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
             ],
         );
     } else {
-        lab.exec(host, &["tc", "filter", "del", "dev", "eth0", "ingress"]);
+        lab.ip(host, &["neigh", "del", peer, "dev", "eth0"]);
     }
 }
 
@@ -609,18 +617,19 @@ fn neighbour_mac(lab: &Lab, host: &str, addr: &str) -> Option<String> {
     words.get(i + 1).map(|m| m.to_string())
 }
 
-/// Two masters, healed: VRRP adverts are lost between lb-agent (180) and keepalived (150) for
-/// 10 s, so keepalived becomes master too and its gratuitous ARPs move a client's ARP entry
-/// for the VIP to it. When the adverts return, lb-agent hears keepalived's lower priority,
-/// answers with an advert (keepalived backs down at once) and re-announces the VIP: the
-/// client's entry is back on lb-agent within a second, not after the client's own neighbour
-/// timeouts (seconds more of traffic to a host that no longer holds the VIP).
+/// Two masters, healed: VRRP adverts are lost between lb-agent (180) and keepalived (150),
+/// so keepalived becomes master too and its gratuitous ARPs move a client's ARP entry for the
+/// VIP to it. When the adverts return, lb-agent hears keepalived's lower priority (its
+/// regular advert, or the one `higher_prio_send_advert` sends as it steps down), and
+/// re-announces the VIP: the client's entry is back on lb-agent within the next advert
+/// interval, not after the client's own neighbour timeouts (4 s here without it, traffic
+/// meanwhile going to a host that no longer holds the VIP).
 #[test]
 fn two_masters_heal_and_the_client_follows_the_master_back() {
     let v = Variant {
         version: 2,
         auth: false,
-        unicast: false,
+        unicast: true,
         v6: false,
     };
     let vip = v.vip();
@@ -635,7 +644,16 @@ fn two_masters_heal_and_the_client_follows_the_master_back() {
     lab.host("cl", "10.98.0.10/24");
     let (lb1_mac, lb2_mac) = (lab.mac("lb1", "eth0"), lab.mac("lb2", "eth0"));
     std::fs::write(&agent_cfg, agent_conf(&lab, v, 180)).unwrap();
-    std::fs::write(&ka_conf, keepalived_conf(v, 150, "BACKUP")).unwrap();
+    // keepalived as lb-agent's own default has it: a master that steps down sends one more
+    // advert, so the higher master hears of the other one whichever advert crosses first.
+    std::fs::write(
+        &ka_conf,
+        keepalived_conf(v, 150, "BACKUP").replace(
+            "  advert_int 1\n",
+            "  advert_int 1\n  higher_prio_send_advert true\n",
+        ),
+    )
+    .unwrap();
     let a = lab.spawn(
         "lb1",
         &[AGENT, "run", "--config", agent_cfg.to_str().unwrap()],
@@ -671,8 +689,8 @@ fn two_masters_heal_and_the_client_follows_the_master_back() {
 
     // Adverts lost both ways: keepalived takes over as well, and the client follows its
     // gratuitous ARPs.
-    block_vrrp(&lab, "lb1", true);
-    block_vrrp(&lab, "lb2", true);
+    lose_adverts(&lab, "lb1", "10.98.0.2", true);
+    lose_adverts(&lab, "lb2", "10.98.0.1", true);
     wait("keepalived master too", Duration::from_secs(8), || {
         lab.has_address("lb2", vip)
     });
@@ -685,11 +703,11 @@ fn two_masters_heal_and_the_client_follows_the_master_back() {
     std::thread::sleep(Duration::from_secs(4));
 
     // The heal.
-    block_vrrp(&lab, "lb1", false);
-    block_vrrp(&lab, "lb2", false);
+    lose_adverts(&lab, "lb1", "10.98.0.2", false);
+    lose_adverts(&lab, "lb2", "10.98.0.1", false);
     let took = wait(
         "the client back on lb-agent",
-        Duration::from_secs(3),
+        Duration::from_millis(2500),
         || neighbour_mac(&lab, "cl", vip).as_deref() == Some(lb1_mac.as_str()),
     );
     println!("after the heal the client's ARP entry was back on lb-agent in {took:?}");

@@ -212,8 +212,10 @@ pub struct VrrpInstance {
     /// keepalived answers by default).
     #[serde(default, skip_serializing_if = "is_default")]
     pub lower_prio_no_advert: bool,
-    /// Send one more advert on hearing a higher-priority one, before becoming backup.
-    #[serde(default, skip_serializing_if = "is_default")]
+    /// Send one more advert on hearing a higher-priority one, before becoming backup: the
+    /// higher master then hears of the other one (and re-announces) whichever advert
+    /// crossed first after two masters. On by default (keepalived: off).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub higher_prio_send_advert: bool,
     /// Interfaces whose state moves the priority (or, with weight 0, faults the instance).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -52,13 +52,13 @@ fn cfg(version: Version, priority: u8, last_octet: u8) -> InstanceConfig {
         } else {
             Auth::None
         },
-        // keepalived's defaults.
+        // The configuration's defaults (keepalived's, but for higher_prio_send_advert).
         lower_prio: LowerPrio {
             garp_repeat: 5,
             garp_delay: Duration::from_secs(5),
             no_advert: false,
         },
-        higher_prio_send_advert: false,
+        higher_prio_send_advert: true,
     }
 }
 
@@ -355,7 +355,10 @@ fn a_split_makes_two_masters_and_the_heal_leaves_one() {
 /// now and 5 s later, so that clients whose ARP entries followed the other master return.
 #[test]
 fn the_master_that_hears_a_lower_priority_re_announces_its_addresses() {
-    let mut lan = Lan::new(vec![cfg(Version::V2, 180, 1), cfg(Version::V2, 150, 2)]);
+    // keepalived's own default on the lower one: it steps down without a last advert.
+    let mut lower = cfg(Version::V2, 150, 2);
+    lower.higher_prio_send_advert = false;
+    let mut lan = Lan::new(vec![cfg(Version::V2, 180, 1), lower]);
     lan.start(0);
     lan.start(1);
     lan.run_until(secs(10.0));
@@ -393,6 +396,33 @@ fn the_master_that_hears_a_lower_priority_re_announces_its_addresses() {
     assert!(!lan.announced.iter().any(|(_, n, _)| *n == 1));
 }
 
+/// Whichever advert crosses first after two masters, the higher master hears of the lower
+/// one: either the lower one's regular advert, or (if the higher one's arrived first) the
+/// advert `higher_prio_send_advert` makes it send as it steps down.
+#[test]
+fn after_two_masters_the_higher_one_re_announces_whatever_the_order() {
+    for delay_ms in [0u64, 300, 600, 900] {
+        let mut lan = Lan::new(vec![cfg(Version::V2, 180, 1), cfg(Version::V2, 150, 2)]);
+        lan.start(0);
+        lan.start(1);
+        lan.run_until(secs(10.0));
+        lan.partition = Some(vec![0]);
+        lan.run_until(secs(20.0) + Duration::from_millis(delay_ms));
+        assert_eq!(lan.masters(), vec![0, 1]);
+        let heal = lan.at();
+        lan.partition = None;
+        lan.run_until(heal + secs(2.0));
+        assert_eq!(lan.masters(), vec![0], "heal at {heal:?}");
+        assert!(
+            lan.announced
+                .iter()
+                .any(|(t, n, _)| *n == 0 && *t >= heal && *t <= heal + secs(1.0)),
+            "heal at {heal:?}: no re-announcement: {:?}",
+            lan.announced
+        );
+    }
+}
+
 /// `lower_prio_no_advert` (the RFC's behaviour): no answering advert; `garp_lower_prio_repeat`
 /// 0: no re-announcement. `higher_prio_send_advert`: a master stepping down sends one more.
 #[test]
@@ -403,8 +433,7 @@ fn lower_and_higher_priority_options() {
         garp_delay: Duration::ZERO,
         no_advert: true,
     };
-    let mut loud = cfg(Version::V2, 150, 2);
-    loud.higher_prio_send_advert = true;
+    let loud = cfg(Version::V2, 150, 2);
     let mut lan = Lan::new(vec![quiet, loud]);
     lan.start(0);
     lan.start(1);

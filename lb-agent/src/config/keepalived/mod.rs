@@ -211,7 +211,7 @@ struct VrrpDefaults {
     garp_lower_prio_repeat: Option<u32>,
     garp_lower_prio_delay: Option<DurationStr>,
     lower_prio_no_advert: bool,
-    higher_prio_send_advert: bool,
+    higher_prio_send_advert: Option<bool>,
 }
 
 impl VrrpDefaults {
@@ -219,7 +219,9 @@ impl VrrpDefaults {
         vi.garp_lower_prio_repeat = vi.garp_lower_prio_repeat.or(self.garp_lower_prio_repeat);
         vi.garp_lower_prio_delay = vi.garp_lower_prio_delay.or(self.garp_lower_prio_delay);
         vi.lower_prio_no_advert |= self.lower_prio_no_advert;
-        vi.higher_prio_send_advert |= self.higher_prio_send_advert;
+        if let Some(b) = self.higher_prio_send_advert {
+            vi.higher_prio_send_advert &= b;
+        }
     }
 }
 
@@ -245,7 +247,9 @@ fn global_defs(
             "vrrp_garp_lower_prio_repeat" => defaults.garp_lower_prio_repeat = cv.arg(c),
             "vrrp_garp_lower_prio_delay" => defaults.garp_lower_prio_delay = cv.seconds(c),
             "vrrp_lower_prio_no_advert" => defaults.lower_prio_no_advert = vrrp::flag(cv, c),
-            "vrrp_higher_prio_send_advert" => defaults.higher_prio_send_advert = vrrp::flag(cv, c),
+            "vrrp_higher_prio_send_advert" => {
+                defaults.higher_prio_send_advert = Some(vrrp::flag(cv, c))
+            }
             "vrrp_skip_check_adv_addr"
             | "vrrp_strict"
             | "vrrp_garp_interval"

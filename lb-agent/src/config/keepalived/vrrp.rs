@@ -107,7 +107,8 @@ pub(super) fn vrrp_instance(cv: &mut Converter, n: &Node) -> Option<VrrpInstance
         garp_lower_prio_repeat: None,
         garp_lower_prio_delay: None,
         lower_prio_no_advert: false,
-        higher_prio_send_advert: false,
+        // Ours is on by default (keepalived's is off): see the schema.
+        higher_prio_send_advert: true,
         track_interface: vec![],
         track_script: vec![],
     };
