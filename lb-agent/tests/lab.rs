@@ -261,7 +261,7 @@ fn the_recipe_test_plan() {
 
     // 0. Up: db1 is master, the client's writes land on db1 and reads on both.
     let log = Arc::new(Log::default());
-    let writer = sqlclient::start_writer(&lab, "cl", WRITE_VIP, DB1, log.clone());
+    let writer = sqlclient::start_writer(&lab, "cl", WRITE_VIP, DB1, log.clone(), 1);
     let reader = sqlclient::start_reader(&lab, "cl", READ_VIP, log.clone());
     let t = Instant::now();
     let took = log.wait_for(1, t, Duration::from_secs(15));

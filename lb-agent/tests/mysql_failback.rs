@@ -117,7 +117,7 @@ fn write_then_kill_db1(
     db1: &Db,
     log: &Arc<Log>,
 ) -> (std::thread::JoinHandle<()>, Duration) {
-    let writer = sqlclient::start_writer(lab, "cl", VIP, DB1, log.clone());
+    let writer = sqlclient::start_writer(lab, "cl", VIP, DB1, log.clone(), 1);
     log.wait_for(1, Instant::now(), Duration::from_secs(10))
         .expect("writes reach db1 through the VIP");
     std::thread::sleep(Duration::from_secs(1));
@@ -508,4 +508,93 @@ fn detection_and_switch_times() {
             "<= 1 ms"
         );
     }
+}
+
+/// A client port reused after a failback reaches the writer only. Two clients, each in its
+/// own namespace and limited to 32 source ports, so that their ports wrap every second
+/// (as they do at any rate eventually): writes go to db1; db1 is killed and the sorry server
+/// db2 takes them, so the connection table now sends every one of those ports to db2; db1
+/// returns and takes the writes back (caught-up, graceful). From then on every new
+/// connection reuses a port that went to db2 — and each must reach db1: a SYN takes a fresh
+/// decision, and db2 is no longer a target of the service. Nothing reaches db2 (acknowledged
+/// or refused), no acknowledged write is lost, the counter equals the rows on both servers.
+#[test]
+fn a_client_port_reused_after_the_failback_reaches_only_the_writer() {
+    let Setup {
+        mut lab,
+        mut db1,
+        db2,
+        socket,
+    } = setup("mfp", "failback = \"caught-up\"\ngraceful = true");
+    lab.host("cl2", "10.96.0.20/24");
+    for h in ["cl", "cl2"] {
+        lab.sysctl(h, "net.ipv4.ip_local_port_range", "41000 41031");
+        lab.sysctl(h, "net.ipv4.tcp_tw_reuse", "1");
+    }
+    let log = Arc::new(Log::default());
+    let w1 = sqlclient::start_writer(&lab, "cl", VIP, DB1, log.clone(), 1);
+    let w2 = sqlclient::start_writer(&lab, "cl2", VIP, DB1, log.clone(), 1_000_000);
+    log.wait_for(1, Instant::now(), Duration::from_secs(10))
+        .expect("writes reach db1 through the VIP");
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    lab.kill(db1.pid);
+    log.wait_for(2, killed, Duration::from_secs(5))
+        .expect("writes move to db2 after db1 is killed");
+    // Long enough for both clients' 32 ports to wrap: each now has an entry to db2.
+    std::thread::sleep(Duration::from_secs(3));
+    let restarted = Instant::now();
+    lab.mariadb_start(&mut db1, &[]);
+    let back = log
+        .wait_for(1, restarted, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("writes never returned to db1:\n{}", status(&socket)));
+    let failback = restarted + back;
+    println!("db1 restarted: writes back on db1 after {back:?}");
+    std::thread::sleep(Duration::from_secs(6));
+    log.stop.store(true, Ordering::Relaxed);
+    w1.join().unwrap();
+    w2.join().unwrap();
+
+    // What was in flight at the flip may still land on db2 (a second's grace); after
+    // that, nothing may.
+    let reached = log.reached.lock().unwrap().clone();
+    let after: Vec<_> = reached
+        .iter()
+        .filter(|(t, _)| *t > failback + Duration::from_secs(1))
+        .collect();
+    let on_db2: Vec<_> = after.iter().filter(|(_, s)| *s == 2).collect();
+    println!(
+        "{} connections after the failback, {} of them to db2",
+        after.len(),
+        on_db2.len()
+    );
+    assert!(after.len() > 100, "too few connections to reuse every port");
+    assert!(
+        on_db2.is_empty(),
+        "{} connections reached the old sorry server after the failback",
+        on_db2.len()
+    );
+    assert!(
+        mariadb::wait_converged(&db1, &db2, Duration::from_secs(20)),
+        "the servers did not converge"
+    );
+    let acked = log.acked.lock().unwrap().clone();
+    for d in [&db1, &db2] {
+        assert_eq!(
+            missing_on(d, &acked),
+            0,
+            "{}: acknowledged writes missing",
+            d.host
+        );
+        assert_eq!(
+            d.sql("SELECT n FROM app.c WHERE k = 1"),
+            d.sql("SELECT COUNT(*) FROM app.w"),
+            "{}: the counter lost increments",
+            d.host
+        );
+    }
+    let checksum = |d: &Db| d.sql("CHECKSUM TABLE app.w, app.c");
+    assert_eq!(checksum(&db1), checksum(&db2), "the servers differ");
+    let violations = log.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:#?}");
 }

@@ -48,6 +48,9 @@ pub struct Log {
     pub violations: Mutex<Vec<String>>,
     /// (when, which server answered) for every read that succeeded.
     pub reads: Mutex<Vec<(Instant, u32)>>,
+    /// (when, which server) for every write attempt that reached a server, acknowledged or
+    /// not (a read-only sorry server refuses, but was reached).
+    pub reached: Mutex<Vec<(Instant, u32)>>,
     pub stop: AtomicBool,
 }
 
@@ -85,11 +88,16 @@ pub fn opts(addr: &str, user: &str, password: &str) -> mysql_async::OptsBuilder 
         .prefer_socket(false)
 }
 
-/// One write through `vip`: (the server that took it) when acknowledged.
-async fn write(vip: &str, id: u64) -> Result<u32, String> {
+/// One write through `vip`: (the server that took it) when acknowledged. Every server the
+/// attempt reached goes to `log.reached`.
+async fn write(vip: &str, id: u64, log: &Log) -> Result<u32, String> {
     let run = async {
         let mut c = mysql_async::Conn::new(opts(vip, APP_USER, APP_PASSWORD)).await?;
         let server: Option<u32> = c.query_first("SELECT @@server_id").await?;
+        log.reached
+            .lock()
+            .unwrap()
+            .push((Instant::now(), server.unwrap_or(0)));
         c.query_drop("BEGIN").await?;
         c.query_drop(format!(
             "INSERT INTO w (id, server) VALUES ({id}, @@server_id)"
@@ -124,24 +132,26 @@ async fn db2_rows_on_db1(db1: &str) -> Result<usize, String> {
 }
 
 /// The writer, in `host`: one write through `vip` every 10 ms until told to stop (bounded:
-/// 20,000 writes). `db1`: server 1's own address, for the violation check.
+/// 20,000 writes), with ids from `first_id` (writers in parallel take disjoint ranges).
+/// `db1`: server 1's own address, for the violation check.
 pub fn start_writer(
     lab: &Lab,
     host: &str,
     vip: &'static str,
     db1: &'static str,
     log: Arc<Log>,
+    first_id: u64,
 ) -> std::thread::JoinHandle<()> {
     let ns = lab.ns(host);
     std::thread::spawn(move || {
         super::enter(&ns);
         super::block_on(async {
             let mut last_server = 0;
-            for id in 1..=20_000u64 {
+            for id in first_id..first_id + 20_000 {
                 if log.stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if let Ok(server) = write(vip, id).await {
+                if let Ok(server) = write(vip, id, &log).await {
                     let acked_on_db2 = {
                         let mut a = log.acked.lock().unwrap();
                         a.push(Acked {
