@@ -470,10 +470,14 @@ fn sighup_applies_the_difference_and_keeps_established_flows() {
         "no connection on r2: {owners:?}"
     );
 
-    // r2 leaves the pool: established connections stay where they are (IPVS keeps them on a
-    // quiesced server), new ones all go to r1.
-    let only_r1 = read_vip_config(&lab, &["10.99.0.11"], "");
-    reload(pid, &path, &log, &only_r1, "configuration reloaded");
+    // r2 is drained (weight 0): established connections stay where they are (IPVS keeps
+    // them on a quiesced server), new ones all go to r1.
+    let drained = read_vip_config(
+        &lab,
+        &["10.99.0.11"],
+        "[[virtual_server.real_server]]\naddress = \"10.99.0.12\"\nweight = 0\n",
+    );
+    reload(pid, &path, &log, &drained, "configuration reloaded");
     for (i, c) in conns.iter_mut().enumerate() {
         let reply = common::round_trip(c, &format!("b{i}")).expect("round trip after reload");
         assert_eq!(
@@ -501,6 +505,26 @@ fn sighup_applies_the_difference_and_keeps_established_flows() {
         writes, 2,
         "a one-server pool change is one table and one flip:\n{text}"
     );
+
+    // r2 leaves the configuration: it is no longer a target of the service, so its
+    // connections take a new decision (r1, which resets them: it never had them); r1's stay.
+    let only_r1 = read_vip_config(&lab, &["10.99.0.11"], "");
+    reload(pid, &path, &log, &only_r1, "configuration reloaded");
+    for (i, c) in conns.iter_mut().enumerate() {
+        let reply = common::round_trip(c, &format!("c{i}"));
+        if owners[i] == "r1" {
+            assert_eq!(
+                reply.unwrap(),
+                format!("r1:c{i}"),
+                "connection {i} on r1 broke"
+            );
+        } else {
+            assert!(
+                reply.is_err(),
+                "connection {i} stayed on the removed server: {reply:?}"
+            );
+        }
+    }
 
     // An invalid file is refused and changes nothing.
     reload(
