@@ -3,6 +3,7 @@
 //! - `config`: the TOML schema and its validation;
 //! - `balancer`: pure logic of pools (Maglev tables) and the desired data-plane state;
 //! - `dataplane`: the embedded XDP object, loading/attaching, and writing the maps;
+//! - `decision`: the writer decision shared by the agents (epoch, rules, wire format);
 //! - `netlink`: what the kernel knows (interfaces, local addresses, neighbours);
 //! - `control`: the control socket, `status`, and metrics;
 //! - `health`: check commands and rise/fall hysteresis;
@@ -13,6 +14,7 @@ pub mod balancer;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod decision;
 pub mod health;
 pub mod netlink;
 pub mod notify;

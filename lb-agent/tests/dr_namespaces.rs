@@ -889,6 +889,7 @@ fn status_without_counters(lab: &Lab) -> serde_json::Value {
                     "passed_inactive",
                     "passed_peer",
                     "no_real",
+                    "held",
                     "passes",
                 ] {
                     m.remove(k);

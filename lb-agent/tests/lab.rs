@@ -110,8 +110,22 @@ fn lab_config(lab: &Lab, name: &str) -> PathBuf {
             assert_eq!(user, CHECK_USER);
         }
     }
+    if let Some(pair) = &mut cfg.pair {
+        pair.key_file = pair_key(lab);
+    }
     let path = dir(lab).join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+/// The pair's shared key (0600), one for both hosts.
+fn pair_key(lab: &Lab) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir(lab).join("pair.key");
+    if !path.exists() {
+        std::fs::write(&path, format!("lab-pair-key-{}\n", lab.prefix)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     path
 }
 
@@ -167,6 +181,59 @@ fn real_state(lab: &Lab, h: &Host, service: &str, addr: &str) -> String {
         .find(|r| r["address"] == addr)
         .map(|r| r["state"].as_str().unwrap_or("").to_string())
         .unwrap_or_default()
+}
+
+/// What `status` of host `h` says of the write service's shared writer decision.
+fn decision(lab: &Lab, h: &Host) -> String {
+    let s = status(lab, h);
+    s["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|svc| svc["name"] == "mysql-write")
+        .and_then(|svc| svc["decision"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Two servers acknowledging writes at once: a switch of the acknowledging server followed
+/// by a switch back within a second (a failover and its failback are seconds apart).
+fn second_writer_moments(log: &Log) -> Vec<String> {
+    let mut acked = log.acked.lock().unwrap().clone();
+    acked.sort_by_key(|a| a.at);
+    let switches: Vec<_> = acked
+        .windows(2)
+        .filter(|w| w[0].server != w[1].server)
+        .map(|w| (w[1].at, w[0].server, w[1].server))
+        .collect();
+    switches
+        .windows(2)
+        .filter(|w| w[1].0.duration_since(w[0].0) < Duration::from_secs(1))
+        .map(|w| {
+            let around: Vec<String> = acked
+                .iter()
+                .filter(|a| {
+                    a.at + Duration::from_millis(300) >= w[0].0
+                        && a.at <= w[1].0 + Duration::from_millis(300)
+                })
+                .map(|a| {
+                    format!(
+                        "db{}/client{}",
+                        a.server,
+                        if a.id < 1_000_000 { 1 } else { 2 }
+                    )
+                })
+                .collect();
+            format!(
+                "db{} -> db{} -> db{} within {:?}, at +{:.2} s: {}",
+                w[0].1,
+                w[0].2,
+                w[1].2,
+                w[1].0.duration_since(w[0].0),
+                w[0].0.duration_since(acked[0].at).as_secs_f64(),
+                around.join(" ")
+            )
+        })
+        .collect()
 }
 
 /// Polls `cond` (bounded); how long until it held.
@@ -228,6 +295,7 @@ fn the_recipe_test_plan() {
     std::fs::create_dir_all(dir(&lab)).unwrap();
     lab.bridge();
     lab.host("cl", "10.1.1.10/24");
+    lab.host("cl2", "10.1.1.20/24");
     lab.host("db1", &format!("{DB1}/24"));
     lab.host("db2", &format!("{DB2}/24"));
     let mut hosts = Vec::new();
@@ -262,6 +330,8 @@ fn the_recipe_test_plan() {
     // 0. Up: db1 is master, the client's writes land on db1 and reads on both.
     let log = Arc::new(Log::default());
     let writer = sqlclient::start_writer(&lab, "cl", WRITE_VIP, DB1, log.clone(), 1);
+    // A second client, writing from its own host all along.
+    let writer2 = sqlclient::start_writer(&lab, "cl2", WRITE_VIP, DB1, log.clone(), 1_000_000);
     let reader = sqlclient::start_reader(&lab, "cl", READ_VIP, log.clone());
     let t = Instant::now();
     let took = log.wait_for(1, t, Duration::from_secs(15));
@@ -280,7 +350,14 @@ fn the_recipe_test_plan() {
             readers_since(&log, t)
         ),
         took,
-        ok: took.is_some() && both_read.is_some() && vip_on(&lab, "db1", READ_VIP),
+        ok: took.is_some()
+            && both_read.is_some()
+            && vip_on(&lab, "db1", READ_VIP)
+            && until(Duration::from_secs(5), || {
+                decision(&lab, &db1).contains("this agent decides")
+                    && decision(&lab, &db2).contains("this agent follows")
+            })
+            .is_some(),
     });
 
     // 1. Stop MySQL on the master.
@@ -415,27 +492,76 @@ fn the_recipe_test_plan() {
         ok: took_over.is_some() && on_db2 && returned.is_some() && violations == 0,
     });
 
-    // The end: stop the client, let replication settle, count.
+    // The master host's link down for 5 s, then up: db2 takes over VRRP but cannot tell a
+    // dead db1 from an unreachable one, and db1's agent never sees its writer fail. The
+    // shared decision keeps one writer: db2 decides nothing until it has waited db1 out, and
+    // db1, back, follows db2's decision (and its gate) before it decides again.
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    lab.ip("db1", &["link", "set", "eth0", "down"]);
+    std::thread::sleep(Duration::from_secs(5));
+    lab.ip("db1", &["link", "set", "eth0", "up"]);
+    let t_up = Instant::now();
+    let back = until(Duration::from_secs(20), || vip_on(&lab, "db1", WRITE_VIP))
+        .and_then(|_| log.wait_for(1, t_up, Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_secs(2));
+    let twice = second_writer_moments(&log);
+    rows.push(Row {
+        step: "master host's link down 5 s",
+        expected: "one writer at a time; writes back on db1 after the link returns",
+        happened: format!(
+            "writes back on db1: {}; second-writer moments: {}",
+            back.is_some(),
+            twice.len()
+        ),
+        took: back.map(|_| t.elapsed()),
+        ok: back.is_some() && twice.is_empty(),
+    });
+
+    // The end: stop the clients, let replication settle, count.
     std::thread::sleep(Duration::from_secs(1));
     log.stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
+    writer2.join().unwrap();
     reader.join().unwrap();
     let converged = mariadb::wait_converged(&db1.db, &db2.db, Duration::from_secs(40));
     let acked = log.acked.lock().unwrap().clone();
     let on_both = acked.len() - missing_on(&db1.db, &acked).max(missing_on(&db2.db, &acked));
     let same =
         db1.db.sql("CHECKSUM TABLE app.w, app.c") == db2.db.sql("CHECKSUM TABLE app.w, app.c");
+    // Every transaction inserted a row and incremented the counter: a lost update shows
+    // here even when every row and both checksums agree.
+    let counted = |d: &Db| {
+        (
+            d.sql("SELECT n FROM app.c WHERE k = 1"),
+            d.sql("SELECT COUNT(*) FROM app.w"),
+        )
+    };
+    let (c1, c2) = (counted(&db1.db), counted(&db2.db));
+    let twice = second_writer_moments(&log);
     rows.push(Row {
         step: "acknowledged writes",
-        expected: "all of them on both servers, identical tables",
+        expected: "all on both servers, identical tables, counter = rows, one writer at a time",
         happened: format!(
-            "{} acknowledged, {on_both} on both servers, checksums {}",
+            "{} acknowledged, {on_both} on both servers, checksums {}, counter {} for {} rows, {} second-writer moment(s)",
             acked.len(),
-            if same { "equal" } else { "DIFFER" }
+            if same { "equal" } else { "DIFFER" },
+            c1.0,
+            c1.1,
+            twice.len()
         ),
         took: None,
-        ok: converged && on_both == acked.len() && same && acked.len() > 100,
+        ok: converged
+            && on_both == acked.len()
+            && same
+            && acked.len() > 100
+            && c1.0 == c1.1
+            && c2.0 == c2.1
+            && twice.is_empty(),
     });
+    if !twice.is_empty() {
+        println!("second-writer moments: {twice:#?}");
+    }
     print_table(&rows);
     if !rows.iter().all(|r| r.ok) {
         for d in [&db1.db, &db2.db] {

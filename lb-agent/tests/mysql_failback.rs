@@ -137,7 +137,7 @@ fn caught_up_failback_loses_no_write() {
         mut db1,
         db2,
         socket,
-    } = setup("mfc", "failback = \"caught-up\"");
+    } = setup("mfc", "failback = \"caught-up\"\ngraceful = true");
     let log = Arc::new(Log::default());
     // 1. db1 is killed: writes move to db2 (the sorry server).
     let (writer, took) = write_then_kill_db1(&mut lab, &db1, &log);

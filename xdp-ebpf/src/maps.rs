@@ -278,6 +278,11 @@ pub struct ServiceKey {
 /// pass to the local stack.
 pub const SERVICE_ACTIVE: u32 = 1;
 
+/// The service's writes wait: its frames are dropped (the client retransmits). Set while the
+/// agents have not agreed on the writer yet (an agent that starts, or returns, before it has
+/// heard its peer's decision), so that no frame reaches a server the decision may not name.
+pub const SERVICE_HOLD: u32 = 2;
+
 /// `LB_SVC_INFO[id]` (`LB_SERVICES` maps a `ServiceKey` to the id). An array, so that an
 /// established flow, which finds its service id in the connection table, reads its service
 /// without a hash lookup, and so that flipping `active_table` is one aligned word.
@@ -483,6 +488,8 @@ pub struct ServiceStats {
     pub icmp_too_big: u64,
     /// Fragments forwarded (first and later ones).
     pub fragments: u64,
+    /// Frames dropped while the service's writes wait (`SERVICE_HOLD`).
+    pub held: u64,
 }
 
 impl ServiceStats {
@@ -496,6 +503,7 @@ impl ServiceStats {
         self.no_real += o.no_real;
         self.icmp_too_big += o.icmp_too_big;
         self.fragments += o.fragments;
+        self.held += o.held;
     }
 }
 
@@ -616,7 +624,7 @@ mod tests {
         assert_eq!(size_of::<PersistKey>(), 20);
         assert_eq!(size_of::<Persist>(), 16);
         assert_eq!(size_of::<FragKey>(), 40);
-        assert_eq!(size_of::<ServiceStats>(), 9 * 8);
+        assert_eq!(size_of::<ServiceStats>(), 10 * 8);
     }
 
     #[test]

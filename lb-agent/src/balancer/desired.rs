@@ -10,7 +10,7 @@ use std::{
 use xdp_ebpf::maps::{
     CONN_STATES, CONN_TCP_FIN, CONN_TCP_OPEN, CONN_TCP_RST, CONN_UDP, Config as XdpConfig,
     FAMILY_V4, FAMILY_V6, MAX_MACS, MacAddr, MaglevTable, REAL_LOCAL, REAL_VALID, Real,
-    SERVICE_ACTIVE, ServiceKey, Targets, ticks_of_secs,
+    SERVICE_ACTIVE, SERVICE_HOLD, ServiceKey, Targets, ticks_of_secs,
 };
 
 use super::{
@@ -48,6 +48,11 @@ pub struct ServiceVerdict {
     pub weights: Vec<(IpAddr, u32)>,
     /// The failback policy keeps the traffic on the sorry server.
     pub hold_sorry: bool,
+    /// The shared writer decision says the real servers have the writes (see
+    /// `crate::decision`): they stay in the pool whatever this agent's own checks say.
+    pub force_primary: bool,
+    /// No writer is decided yet: the service's frames are dropped (`SERVICE_HOLD`).
+    pub hold_writes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -315,7 +320,7 @@ fn service_state(
         if let Some((_, w)) = verdict.weights.iter().find(|(a, _)| *a == r.address) {
             b.weight = *w;
         }
-        if verdict.failing.iter().any(|(a, _)| *a == r.address) {
+        if !verdict.force_primary && verdict.failing.iter().any(|(a, _)| *a == r.address) {
             // A failed server leaves, or stays with weight 0 (no new flows, keeps its
             // place in the table) with inhibit_on_failure.
             if !vs.inhibit_on_failure {
@@ -329,7 +334,8 @@ fn service_state(
     let mut using_sorry = false;
     let mut warning = None;
     let healthy = pool.iter().filter(|b| b.weight > 0).count() as u32;
-    if (healthy < vs.quorum || verdict.hold_sorry)
+    let below_quorum = healthy < vs.quorum && !(verdict.force_primary && healthy > 0);
+    if (below_quorum || verdict.hold_sorry)
         && let Some(sorry) = &vs.sorry
     {
         pool = backend(sorry)
@@ -363,7 +369,8 @@ fn service_state(
         key,
         id,
         generation,
-        flags: if vs.active { SERVICE_ACTIVE } else { 0 },
+        flags: if vs.active { SERVICE_ACTIVE } else { 0 }
+            | if verdict.hold_writes { SERVICE_HOLD } else { 0 },
         persistence_timeout_s: vs.persistence_timeout.as_secs() as u32,
         members: pool.iter().filter(|b| b.weight > 0).map(|b| b.id).collect(),
         targets: Arc::new(targets_of(&pool)),

@@ -48,6 +48,8 @@ pub struct Config {
     pub vrrp_scripts: Vec<VrrpScript>,
     /// In configuration order (the order of `status`); identity is the name.
     pub services: Vec<Service>,
+    /// Where the writer decision is exchanged with the other agent(s).
+    pub pair: Option<Pair>,
     /// Service name → position in `services`.
     index: HashMap<String, usize>,
 }
@@ -63,6 +65,14 @@ pub struct Mail {
     pub timeout: Duration,
     /// The EHLO name and the prefix of subjects: `router_id`, or "lb-agent".
     pub router_id: String,
+}
+
+/// The other agents, and the shared key's file (read when the daemon starts or reloads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    pub peers: Vec<std::net::SocketAddr>,
+    pub port: u16,
+    pub key_file: PathBuf,
 }
 
 /// How long a connection entry outlives its flow's last frame, by the flow's state.
@@ -306,13 +316,39 @@ fn mail(g: &Global) -> (Option<Mail>, Option<String>) {
     (Some(mail), None)
 }
 
+/// Two agents with VRRP and a sorry server but no `[pair]`: each keeps its own writer
+/// decision, which the operator must hear about.
+fn unshared_writer_warning(f: &File) -> Option<String> {
+    let vrrp: std::collections::HashSet<IpAddr> = f
+        .vrrp_instances
+        .iter()
+        .flat_map(|vi| vi.get_ref().virtual_addresses.iter().map(|a| a.address))
+        .collect();
+    let shared = f
+        .virtual_servers
+        .iter()
+        .map(|v| v.get_ref())
+        .find(|vs| vs.sorry_server.is_some() && vrrp.contains(&vs.address))?;
+    f.pair.is_none().then(|| {
+        format!(
+            "{}: a sorry server behind a VRRP address without [pair]: each agent keeps its own \
+             writer decision, so an agent that takes the address back (after a link flap, a \
+             stalled agent) may send writes to a writer that lacks the sorry server's",
+            shared.display_name()
+        )
+    })
+}
+
 /// Builds the model from a validated file: validation guarantees every reference resolves.
 pub(super) fn resolve(f: &File) -> Config {
     let (mail, mail_warning) = mail(&f.global);
     Config {
         global: f.global.clone(),
         mail,
-        warnings: mail_warning.into_iter().collect(),
+        warnings: mail_warning
+            .into_iter()
+            .chain(unshared_writer_warning(f))
+            .collect(),
         dataplane: f.dataplane.clone(),
         conn_timeouts: {
             let t = &f.dataplane.timeouts;
@@ -357,6 +393,15 @@ pub(super) fn resolve(f: &File) -> Config {
             .iter()
             .map(|vs| service(f, vs.get_ref()))
             .collect(),
+        pair: f.pair.as_ref().map(|p| Pair {
+            peers: p
+                .peers
+                .iter()
+                .map(|a| std::net::SocketAddr::new(*a, p.port))
+                .collect(),
+            port: p.port,
+            key_file: p.key_file.clone(),
+        }),
     }
 }
 

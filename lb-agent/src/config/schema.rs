@@ -47,6 +47,33 @@ pub struct File {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub virtual_servers: Vec<Spanned<VirtualServer>>,
+    /// The other agent(s) of the pair: where the writer decision is exchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<Pair>,
+}
+
+/// `[pair]`: the agents exchange the writer decision of every service with a sorry server
+/// (see `decision`), in HMAC-SHA256-authenticated UDP datagrams.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pair {
+    /// The other agents' addresses (datagrams from anywhere else are dropped).
+    pub peers: Vec<IpAddr>,
+    /// The shared secret (owner-only: not group- or world-readable), the same on every agent.
+    pub key_file: PathBuf,
+    #[serde(
+        default = "default_pair_port",
+        skip_serializing_if = "is_default_pair_port"
+    )]
+    pub port: u16,
+}
+
+fn default_pair_port() -> u16 {
+    5406
+}
+
+fn is_default_pair_port(p: &u16) -> bool {
+    *p == default_pair_port()
 }
 
 /// keepalived's `global_defs`, and the agent's own operational endpoints.

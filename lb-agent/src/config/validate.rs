@@ -56,6 +56,18 @@ pub fn validate(c: &File) -> Vec<ValidationError> {
         top.err("interface", "must name an interface");
         top.prefix = "global".into();
     }
+    if let Some(p) = &c.pair {
+        top.prefix = "pair".into();
+        if p.peers.is_empty() {
+            top.err("peers", "must name the other agent(s)");
+        }
+        if p.key_file.as_os_str().is_empty() {
+            top.err("key_file", "must name a file");
+        }
+        if p.port == 0 {
+            top.err("port", "must be a port number");
+        }
+    }
     let t = &c.dataplane.timeouts;
     top.prefix = "dataplane.timeouts".into();
     for (key, d) in [

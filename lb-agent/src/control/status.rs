@@ -74,6 +74,11 @@ pub struct ServiceStatus {
     /// Forwarding here (VRRP master, or a static configuration).
     pub active: bool,
     pub using_sorry_server: bool,
+    /// No writer decided yet: its frames are dropped (the writes wait).
+    #[serde(default)]
+    pub writes_held: bool,
+    #[serde(default)]
+    pub held: u64,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -88,6 +93,9 @@ pub struct ServiceStatus {
     /// Why the sorry server keeps the traffic (failback pending), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failback_waiting: Option<String>,
+    /// The writer decision shared by the pair, for a service it decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -174,6 +182,8 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             protocol: vs.protocol.to_string(),
             active: ds.flags & SERVICE_ACTIVE != 0,
             using_sorry_server: ds.using_sorry,
+            writes_held: ds.flags & xdp_ebpf::maps::SERVICE_HOLD != 0,
+            held: c.held,
             packets: c.packets,
             bytes: c.bytes,
             new_flows: c.new_flows,
@@ -184,6 +194,7 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             real_servers: reals,
             failback: vs.failback.name().into(),
             failback_waiting: None,
+            decision: None,
         });
     }
     Status {
@@ -357,4 +368,7 @@ fn render_service(out: &mut String, svc: &ServiceStatus) {
             .map(|w| format!(" — {w}"))
             .unwrap_or_default()
     );
+    if let Some(d) = &svc.decision {
+        let _ = writeln!(out, "  writer decision: {d}");
+    }
 }

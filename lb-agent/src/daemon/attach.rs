@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use lb_agent::{
     balancer::{
-        desired::{self, DesiredState},
+        desired::{self, DesiredState, Verdicts},
         ids::Planner,
     },
     config::{Config, XdpModeSetting},
@@ -34,7 +34,7 @@ pub async fn attach(
     link: &Link,
     health: &mut HealthState,
     now: Instant,
-) -> Result<Attached> {
+) -> Result<(Attached, Verdicts)> {
     let mut dp = Dataplane::load_pinned(&cfg.dataplane.pin_dir, &LoadOptions::default())?;
     let mut planner = Planner::default();
     let previous = if dp.adopted() {
@@ -53,14 +53,8 @@ pub async fn attach(
     } else {
         None
     };
-    let mut state = resolve(
-        cfg,
-        link,
-        Resolve::ProbeAndWait,
-        &mut planner,
-        health.verdicts(),
-    )
-    .await?;
+    let verdicts = super::writer::starting_verdicts(cfg, health.verdicts());
+    let mut state = resolve(cfg, link, Resolve::ProbeAndWait, &mut planner, &verdicts).await?;
     let ops = reconcile::plan(previous.as_ref(), &mut state);
     dp.maps().set_clock(lb_agent::dataplane::clock_tick())?;
     dp.maps().execute(&ops)?;
@@ -71,12 +65,15 @@ pub async fn attach(
         XdpModeSetting::Skb => Some(AttachMode::Skb),
     };
     let mode = dp.attach(&link.name, mode)?;
-    Ok(Attached {
-        dp,
-        planner,
-        state,
-        mode,
-    })
+    Ok((
+        Attached {
+            dp,
+            planner,
+            state,
+            mode,
+        },
+        verdicts,
+    ))
 }
 
 /// Takes over the ids and generations of an adopted data plane.

@@ -6,7 +6,10 @@ use std::{collections::HashSet, path::PathBuf, time::Instant};
 
 use anyhow::Result;
 use lb_agent::{
-    balancer::{desired::DesiredState, ids::Planner},
+    balancer::{
+        desired::{DesiredState, Verdicts},
+        ids::Planner,
+    },
     config::Config,
     control::{self, Reply, Request},
     dataplane::{Dataplane, reconcile},
@@ -36,6 +39,10 @@ pub struct Daemon {
     pub health_tx: mpsc::Sender<HealthEvent>,
     pub vrrp: Vrrp,
     pub notifier: Notifier,
+    /// The writer decision shared with the other agent(s) (`[pair]`).
+    pub pair: Option<super::pair::PairLink>,
+    /// The verdicts the maps follow (health, with the pair's decisions; see `writer`).
+    pub verdicts: Verdicts,
 }
 
 impl Daemon {
@@ -119,6 +126,9 @@ impl Daemon {
         s.learned_peers = control::status::peers(&self.dp.maps().learned_peers()?);
         s.vrrp = self.vrrp.status();
         control::status::add_health(&mut s, &self.health.eval.reports);
+        for svc in &mut s.services {
+            svc.decision = self.decision_text(&svc.name);
+        }
         Ok(s)
     }
 
@@ -133,24 +143,26 @@ impl Daemon {
         for t in self.vrrp.take_transitions() {
             self.notifier.vrrp(&t);
         }
+        if self.update_leadership(Instant::now()) {
+            self.health_step().await?;
+        }
         Ok(())
     }
 
-    /// Evaluates the services' health again and, when a verdict changed (a server failed or
-    /// came back, a failback became due), writes the affected services: the
-    /// decision-to-map-flip time is logged as `switch_us`. Side effects (fencing, handovers)
-    /// start after the maps are written.
+    /// Evaluates the services' health again, lets the leader decide, and, when what the maps
+    /// follow changed (a server failed or came back, a failback became due, the pair's
+    /// decision moved), writes the affected services: the decision-to-map-flip time is logged
+    /// as `switch_us`. Side effects (fencing, handovers) start after the maps are written.
     pub async fn health_step(&mut self) -> Result<()> {
         let decided = Instant::now();
-        let (before, actions) = self.health.evaluate(&self.cfg, decided);
-        if let Some(before) = before {
+        self.pause_side_effects(decided);
+        let (_, actions) = self.health.evaluate(&self.cfg, decided);
+        self.decide(decided);
+        let verdicts = self.effective_verdicts();
+        if verdicts != self.verdicts {
             let mut next = self.state.clone();
-            next.apply_health(
-                &self.cfg,
-                self.health.verdicts(),
-                &before,
-                &mut self.planner,
-            );
+            next.apply_health(&self.cfg, &verdicts, &self.verdicts, &mut self.planner);
+            self.verdicts = verdicts;
             let sorry_before: HashSet<(String, bool)> = self
                 .state
                 .services
@@ -169,7 +181,9 @@ impl Daemon {
                 }
             }
         }
+        let actions = self.own_actions(actions);
         self.run(actions);
+        self.send_pair(decided);
         Ok(())
     }
 
@@ -187,7 +201,7 @@ impl Daemon {
             &self.link,
             how,
             &mut self.planner,
-            self.health.verdicts(),
+            &self.verdicts,
         )
         .await
         {

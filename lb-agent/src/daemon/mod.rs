@@ -6,7 +6,9 @@
 mod attach;
 mod core;
 mod neighbours;
+mod pair;
 mod reload;
+mod writer;
 
 use std::{path::Path, time::Duration};
 
@@ -89,12 +91,15 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     //    the first frame already sees the full configuration. A data plane left pinned by a
     //    previous agent (killed, crashed, upgraded) keeps forwarding meanwhile: we take over
     //    its maps and ids, write the difference, and swap our program into its link.
-    let Attached {
-        dp,
-        planner,
-        state,
-        mode: got,
-    } = attach::attach(&cfg, &link, &mut health, now).await?;
+    let (
+        Attached {
+            dp,
+            planner,
+            state,
+            mode: got,
+        },
+        verdicts,
+    ) = attach::attach(&cfg, &link, &mut health, now).await?;
     let (health_tx, health_rx) = tokio::sync::mpsc::channel::<HealthEvent>(256);
     runner::spawn_checks(&health.monitor, &health_tx);
 
@@ -110,6 +115,13 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     // 8. VRRP: it moves the addresses only. The services are on already: a backup that
     //    receives VIP frames forwards them by the same decision as the master.
     let (vrrp, vrrp_events) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
+    // 8b. The pair: the writer decision exchanged with the other agent(s). Until this agent
+    //     has heard them (or waited them out), it decides nothing new.
+    let (pair_tx, pair_rx) = mpsc::channel::<pair::Datagram>(64);
+    let pair = match &cfg.pair {
+        Some(p) => Some(pair::PairLink::open(p, agent_name(&cfg), pair_tx.clone())?),
+        None => None,
+    };
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
         notifier: Notifier::new(&cfg),
@@ -122,6 +134,8 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         health,
         health_tx,
         vrrp,
+        pair,
+        verdicts,
     };
     d.vrrp_step().await?;
 
@@ -140,6 +154,8 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         vrrp: vrrp_events,
         health: health_rx,
         control: control_rx,
+        pair: pair_rx,
+        _pair_tx: pair_tx,
         watchdog,
     };
     event_loop(&mut d, &mut inputs).await?;
@@ -173,6 +189,9 @@ struct Inputs {
     vrrp: mpsc::Receiver<VrrpEvent>,
     health: mpsc::Receiver<HealthEvent>,
     control: mpsc::Receiver<control::Pending>,
+    pair: mpsc::Receiver<pair::Datagram>,
+    /// Keeps `pair` open without a pair (its branch then never fires).
+    _pair_tx: mpsc::Sender<pair::Datagram>,
     watchdog: Option<tokio::time::Interval>,
 }
 
@@ -186,6 +205,7 @@ async fn event_loop(d: &mut Daemon, inputs: &mut Inputs) -> Result<()> {
     loop {
         let vrrp_deadline = d.vrrp.next_deadline();
         let health_deadline = d.health.next_deadline();
+        let pair_deadline = d.pair_deadline();
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -193,6 +213,8 @@ async fn event_loop(d: &mut Daemon, inputs: &mut Inputs) -> Result<()> {
             _ = sleep_until(vrrp_deadline) => d.on_vrrp_timer().await?,
             Some(event) = inputs.health.recv() => d.on_health_event(event).await?,
             _ = sleep_until(health_deadline) => d.on_health_deadline().await?,
+            Some(datagram) = inputs.pair.recv() => d.on_pair_datagram(datagram).await?,
+            _ = sleep_until(pair_deadline) => d.on_pair_timer().await?,
             Some((request, reply)) = inputs.control.recv() => {
                 let _ = reply.send(d.on_control(request).await?);
             }
@@ -215,4 +237,14 @@ async fn event_loop(d: &mut Daemon, inputs: &mut Inputs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// This agent's name in the pair's views: its `router_id` (the recipe's LVS1 / LVS2), with
+/// the process id, so that two agents never take each other's views for their own.
+fn agent_name(cfg: &Config) -> String {
+    format!(
+        "{}#{}",
+        cfg.global.router_id.as_deref().unwrap_or("lb-agent"),
+        std::process::id()
+    )
 }

@@ -53,6 +53,9 @@ impl Daemon {
             self.notifier.vrrp(&t);
         }
         let writes = self.apply(next)?;
+        // The new health verdicts are in the maps; the pair's decisions go back on top.
+        self.verdicts = self.health.verdicts().clone();
+        self.health_step().await?;
         tracing::info!(
             writes,
             services = self.state.services.len(),
@@ -68,6 +71,9 @@ impl Daemon {
         let (a, b) = (&self.cfg.dataplane, &cfg.dataplane);
         if (&a.interface, a.xdp_mode, &a.pin_dir) != (&b.interface, b.xdp_mode, &b.pin_dir) {
             bail!("dataplane.interface, xdp_mode and pin_dir need a restart");
+        }
+        if self.cfg.pair != cfg.pair {
+            bail!("[pair] needs a restart");
         }
         let health = HealthState::reloaded(&self.health, &cfg, now)?;
         let mut planner = self.planner.clone();

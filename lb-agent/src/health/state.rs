@@ -74,6 +74,9 @@ pub struct HealthState {
     attempts: u64,
     fenced: Fenced,
     fencing: HashSet<IpAddr>,
+    /// Services whose side effects wait (the pair's writer decision: this agent does not
+    /// decide them now): no handover, no fence, and one on its sorry server stays there.
+    paused: HashSet<String>,
 }
 
 /// A real server whose check flipped: for notify_up / notify_down.
@@ -113,6 +116,7 @@ impl HealthState {
             attempts,
             fenced,
             fencing: HashSet::new(),
+            paused: HashSet::new(),
         })
     }
 
@@ -139,6 +143,39 @@ impl HealthState {
 
     pub fn verdicts(&self) -> &Verdicts {
         &self.eval.verdicts
+    }
+
+    /// The services whose handovers and fencing wait (see `paused`).
+    pub fn set_paused(&mut self, services: HashSet<String>) {
+        self.paused = services;
+    }
+
+    /// The shared writer decision moved `service` (see `crate::decision`): its failback gate
+    /// starts from it — held on the sorry server (the writer must prove it has caught up
+    /// before it gets the writes back) or in the pool — instead of from this agent's own
+    /// view, which may never have seen the writer fail.
+    pub fn inherit(&mut self, cfg: &Config, service: &str, sorry: bool) {
+        let Some(vs) = cfg.service(service) else {
+            return;
+        };
+        if self.eval.holds_sorry(service) == sorry {
+            return;
+        }
+        let gate = if sorry {
+            crate::balancer::failback::Gate::held(vs.failback, vs.failback_delay)
+        } else {
+            crate::balancer::failback::Gate::new(vs.failback, vs.failback_delay)
+        };
+        self.gates.insert(service.to_string(), gate);
+        self.handovers.insert(service.to_string(), Handover::Idle);
+        if let Some(v) = self.eval.verdicts.get_mut(service) {
+            v.hold_sorry = sorry;
+        }
+        tracing::info!(
+            service,
+            sorry,
+            "failback gate taken from the shared writer decision"
+        );
     }
 
     /// One event; returns the flip (if a check's up/down changed) and whether anything
@@ -206,6 +243,16 @@ impl HealthState {
                 self.handover(&vs.name),
                 Handover::Running(_) | Handover::Ready
             );
+            if self.paused.contains(&vs.name) {
+                // Not ours to decide now: a service on its sorry server stays there (its
+                // handover is the deciding agent's), and nothing is fenced.
+                if self.eval.holds_sorry(&vs.name)
+                    && let Some(v) = next.verdicts.get_mut(&vs.name)
+                {
+                    v.hold_sorry = true;
+                }
+                continue;
+            }
             if vs.fence && on_sorry && !handing_over {
                 self.fence_step(vs, &mut actions);
             }

@@ -14,6 +14,8 @@ use crate::{
 pub enum Verdict {
     Tx,
     Pass(PassReason),
+    /// The service's writes wait (`SERVICE_HOLD`).
+    Drop,
 }
 
 impl From<PassReason> for Verdict {
@@ -147,6 +149,10 @@ fn forward(
     choice: Choice,
     bytes: u64,
 ) -> Result<Verdict, PassReason> {
+    if svc.flags & xdp_ebpf::maps::SERVICE_HOLD != 0 {
+        stats::service(svc.id, |s| s.held += 1);
+        return Ok(Verdict::Drop);
+    }
     stats::service(svc.id, |s| {
         s.packets += 1;
         s.bytes += bytes;

@@ -32,6 +32,7 @@ static LB_BENCH_NEXT_FLOW: u32 = 0;
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let action = match balance::balance(&ctx) {
         Verdict::Tx => xdp_action::XDP_TX,
+        Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass(reason) => {
             stats::count_pass(reason);
             xdp_action::XDP_PASS

@@ -196,6 +196,7 @@ fn convert(nodes: &[Node]) -> Import {
         sync_groups: groups.into_iter().map(|g| Spanned::new(0..0, g)).collect(),
         vrrp_scripts: scripts.into_iter().map(|s| Spanned::new(0..0, s)).collect(),
         virtual_servers: servers.into_iter().map(|v| Spanned::new(0..0, v)).collect(),
+        pair: None,
     };
     lvs::name_repeated_checks(&mut config);
     Import {

@@ -1,0 +1,236 @@
+//! The writer decision in the daemon: which services the pair decides (a sorry server behind
+//! a VRRP address), who decides (the VRRP master of that address), what the data plane
+//! follows (the shared decision in place of this agent's own verdict), and which health side
+//! effects run (the graceful handover and fencing only on the agent that decides).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use lb_agent::{
+    balancer::desired::Verdicts,
+    config::{Config, Service},
+    decision::shared::Effect,
+    health::state::Action,
+};
+
+use super::{core::Daemon, pair::Datagram};
+
+/// Services whose writer the pair decides: a sorry server behind a VRRP address, with a
+/// `[pair]` configured.
+pub fn shared_services(cfg: &Config) -> Vec<&Service> {
+    if cfg.pair.is_none() {
+        return vec![];
+    }
+    let vrrp: Vec<_> = cfg.vrrp_addresses().collect();
+    cfg.services
+        .iter()
+        .filter(|vs| vs.sorry.is_some() && vrrp.contains(&vs.address))
+        .collect()
+}
+
+/// The verdicts a starting agent's data plane begins with: its checks', and the writes of
+/// every shared service waiting until the pair is heard — a fresh data plane must neither
+/// send them where its own view says nor bounce frames a peer forwarded to it.
+pub fn starting_verdicts(cfg: &Config, health: &Verdicts) -> Verdicts {
+    let mut v = health.clone();
+    for vs in shared_services(cfg) {
+        v.entry(vs.name.clone()).or_default().hold_writes = true;
+    }
+    v
+}
+
+impl Daemon {
+    fn shared_services(&self) -> Vec<&Service> {
+        shared_services(&self.cfg)
+    }
+
+    /// This agent decides: it is VRRP master of a shared service's address.
+    fn leading(&self) -> bool {
+        let masters = self.vrrp.masters();
+        self.shared_services()
+            .iter()
+            .any(|vs| masters.contains(&vs.address))
+    }
+
+    /// After a VRRP step: the decision moves with the master role.
+    pub(super) fn update_leadership(&mut self, now: Instant) -> bool {
+        let leading = self.leading();
+        let Some(pair) = &mut self.pair else {
+            return false;
+        };
+        if pair.shared.is_leader() == leading {
+            return false;
+        }
+        pair.shared.set_leader(now, leading);
+        tracing::info!(
+            leading,
+            "writer decision: {}",
+            if leading {
+                "this agent decides"
+            } else {
+                "this agent follows"
+            }
+        );
+        true
+    }
+
+    /// The leader turns its checks' verdicts into decisions (a new epoch when one changes).
+    pub(super) fn decide(&mut self, now: Instant) {
+        let proposals: Vec<(String, bool)> = self
+            .shared_services()
+            .iter()
+            .map(|vs| {
+                let local = self.health.verdicts().get(&vs.name);
+                (vs.name.clone(), local.is_some_and(|v| v.hold_sorry))
+            })
+            .collect();
+        let Some(pair) = &mut self.pair else {
+            return;
+        };
+        for (service, sorry) in proposals {
+            if let Some(Effect::Follow { decision, .. }) = pair.shared.propose(now, &service, sorry)
+            {
+                tracing::warn!(
+                    service,
+                    epoch = decision.epoch,
+                    sorry = decision.sorry,
+                    "writer decision: {}",
+                    if decision.sorry {
+                        "the sorry server takes the writes"
+                    } else {
+                        "the real servers take the writes"
+                    }
+                );
+            }
+        }
+    }
+
+    /// What the data plane follows: the health verdicts, with the pair's decision in place of
+    /// this agent's own for every shared service that has one.
+    pub(super) fn effective_verdicts(&self) -> Verdicts {
+        let mut v = self.health.verdicts().clone();
+        let Some(pair) = &self.pair else {
+            return v;
+        };
+        let settled = pair.shared.settled(Instant::now());
+        for vs in self.shared_services() {
+            let e = v.entry(vs.name.clone()).or_default();
+            match pair.shared.decision(&vs.name).filter(|d| d.epoch > 0) {
+                Some(d) => {
+                    e.hold_sorry = d.sorry;
+                    e.force_primary = !d.sorry;
+                }
+                // Not yet known where the writes are: they wait.
+                None if !settled => e.hold_writes = true,
+                None => {}
+            }
+        }
+        v
+    }
+
+    /// Before an evaluation: the shared services whose handover and fencing wait — all of
+    /// them on a follower, and on a leader that may not decide yet (not synced): a handover
+    /// it ran now would make the sorry server read-only and writable again while the
+    /// decision still sends the writes there.
+    pub(super) fn pause_side_effects(&mut self, now: Instant) {
+        let deciding = self
+            .pair
+            .as_ref()
+            .is_some_and(|p| p.shared.is_leader() && p.shared.synced(now));
+        let paused = if deciding {
+            Default::default()
+        } else {
+            self.shared_services()
+                .iter()
+                .map(|vs| vs.name.clone())
+                .collect()
+        };
+        self.health.set_paused(paused);
+    }
+
+    /// The health side effects this agent may run: a follower neither hands writes back
+    /// nor fences for a shared service (the leader does, once).
+    pub(super) fn own_actions(&self, actions: Vec<Action>) -> Vec<Action> {
+        if self.pair.is_none() || self.leading() {
+            return actions;
+        }
+        let shared = self.shared_services();
+        let of_shared = |addr: std::net::IpAddr| {
+            shared
+                .iter()
+                .any(|vs| vs.members().any(|(_, r)| r.address == addr))
+        };
+        actions
+            .into_iter()
+            .filter(|a| match a {
+                Action::Handover { service, .. } => !shared.iter().any(|vs| vs.name == *service),
+                Action::Fence { target } | Action::MakeWritable { target } => {
+                    !of_shared(target.addr.ip())
+                }
+            })
+            .collect()
+    }
+
+    /// A datagram from the pair: decisions it moved become this agent's gates (so that, as
+    /// leader later, it starts from them) and its data plane's.
+    pub async fn on_pair_datagram(&mut self, (bytes, from): Datagram) -> Result<()> {
+        let now = Instant::now();
+        let Some(pair) = &mut self.pair else {
+            return Ok(());
+        };
+        for e in pair.receive(now, &bytes, from) {
+            let Effect::Follow { service, decision } = e;
+            tracing::info!(
+                service,
+                epoch = decision.epoch,
+                sorry = decision.sorry,
+                "writer decision received"
+            );
+            self.health.inherit(&self.cfg, &service, decision.sorry);
+        }
+        self.health_step().await
+    }
+
+    /// The pair's period: decide (a leader may just have become synced), send.
+    pub async fn on_pair_timer(&mut self) -> Result<()> {
+        self.health_step().await
+    }
+
+    /// When the pair's next send is due, if there is a pair.
+    pub fn pair_deadline(&self) -> Option<Instant> {
+        self.pair.as_ref().map(|p| p.shared.next_send())
+    }
+
+    pub(super) fn send_pair(&mut self, now: Instant) {
+        if let Some(pair) = &mut self.pair {
+            pair.send_due(now);
+        }
+    }
+
+    /// `status`: each shared service's decision.
+    pub(super) fn decision_text(&self, service: &str) -> Option<String> {
+        let pair = self.pair.as_ref()?;
+        if !self.shared_services().iter().any(|vs| vs.name == service) {
+            return None;
+        }
+        let who = if pair.shared.is_leader() {
+            "this agent decides"
+        } else {
+            "this agent follows"
+        };
+        Some(
+            match pair.shared.decision(service).filter(|d| d.epoch > 0) {
+                Some(d) => format!(
+                    "epoch {}: {} ({who})",
+                    d.epoch,
+                    if d.sorry {
+                        "the sorry server has the writes"
+                    } else {
+                        "the real servers have the writes"
+                    }
+                ),
+                None => format!("none yet: this agent's own checks ({who})"),
+            },
+        )
+    }
+}
