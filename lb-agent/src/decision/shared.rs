@@ -172,7 +172,11 @@ impl Shared {
             }
         }
         // A peer that knows nothing of a decision (it just started) hears it now too.
-        if self.decisions.keys().any(|k| !view.decisions.contains_key(k)) {
+        if self
+            .decisions
+            .keys()
+            .any(|k| !view.decisions.contains_key(k))
+        {
             self.send_now = true;
         }
         effects
