@@ -45,6 +45,73 @@ pub struct MysqlState {
     pub binlog_pos: String,
     /// `None` when it replicates from nobody.
     pub replica: Option<Replica>,
+    /// Semi-synchronous replication, as the server reports it (`None`: not available, e.g.
+    /// MySQL without the plugin).
+    #[serde(default)]
+    pub semisync: Option<SemiSync>,
+}
+
+/// What `SHOW GLOBAL VARIABLES/STATUS LIKE 'rpl_semi_sync%'` says (MariaDB's built-in
+/// semi-sync, MySQL's `master`/`source` plugin names alike).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemiSync {
+    /// As a primary: semi-sync enabled.
+    pub enabled: bool,
+    /// As a primary: semi-sync in effect now (off after a timeout: fallen back to async).
+    pub active: bool,
+    /// Replicas acknowledging now.
+    pub clients: u64,
+    /// `AFTER_SYNC` (lossless) or `AFTER_COMMIT`.
+    pub wait_point: String,
+    /// As a replica: semi-sync enabled.
+    pub replica_enabled: bool,
+}
+
+impl SemiSync {
+    /// From (name, value) pairs of the variables and the status, any case.
+    pub fn from_pairs(pairs: &[(String, String)]) -> Option<SemiSync> {
+        if pairs.is_empty() {
+            return None;
+        }
+        let get = |suffixes: &[&str]| {
+            pairs
+                .iter()
+                .find(|(k, _)| {
+                    let k = k.to_ascii_lowercase();
+                    suffixes.iter().any(|s| k.ends_with(s))
+                })
+                .map(|(_, v)| v.to_ascii_uppercase())
+        };
+        let on = |v: Option<String>| matches!(v.as_deref(), Some("ON" | "1"));
+        Some(SemiSync {
+            enabled: on(get(&[
+                "semi_sync_master_enabled",
+                "semi_sync_source_enabled",
+            ])),
+            active: on(get(&["semi_sync_master_status", "semi_sync_source_status"])),
+            clients: get(&["semi_sync_master_clients", "semi_sync_source_clients"])
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            wait_point: get(&["semi_sync_master_wait_point", "semi_sync_source_wait_point"])
+                .unwrap_or_default(),
+            replica_enabled: on(get(&[
+                "semi_sync_slave_enabled",
+                "semi_sync_replica_enabled",
+            ])),
+        })
+    }
+
+    /// One phrase for `status`.
+    pub fn describe(&self) -> String {
+        match (self.enabled, self.active) {
+            (false, _) => "off".into(),
+            (true, true) => format!(
+                "on ({}, {} replica(s) acknowledging)",
+                self.wait_point, self.clients
+            ),
+            (true, false) => "FALLEN BACK TO ASYNC (no replica acknowledged in time)".into(),
+        }
+    }
 }
 
 impl MysqlState {
@@ -169,6 +236,15 @@ async fn read_state(conn: &mut Conn, replication: bool) -> mysql_async::Result<M
     if replication {
         let row: Option<Row> = conn.query_first("SHOW SLAVE STATUS").await?;
         s.replica = row.map(|r| replica(&r));
+        // Both LIKE forms answer (possibly with no rows) on every server: never an error.
+        let mut pairs: Vec<(String, String)> = conn
+            .query("SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync%'")
+            .await?;
+        pairs.extend(
+            conn.query::<(String, String), _>("SHOW GLOBAL STATUS LIKE 'rpl_semi_sync%'")
+                .await?,
+        );
+        s.semisync = SemiSync::from_pairs(&pairs);
     }
     Ok(s)
 }
@@ -224,6 +300,43 @@ pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
     tokio::time::timeout(limit, run)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+}
+
+#[cfg(test)]
+mod semisync_tests {
+    use super::SemiSync;
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn mariadb_and_mysql_names_read_alike() {
+        let maria = SemiSync::from_pairs(&pairs(&[
+            ("rpl_semi_sync_master_enabled", "ON"),
+            ("rpl_semi_sync_master_wait_point", "AFTER_SYNC"),
+            ("rpl_semi_sync_slave_enabled", "ON"),
+            ("Rpl_semi_sync_master_status", "ON"),
+            ("Rpl_semi_sync_master_clients", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            maria.describe(),
+            "on (AFTER_SYNC, 1 replica(s) acknowledging)"
+        );
+        assert!(maria.replica_enabled);
+        let mysql = SemiSync::from_pairs(&pairs(&[
+            ("rpl_semi_sync_source_enabled", "ON"),
+            ("Rpl_semi_sync_source_status", "OFF"),
+        ]))
+        .unwrap();
+        assert!(mysql.describe().starts_with("FALLEN BACK"));
+        assert_eq!(SemiSync::from_pairs(&[]), None);
+        let off = SemiSync::from_pairs(&pairs(&[("rpl_semi_sync_master_enabled", "OFF")]));
+        assert_eq!(off.unwrap().describe(), "off");
+    }
 }
 
 #[cfg(test)]

@@ -144,6 +144,9 @@ fn mysql_summary(c: &Checked) -> Option<String> {
                 .map_or("unknown".to_string(), |s| format!("{s} s"))
         ));
     }
+    if let Some(ss) = &s.semisync {
+        out.push_str(&format!(" semisync {}", ss.describe()));
+    }
     Some(out)
 }
 
