@@ -38,29 +38,8 @@ pub fn against(root: &Path, rev: &str) -> Result<()> {
         )?;
     }
     eprintln!("building the base {} in {}", &commit[..12], base.display());
-    build_ebpf(&base)?;
-    run(cargo()
-        .current_dir(&base)
-        .env_remove("CARGO_TARGET_DIR")
-        .args([
-            "build",
-            "--locked",
-            "--release",
-            "-p",
-            "bpf-tests",
-            "--bin",
-            "xdp-bench",
-        ]))?;
-    build_ebpf(root)?;
-    run(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "-p",
-        "bpf-tests",
-        "--bin",
-        "xdp-bench",
-    ]))?;
+    build_bench(&base)?;
+    build_bench(root)?;
 
     let mut figures: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
@@ -104,6 +83,23 @@ pub fn against(root: &Path, rev: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The XDP objects and the xdp-bench binary of `tree`, in its own target directory.
+fn build_bench(tree: &Path) -> Result<()> {
+    build_ebpf(tree)?;
+    run(cargo()
+        .current_dir(tree)
+        .env_remove("CARGO_TARGET_DIR")
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "-p",
+            "bpf-tests",
+            "--bin",
+            "xdp-bench",
+        ]))
 }
 
 /// One run of `tree`'s xdp-bench: (case, ns/packet) per line of its table.

@@ -277,6 +277,31 @@ impl Config {
             .iter()
             .flat_map(|vi| vi.virtual_addresses.iter().map(|v| v.address))
     }
+
+    /// Services whose writer a pair of agents must decide together: a sorry server behind a
+    /// VRRP address (see `crate::decision`).
+    pub fn writer_services(&self) -> Vec<&Service> {
+        let vrrp: Vec<IpAddr> = self.vrrp_addresses().collect();
+        self.services
+            .iter()
+            .filter(|vs| vs.sorry.is_some() && vrrp.contains(&vs.address))
+            .collect()
+    }
+
+    /// Such services without `[pair]`: each agent keeps its own writer decision, which the
+    /// operator must hear about.
+    fn unshared_writer_warning(&self) -> Option<String> {
+        let shared = self.writer_services().into_iter().next()?;
+        self.pair.is_none().then(|| {
+            format!(
+                "{}: a sorry server behind a VRRP address without [pair]: each agent keeps its \
+                 own writer decision, so an agent that takes the address back (after a link \
+                 flap, a stalled agent) may send writes to a writer that lacks the sorry \
+                 server's",
+                shared.name
+            )
+        })
+    }
 }
 
 fn mail(g: &Global) -> (Option<Mail>, Option<String>) {
@@ -316,39 +341,13 @@ fn mail(g: &Global) -> (Option<Mail>, Option<String>) {
     (Some(mail), None)
 }
 
-/// Two agents with VRRP and a sorry server but no `[pair]`: each keeps its own writer
-/// decision, which the operator must hear about.
-fn unshared_writer_warning(f: &File) -> Option<String> {
-    let vrrp: std::collections::HashSet<IpAddr> = f
-        .vrrp_instances
-        .iter()
-        .flat_map(|vi| vi.get_ref().virtual_addresses.iter().map(|a| a.address))
-        .collect();
-    let shared = f
-        .virtual_servers
-        .iter()
-        .map(|v| v.get_ref())
-        .find(|vs| vs.sorry_server.is_some() && vrrp.contains(&vs.address))?;
-    f.pair.is_none().then(|| {
-        format!(
-            "{}: a sorry server behind a VRRP address without [pair]: each agent keeps its own \
-             writer decision, so an agent that takes the address back (after a link flap, a \
-             stalled agent) may send writes to a writer that lacks the sorry server's",
-            shared.display_name()
-        )
-    })
-}
-
 /// Builds the model from a validated file: validation guarantees every reference resolves.
 pub(super) fn resolve(f: &File) -> Config {
     let (mail, mail_warning) = mail(&f.global);
-    Config {
+    let mut cfg = Config {
         global: f.global.clone(),
         mail,
-        warnings: mail_warning
-            .into_iter()
-            .chain(unshared_writer_warning(f))
-            .collect(),
+        warnings: mail_warning.into_iter().collect(),
         dataplane: f.dataplane.clone(),
         conn_timeouts: {
             let t = &f.dataplane.timeouts;
@@ -402,7 +401,9 @@ pub(super) fn resolve(f: &File) -> Config {
             port: p.port,
             key_file: p.key_file.clone(),
         }),
-    }
+    };
+    cfg.warnings.extend(cfg.unshared_writer_warning());
+    cfg
 }
 
 fn vrrp_instance(f: &File, vi: &schema::VrrpInstance) -> VrrpInstance {

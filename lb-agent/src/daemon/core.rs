@@ -156,7 +156,7 @@ impl Daemon {
     pub async fn health_step(&mut self) -> Result<()> {
         let decided = Instant::now();
         self.pause_side_effects(decided);
-        let (_, actions) = self.health.evaluate(&self.cfg, decided);
+        let actions = self.health.evaluate(&self.cfg, decided);
         self.decide(decided);
         let verdicts = self.effective_verdicts();
         if verdicts != self.verdicts {
@@ -181,7 +181,6 @@ impl Daemon {
                 }
             }
         }
-        let actions = self.own_actions(actions);
         self.run(actions);
         self.send_pair(decided);
         Ok(())

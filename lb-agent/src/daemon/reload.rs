@@ -32,6 +32,7 @@ impl Daemon {
         let Built {
             cfg,
             health,
+            verdicts,
             planner,
             next,
             vrrp,
@@ -40,6 +41,7 @@ impl Daemon {
         let (tx, rx) = mpsc::channel::<HealthEvent>(256);
         runner::spawn_checks(&health.monitor, &tx);
         self.health = health;
+        self.verdicts = verdicts;
         self.health_tx = tx;
         self.planner = planner;
         self.notifier = Notifier::new(&cfg);
@@ -53,9 +55,6 @@ impl Daemon {
             self.notifier.vrrp(&t);
         }
         let writes = self.apply(next)?;
-        // The new health verdicts are in the maps; the pair's decisions go back on top.
-        self.verdicts = self.health.verdicts().clone();
-        self.health_step().await?;
         tracing::info!(
             writes,
             services = self.state.services.len(),
@@ -76,19 +75,22 @@ impl Daemon {
             bail!("[pair] needs a restart");
         }
         let health = HealthState::reloaded(&self.health, &cfg, now)?;
+        // The pair's decisions stay on top of the new checks' verdicts from the first write.
+        let verdicts = self.with_decisions(&cfg, health.verdicts());
         let mut planner = self.planner.clone();
         let next = resolve(
             &cfg,
             &self.link,
             Resolve::ProbeAndWait,
             &mut planner,
-            health.verdicts(),
+            &verdicts,
         )
         .await?;
         let vrrp = self.vrrp.prepare(&cfg, &self.link.handle).await?;
         Ok(Built {
             cfg,
             health,
+            verdicts,
             planner,
             next,
             vrrp,
@@ -99,6 +101,7 @@ impl Daemon {
 struct Built {
     cfg: Config,
     health: HealthState,
+    verdicts: lb_agent::balancer::desired::Verdicts,
     planner: lb_agent::balancer::ids::Planner,
     next: lb_agent::balancer::desired::DesiredState,
     vrrp: lb_agent::vrrp::driver::Prepared,

@@ -1,7 +1,8 @@
 //! The writer decision in the daemon: which services the pair decides (a sorry server behind
 //! a VRRP address), who decides (the VRRP master of that address), what the data plane
 //! follows (the shared decision in place of this agent's own verdict), and which health side
-//! effects run (the graceful handover and fencing only on the agent that decides).
+//! effects run (the graceful handover and fencing only on the agent that decides: the others'
+//! are paused in `HealthState`, so they never start).
 
 use std::time::Instant;
 
@@ -10,22 +11,17 @@ use lb_agent::{
     balancer::desired::Verdicts,
     config::{Config, Service},
     decision::shared::Effect,
-    health::state::Action,
 };
 
 use super::{core::Daemon, pair::Datagram};
 
-/// Services whose writer the pair decides: a sorry server behind a VRRP address, with a
-/// `[pair]` configured.
+/// Services whose writer the pair decides: `Config::writer_services`, with a `[pair]`
+/// configured.
 pub fn shared_services(cfg: &Config) -> Vec<&Service> {
     if cfg.pair.is_none() {
         return vec![];
     }
-    let vrrp: Vec<_> = cfg.vrrp_addresses().collect();
-    cfg.services
-        .iter()
-        .filter(|vs| vs.sorry.is_some() && vrrp.contains(&vs.address))
-        .collect()
+    cfg.writer_services()
 }
 
 /// The verdicts a starting agent's data plane begins with: its checks', and the writes of
@@ -108,12 +104,18 @@ impl Daemon {
     /// What the data plane follows: the health verdicts, with the pair's decision in place of
     /// this agent's own for every shared service that has one.
     pub(super) fn effective_verdicts(&self) -> Verdicts {
-        let mut v = self.health.verdicts().clone();
+        self.with_decisions(&self.cfg, self.health.verdicts())
+    }
+
+    /// `base` (the verdicts of `cfg`'s checks) with the pair's decisions on top: the running
+    /// configuration's, or a reload's before it is committed.
+    pub(super) fn with_decisions(&self, cfg: &Config, base: &Verdicts) -> Verdicts {
+        let mut v = base.clone();
         let Some(pair) = &self.pair else {
             return v;
         };
         let settled = pair.shared.settled(Instant::now());
-        for vs in self.shared_services() {
+        for vs in shared_services(cfg) {
             let e = v.entry(vs.name.clone()).or_default();
             match pair.shared.decision(&vs.name).filter(|d| d.epoch > 0) {
                 Some(d) => {
@@ -146,29 +148,6 @@ impl Daemon {
                 .collect()
         };
         self.health.set_paused(paused);
-    }
-
-    /// The health side effects this agent may run: a follower neither hands writes back
-    /// nor fences for a shared service (the leader does, once).
-    pub(super) fn own_actions(&self, actions: Vec<Action>) -> Vec<Action> {
-        if self.pair.is_none() || self.leading() {
-            return actions;
-        }
-        let shared = self.shared_services();
-        let of_shared = |addr: std::net::IpAddr| {
-            shared
-                .iter()
-                .any(|vs| vs.members().any(|(_, r)| r.address == addr))
-        };
-        actions
-            .into_iter()
-            .filter(|a| match a {
-                Action::Handover { service, .. } => !shared.iter().any(|vs| vs.name == *service),
-                Action::Fence { target } | Action::MakeWritable { target } => {
-                    !of_shared(target.addr.ip())
-                }
-            })
-            .collect()
     }
 
     /// A datagram from the pair: decisions it moved become this agent's gates (so that, as

@@ -200,11 +200,11 @@ impl Shared {
         })
     }
 
-    /// When `poll_send` next has something.
+    /// When `poll_send` next has something (a time already past when it has now).
     pub fn next_send(&self) -> Instant {
         match (self.send_now, self.last_sent) {
             (false, Some(t)) => t + PERIOD,
-            _ => Instant::now(),
+            (_, last) => last.unwrap_or(self.started),
         }
     }
 

@@ -232,7 +232,7 @@ impl HealthState {
 
     /// Evaluates again; returns the previous verdicts when they changed, and the side
     /// effects to run.
-    pub fn evaluate(&mut self, cfg: &Config, now: Instant) -> (Option<Verdicts>, Vec<Action>) {
+    pub fn evaluate(&mut self, cfg: &Config, now: Instant) -> Vec<Action> {
         let mut next = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
         let mut actions = Vec::new();
         for vs in &cfg.services {
@@ -260,9 +260,8 @@ impl HealthState {
                 self.handover_step(vs, &mut next, now, &mut actions);
             }
         }
-        let before = std::mem::replace(&mut self.eval, next);
-        let changed = (before.verdicts != self.eval.verdicts).then_some(before.verdicts);
-        (changed, actions)
+        self.eval = next;
+        actions
     }
 
     fn handover(&self, service: &str) -> Handover {
