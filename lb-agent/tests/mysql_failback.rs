@@ -81,7 +81,7 @@ fn setup(tag: &str, service: &str) -> Setup {
     // Every notification appends a line to notify.log.
     let notify = dir.join("notify.log").to_string_lossy().into_owned();
     let config = format!(
-        "[global]\ncontrol_socket = \"{socket}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[virtual_server]]\nname = \"mysql-write\"\naddress = \"{VIP}\"\nport = 3306\nrole = \"writer\"\nquorum_down = \"echo quorum_down >> {notify}\"\nquorum_up = \"echo quorum_up >> {notify}\"\n{service}\n[[virtual_server.real_server]]\naddress = \"{DB1}\"\nnotify_down = \"echo db1_down >> {notify}\"\nnotify_up = \"echo db1_up >> {notify}\"\n{check}\n[virtual_server.sorry_server]\naddress = \"{DB2}\"\n{check}\n",
+        "[global]\ncontrol_socket = \"{socket}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\npin_dir = \"{}\"\n\n[[virtual_server]]\nname = \"mysql-write\"\naddress = \"{VIP}\"\nport = 3306\nrole = \"writer\"\nquorum_down = \"echo quorum_down >> {notify}\"\nquorum_up = \"echo quorum_up >> {notify}\"\nnotify_writer_risk = \"echo writer_risk >> {notify}\"\n{service}\n[[virtual_server.real_server]]\naddress = \"{DB1}\"\nnotify_down = \"echo db1_down >> {notify}\"\nnotify_up = \"echo db1_up >> {notify}\"\n{check}\n[virtual_server.sorry_server]\naddress = \"{DB2}\"\n{check}\n",
         lab.pin_dir("lb")
     );
     let path = dir.join("lb.toml");
@@ -171,6 +171,8 @@ fn caught_up_failback(tag: &str, hang: bool) {
     let text = status(&socket);
     assert!(text.contains("waiting for catch-up"), "{text}");
     assert!(text.contains("SORRY SERVER"), "{text}");
+    // db2 writes semi-synchronously to db1 again once db1 replicates; before, it fell back.
+    assert!(text.contains("semisync "), "{text}");
     println!("{text}");
     // Its replication resumes: writes return once it holds what db2 took.
     let resumed = Instant::now();
@@ -264,12 +266,26 @@ fn finish(
     }
     let violations = log.violations.lock().unwrap().clone();
     assert!(violations.is_empty(), "{violations:#?}");
-    // notify_down / notify_up and quorum_down / quorum_up, once each for the kill (and once
-    // more for a hang), and one more quorum_up at the start: a fresh `caught-up` service
-    // starts on its sorry server until db1 has shown it is caught up.
     let notified =
         std::fs::read_to_string(std::env::temp_dir().join(&lab.prefix).join("notify.log"))
             .unwrap_or_default();
+    // A killed writer whose commits were semi-synchronous loses nothing: no risk reported.
+    // A hung one cannot be fenced and may still commit: reported.
+    let risks = notified.lines().filter(|l| *l == "writer_risk").count();
+    if hung {
+        assert!(
+            risks >= 1,
+            "a hung writer's failover is at risk:\n{notified}"
+        );
+    } else {
+        assert_eq!(
+            risks, 0,
+            "semi-synchronous failover reported at risk:\n{notified}"
+        );
+    }
+    // notify_down / notify_up and quorum_down / quorum_up, once each for the kill (and once
+    // more for a hang), and one more quorum_up at the start: a fresh `caught-up` service
+    // starts on its sorry server until db1 has shown it is caught up.
     let events = 1 + hung as usize;
     for (what, times) in [
         ("db1_down", events),
@@ -291,7 +307,7 @@ fn immediate_failback_is_dangerous() {
         mut lab,
         mut db1,
         db2,
-        socket: _,
+        socket,
     } = setup("mfi", "failback = \"immediate\"");
     let log = Arc::new(Log::default());
     let (writer, _) = write_then_kill_db1(&mut lab, &db1, &log);
@@ -311,6 +327,13 @@ fn immediate_failback_is_dangerous() {
         !violations.is_empty(),
         "immediate failback should have sent writes to a db1 lacking db2's writes"
     );
+    // And it said so: the failback is reported as a writer change at risk.
+    let text = status(&socket);
+    assert!(text.contains("TRANSACTIONS MAY BE LOST"), "{text}");
+    let notified =
+        std::fs::read_to_string(std::env::temp_dir().join(&lab.prefix).join("notify.log"))
+            .unwrap_or_default();
+    assert!(notified.lines().any(|l| l == "writer_risk"), "{notified}");
     // What that costs once replication resumes: db2's row images overwrite db1's counter and
     // the other way round (lost increments), or replication stops on a conflict.
     db1.sql("START SLAVE");

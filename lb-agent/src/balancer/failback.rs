@@ -1,7 +1,10 @@
 //! When a service's traffic goes to its sorry server and when it comes back, without I/O.
 //!
-//! Going to the sorry server is immediate: fewer usable real servers than the quorum. Coming
-//! back follows the service's policy, because the recipe's answer ("as soon as a TCP connect
+//! Going to the sorry server happens when fewer real servers than the quorum are usable, as
+//! soon as the sorry server has applied what it received from them: a check of it that
+//! started after the quorum was lost finds its relay log drained (a replica that takes writes
+//! before that has older row images still to apply, which overwrite the new writes). Until
+//! then the writes wait (`draining`). Coming back follows the service's policy, because the recipe's answer ("as soon as a TCP connect
 //! works") hands writes back to a MySQL server that has not yet replicated the writes the
 //! sorry server took meanwhile:
 //! - `immediate`: as soon as the quorum is back (keepalived's behaviour);
@@ -33,6 +36,8 @@ pub struct Gate {
     requested: bool,
     /// Why the service is still on the sorry server, for status.
     waiting: Option<String>,
+    /// Since when the quorum is lost while still in the pool (the sorry server drains).
+    lost_at: Option<Instant>,
 }
 
 /// What the health checks say of a service now.
@@ -43,6 +48,24 @@ pub struct Health {
     pub quorum: u32,
     /// For `caught-up`: every usable real server has replicated what the sorry server has.
     pub caught_up: bool,
+    /// When the latest check of the sorry server that found its relay log drained started;
+    /// `None` when the latest found it not drained.
+    pub sorry_drained: Option<Instant>,
+    /// The sorry server has a relay log to drain (it replicates, and is checked as MySQL).
+    pub drain_needed: bool,
+}
+
+impl Health {
+    /// Health with nothing to drain (a sorry server that replicates from nobody).
+    pub fn new(usable: u32, quorum: u32, caught_up: bool) -> Health {
+        Health {
+            usable,
+            quorum,
+            caught_up,
+            sorry_drained: None,
+            drain_needed: false,
+        }
+    }
 }
 
 impl Gate {
@@ -54,6 +77,7 @@ impl Gate {
             quorum_since: None,
             requested: false,
             waiting: None,
+            lost_at: None,
         }
     }
 
@@ -77,6 +101,11 @@ impl Gate {
     /// Why the service waits on its sorry server; `None` when it does not.
     pub fn waiting(&self) -> Option<&str> {
         self.waiting.as_deref()
+    }
+
+    /// The quorum is lost and the writes wait for the sorry server to drain its relay log.
+    pub fn draining(&self) -> bool {
+        self.mode == Mode::Pool && self.lost_at.is_some()
     }
 
     /// When `step` should be called again without news (the end of a `delay`).
@@ -107,11 +136,15 @@ impl Gate {
         let quorum = h.usable >= h.quorum;
         match self.mode {
             Mode::Pool if !quorum => {
-                self.mode = Mode::Sorry;
-                self.quorum_since = None;
-                self.requested = false;
+                let lost = *self.lost_at.get_or_insert(now);
+                if !h.drain_needed || h.sorry_drained.is_some_and(|t| t > lost) {
+                    self.mode = Mode::Sorry;
+                    self.lost_at = None;
+                    self.quorum_since = None;
+                    self.requested = false;
+                }
             }
-            Mode::Pool => {}
+            Mode::Pool => self.lost_at = None,
             Mode::Sorry if !quorum => {
                 self.quorum_since = None;
                 self.requested = false;
@@ -132,6 +165,9 @@ impl Gate {
             }
         }
         self.waiting = match (self.mode, quorum) {
+            (Mode::Pool, _) if self.draining() => Some(
+                "writes wait: the sorry server is applying what it received (relay log)".into(),
+            ),
             (Mode::Pool, _) => None,
             (Mode::Sorry, false) => Some(format!(
                 "{} of {} real server(s) usable",
@@ -163,11 +199,7 @@ mod tests {
     use super::*;
 
     fn h(usable: u32, caught_up: bool) -> Health {
-        Health {
-            usable,
-            quorum: 1,
-            caught_up,
-        }
+        Health::new(usable, 1, caught_up)
     }
 
     /// Runs (seconds since start, usable, caught up) steps; returns the modes as a string.
@@ -267,5 +299,36 @@ mod tests {
         assert_eq!(g.poll_timeout(), Some(t0 + Duration::from_secs(4)));
         assert_eq!(g.step(t0 + Duration::from_secs(4), h(1, false)), Mode::Pool);
         assert_eq!(g.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_sorry_server_takes_the_writes_once_a_later_check_finds_it_drained() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let drain = |usable, drained: Option<u64>| Health {
+            sorry_drained: drained.map(at),
+            drain_needed: true,
+            ..Health::new(usable, 1, false)
+        };
+        let mut g = Gate::new(Failback::CaughtUp, Duration::ZERO);
+        assert_eq!(g.step(at(0), drain(1, Some(0))), Mode::Pool);
+        assert!(!g.draining());
+        // The writer fails at 100: the last drained check (at 0) read before that.
+        assert_eq!(g.step(at(100), drain(0, Some(0))), Mode::Pool);
+        assert!(g.draining());
+        assert!(g.waiting().unwrap().contains("relay log"));
+        // A check at 300 finds received transactions not applied yet.
+        assert_eq!(g.step(at(310), drain(0, None)), Mode::Pool);
+        assert!(g.draining());
+        // One started at 600 finds it drained: now the sorry server takes the writes.
+        assert_eq!(g.step(at(610), drain(0, Some(600))), Mode::Sorry);
+        assert!(!g.draining());
+        // The writer returning while the sorry server drains cancels the wait.
+        let mut g = Gate::new(Failback::CaughtUp, Duration::ZERO);
+        g.step(at(0), drain(0, None));
+        assert!(g.draining());
+        assert_eq!(g.step(at(50), drain(1, None)), Mode::Pool);
+        assert!(!g.draining());
+        assert_eq!(g.waiting(), None);
     }
 }

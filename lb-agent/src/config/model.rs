@@ -191,6 +191,7 @@ pub struct Service {
     pub sorry: Option<Real>,
     pub quorum_up: Option<String>,
     pub quorum_down: Option<String>,
+    pub notify_writer_risk: Option<String>,
     pub smtp_alert: bool,
 }
 
@@ -515,6 +516,7 @@ fn service(f: &File, vs: &schema::VirtualServer) -> Service {
         sorry: vs.sorry_server.as_ref().map(|r| real(r.get_ref())),
         quorum_up: vs.quorum_up.clone(),
         quorum_down: vs.quorum_down.clone(),
+        notify_writer_risk: vs.notify_writer_risk.clone(),
         smtp_alert: vs.smtp_alert,
     }
 }

@@ -454,6 +454,11 @@ pub struct VirtualServer {
     pub quorum_up: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_down: Option<String>,
+    /// Run when a writer change may have lost transactions (asynchronous replication, an old
+    /// writer that does not answer, a failback without `caught-up`); the service name and the
+    /// reason are in `LB_SERVICE` and `LB_REASON`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_writer_risk: Option<String>,
     /// E-mail real-server and quorum changes to `global.notification_email`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub smtp_alert: bool,

@@ -85,6 +85,21 @@ fn services(reg: &mut Registry, s: &Status) {
         "real_server_healthy",
         "1 when the real server passes its health check and role (or has no check)",
     );
+    let at_risk = counter(
+        reg,
+        "writer_changes_at_risk",
+        "Writer changes that may have lost transactions (asynchronous replication, an old writer that does not answer, a failback without caught-up)",
+    );
+    let semisync_active = gauge(
+        reg,
+        "mysql_semisync_active",
+        "1 when the server, as a primary, has semi-synchronous replication in effect (0: off or fallen back to asynchronous)",
+    );
+    let semisync_clients = gauge(
+        reg,
+        "mysql_semisync_clients",
+        "Replicas acknowledging the server's transactions semi-synchronously",
+    );
     let real_packets = counter(reg, "real_server_packets", "Frames sent to the real server");
     let real_bytes = counter(reg, "real_server_bytes", "Bytes sent to the real server");
     let real_flows = counter(
@@ -116,6 +131,9 @@ fn services(reg: &mut Registry, s: &Status) {
         }
         active.get_or_create(&l).set(svc.active as i64);
         sorry.get_or_create(&l).set(svc.using_sorry_server as i64);
+        at_risk
+            .get_or_create(&vec![("service".into(), svc.name.clone())])
+            .inc_by(svc.writer_risks);
         for r in &svc.real_servers {
             let lr: Labels = vec![
                 ("service".into(), svc.name.clone()),
@@ -128,6 +146,13 @@ fn services(reg: &mut Registry, s: &Status) {
                 .get_or_create(&lr)
                 .set((r.health != CheckHealth::Down && r.reason.is_none()) as i64);
             reals.insert(r.address, (r.packets, r.bytes, r.new_flows));
+            if let Some(ss) = &r.semisync {
+                let l: Labels = vec![("real".into(), r.address.to_string())];
+                semisync_active
+                    .get_or_create(&l)
+                    .set((ss.enabled && ss.active) as i64);
+                semisync_clients.get_or_create(&l).set(ss.clients as i64);
+            }
         }
     }
     // Real server counters are per server, whatever services share it.

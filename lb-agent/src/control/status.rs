@@ -96,6 +96,12 @@ pub struct ServiceStatus {
     /// The writer decision shared by the pair, for a service it decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<String>,
+    /// The last writer change that may have lost transactions (when, why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_risk: Option<String>,
+    /// Writer changes that may have lost transactions since the agent started.
+    #[serde(default)]
+    pub writer_risks: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,6 +116,9 @@ pub struct RealStatus {
     /// What its MySQL check read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mysql: Option<String>,
+    /// Semi-synchronous replication as its MySQL check read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semisync: Option<crate::health::mysql::SemiSync>,
     pub mac: Option<String>,
     pub packets: u64,
     pub bytes: u64,
@@ -168,6 +177,7 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
                 health: CheckHealth::Unchecked,
                 reason: None,
                 mysql: None,
+                semisync: None,
                 mac: (real.flags & REAL_VALID != 0 && real.flags & REAL_LOCAL == 0)
                     .then(|| mac_string(real.mac.octets)),
                 packets: rc.packets,
@@ -195,6 +205,8 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             failback: vs.failback.name().into(),
             failback_waiting: None,
             decision: None,
+            writer_risk: None,
+            writer_risks: 0,
         });
     }
     Status {
@@ -218,6 +230,8 @@ pub fn add_health(s: &mut Status, health: &[crate::health::verdict::ServiceHealt
             continue;
         };
         svc.failback_waiting = h.waiting.clone();
+        svc.writer_risk = h.writer_risk.clone();
+        svc.writer_risks = h.writer_risks;
         let using_sorry = svc.using_sorry_server;
         for r in &mut svc.real_servers {
             let Some(rh) = h
@@ -231,6 +245,7 @@ pub fn add_health(s: &mut Status, health: &[crate::health::verdict::ServiceHealt
             r.health = rh.health;
             r.reason = rh.reason.clone();
             r.mysql = rh.mysql.clone();
+            r.semisync = rh.semisync.clone();
             let in_service = matches!(r.state, RealState::Up | RealState::Local);
             if !rh.usable && in_service {
                 r.state = RealState::Failed;
@@ -370,5 +385,12 @@ fn render_service(out: &mut String, svc: &ServiceStatus) {
     );
     if let Some(d) = &svc.decision {
         let _ = writeln!(out, "  writer decision: {d}");
+    }
+    if let Some(r) = &svc.writer_risk {
+        let _ = writeln!(
+            out,
+            "  TRANSACTIONS MAY BE LOST ({} writer change(s) at risk), last: {r}",
+            svc.writer_risks
+        );
     }
 }

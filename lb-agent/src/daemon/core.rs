@@ -181,6 +181,11 @@ impl Daemon {
                 }
             }
         }
+        for (service, why) in self.health.take_risks() {
+            if let Some(vs) = self.cfg.service(&service) {
+                self.notifier.writer_risk(vs, &why);
+            }
+        }
         self.run(actions);
         self.send_pair(decided);
         Ok(())

@@ -4,6 +4,7 @@
 //! - `tcp`, `exec`, `mysql`: the kinds of check;
 //! - `gtid`: MariaDB and MySQL GTID positions, for the `caught-up` failback;
 //! - `monitor`: the table of distinct checks, results through the trackers, without I/O;
+//! - `risk`: whether a writer change may lose transactions, without I/O;
 //! - `verdict`: what the checks, roles and failback gates make of each service, without I/O;
 //! - `state`: the daemon's view of all that, fed with reports and time, returning the MySQL
 //!   side effects (fence, handover) as actions, without I/O;
@@ -13,6 +14,7 @@ pub mod exec;
 pub mod gtid;
 pub mod monitor;
 pub mod mysql;
+pub mod risk;
 pub mod runner;
 pub mod state;
 pub mod tcp;

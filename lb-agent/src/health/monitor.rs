@@ -125,6 +125,11 @@ impl Checked {
     pub fn is_up(&self) -> bool {
         self.tracker.is_up()
     }
+
+    /// When the run whose result is applied started.
+    pub fn started_at(&self) -> Option<Instant> {
+        self.last_started
+    }
 }
 
 /// A check's state changed: up/down, or (for MySQL) what it read.

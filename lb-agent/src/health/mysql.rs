@@ -5,7 +5,8 @@
 //! What is read: `@@read_only` (and MySQL's `@@super_read_only`), the executed GTIDs and the
 //! binary log position (MariaDB `@@gtid_current_pos` / `@@gtid_binlog_pos`, MySQL
 //! `@@gtid_executed` for both), and the replication state (`SHOW SLAVE STATUS`: IO and SQL
-//! threads, seconds behind the source).
+//! threads, seconds behind the source, what the IO thread has received: MariaDB
+//! `Gtid_IO_Pos`, MySQL `Retrieved_Gtid_Set`).
 
 use std::{net::SocketAddr, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
@@ -31,6 +32,10 @@ pub struct Replica {
     pub sql_running: bool,
     /// `None` when the server does not know (SQL thread stopped).
     pub seconds_behind: Option<u64>,
+    /// What the IO thread has received into the relay log (MariaDB `Gtid_IO_Pos`, MySQL
+    /// `Retrieved_Gtid_Set`); empty when it received nothing or the server does not say.
+    #[serde(default)]
+    pub received: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -138,10 +143,32 @@ impl MysqlState {
         }
     }
 
+    /// Has this server applied everything its IO thread received (relay log drained)? A
+    /// transaction a semi-synchronous primary acknowledged is at least received here; only
+    /// once it is also executed may this server take writes, or an older row image from the
+    /// relay log would overwrite the new writes. A server that replicates from nobody has
+    /// nothing to drain.
+    pub fn drained(&self) -> Result<(), String> {
+        let Some(r) = &self.replica else {
+            return Ok(());
+        };
+        let received = Gtids::parse(&r.received)?;
+        if Gtids::parse(&self.executed)?.contains(&received) {
+            Ok(())
+        } else {
+            Err(format!(
+                "relay log not applied yet: received {:?}, executed {:?}",
+                r.received, self.executed
+            ))
+        }
+    }
+
     /// The `caught-up` failback question: does this server replicate (both threads, zero
-    /// lag) and hold every transaction of `source_binlog_pos`?
+    /// lag), hold every transaction of `source_binlog_pos` and has it applied all it
+    /// received?
     pub fn caught_up_with(&self, source_binlog_pos: &str) -> Result<(), String> {
         self.replica_within(Duration::ZERO)?;
+        self.drained()?;
         let mine = Gtids::parse(&self.executed)?;
         let theirs = Gtids::parse(source_binlog_pos)?;
         if mine.contains(&theirs) {
@@ -188,11 +215,15 @@ fn opts(t: &Target) -> OptsBuilder {
         .stmt_cache_size(0)
 }
 
+/// How a check that timed out begins its reason: the server is hung or unreachable, not
+/// refusing (see `health::risk`).
+pub const NO_ANSWER: &str = "no answer within";
+
 /// One check. `replication`: also read `SHOW SLAVE STATUS`.
 pub async fn probe(t: &Target, replication: bool) -> Result<MysqlState, String> {
     match tokio::time::timeout(t.timeout, probe_untimed(t, replication)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", t.timeout)),
+        Err(_) => Err(format!("{NO_ANSWER} {:?}", t.timeout)),
     }
 }
 
@@ -269,6 +300,7 @@ fn replica(r: &Row) -> Replica {
         sql_running: text(&["Slave_SQL_Running", "Replica_SQL_Running"]).as_deref() == Some("Yes"),
         seconds_behind: text(&["Seconds_Behind_Master", "Seconds_Behind_Source"])
             .and_then(|s| s.parse().ok()),
+        received: text(&["Gtid_IO_Pos", "Retrieved_Gtid_Set"]).unwrap_or_default(),
     }
 }
 
@@ -299,7 +331,7 @@ pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
     let limit = t.timeout + Duration::from_secs(t.timeout.as_secs().max(1));
     tokio::time::timeout(limit, run)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+        .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
 }
 
 #[cfg(test)]
@@ -352,9 +384,34 @@ mod tests {
                 io_running: io,
                 sql_running: sql,
                 seconds_behind: behind,
+                received: String::new(),
             }),
             ..MysqlState::default()
         }
+    }
+
+    #[test]
+    fn drained_means_everything_received_is_executed() {
+        let mut s = state(true, true, Some(0), "1-1-50,2-2-9");
+        s.replica.as_mut().unwrap().received = "1-1-50".into();
+        assert!(s.drained().is_ok());
+        s.replica.as_mut().unwrap().received = "1-1-52".into();
+        assert!(s.drained().unwrap_err().contains("relay log not applied"));
+        assert!(
+            s.caught_up_with("2-2-9").is_err(),
+            "caught up needs drained"
+        );
+        // MySQL sets, and a server that replicates from nobody.
+        let mut m = state(
+            true,
+            true,
+            Some(0),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-20",
+        );
+        m.replica.as_mut().unwrap().received = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-21".into();
+        assert!(m.drained().is_err());
+        m.replica = None;
+        assert!(m.drained().is_ok());
     }
 
     #[test]

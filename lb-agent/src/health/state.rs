@@ -77,6 +77,11 @@ pub struct HealthState {
     /// Services whose side effects wait (the pair's writer decision: this agent does not
     /// decide them now): no handover, no fence, and one on its sorry server stays there.
     paused: HashSet<String>,
+    /// Per service: the last writer change that may have lost transactions (why, when, in
+    /// UTC) and how many since start (see `health::risk`).
+    risks: HashMap<String, (String, u64)>,
+    /// Writer changes at risk not yet taken by the daemon (to notify).
+    new_risks: Vec<(String, String)>,
 }
 
 /// A real server whose check flipped: for notify_up / notify_down.
@@ -117,6 +122,8 @@ impl HealthState {
             fenced,
             fencing: HashSet::new(),
             paused: HashSet::new(),
+            risks: HashMap::new(),
+            new_risks: Vec::new(),
         })
     }
 
@@ -139,6 +146,11 @@ impl HealthState {
             self.attempts,
             now,
         )
+        .map(|mut h| {
+            // What was at risk stays reported.
+            h.risks = self.risks.clone();
+            h
+        })
     }
 
     pub fn verdicts(&self) -> &Verdicts {
@@ -194,9 +206,16 @@ impl HealthState {
                     (flip, true)
                 }
                 // A result that only confirms the last one still matters while a service is
-                // held on its sorry server: `caught-up` waits for a check of the writer that
-                // ran after the sorry server's, whatever it reads.
-                None => (None, self.eval.verdicts.values().any(|v| v.hold_sorry)),
+                // held on its sorry server (`caught-up` waits for a check of the writer that
+                // ran after the sorry server's, whatever it reads) or waits for its sorry
+                // server to drain (for a check of it that started after the writer failed).
+                None => (
+                    None,
+                    self.eval
+                        .verdicts
+                        .values()
+                        .any(|v| v.hold_sorry || v.hold_writes),
+                ),
             },
             Event::Handover(service, attempt, result) => {
                 let Some(h) = self.handovers.get_mut(&service) else {
@@ -234,6 +253,7 @@ impl HealthState {
     /// effects to run.
     pub fn evaluate(&mut self, cfg: &Config, now: Instant) -> Vec<Action> {
         let mut next = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
+        self.record_risks(&mut next);
         let mut actions = Vec::new();
         for vs in &cfg.services {
             // Fence first, and never while a handover runs: a fence landing after the
@@ -262,6 +282,31 @@ impl HealthState {
         }
         self.eval = next;
         actions
+    }
+
+    /// Keeps the writer changes at risk of the services this agent decides (the others'
+    /// are the deciding agent's to report), and shows the last one of each in its report.
+    fn record_risks(&mut self, next: &mut Evaluation) {
+        for (service, why) in std::mem::take(&mut next.risks) {
+            if self.paused.contains(&service) {
+                continue;
+            }
+            let when = utc(std::time::SystemTime::now());
+            let r = self.risks.entry(service.clone()).or_default();
+            *r = (format!("{when}: {why}"), r.1 + 1);
+            self.new_risks.push((service, why));
+        }
+        for report in &mut next.reports {
+            if let Some((why, n)) = self.risks.get(&report.name) {
+                report.writer_risk = Some(why.clone());
+                report.writer_risks = *n;
+            }
+        }
+    }
+
+    /// Writer changes that may have lost transactions since the last call: (service, why).
+    pub fn take_risks(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.new_risks)
     }
 
     fn handover(&self, service: &str) -> Handover {
@@ -402,17 +447,46 @@ impl HealthState {
             .iter()
             .find(|r| r.name == service)
             .map_or(0, |r| r.reals.iter().filter(|r| r.usable).count() as u32);
-        gate.request_failback(crate::balancer::failback::Health {
-            usable,
-            quorum: vs.quorum,
-            caught_up: true,
-        })
+        gate.request_failback(crate::balancer::failback::Health::new(
+            usable, vs.quorum, true,
+        ))
     }
+}
+
+/// `2026-12-01T23:05:09Z` (civil-from-days, Howard Hinnant's algorithm).
+fn utc(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn utc_times_read_as_dates() {
+        let at = |s| std::time::UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(super::utc(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc(at(1_796_166_309)), "2026-12-01T23:05:09Z");
+    }
 
     use super::*;
     use crate::health::{

@@ -10,7 +10,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::monitor::{Checked, Monitor};
+use super::{
+    monitor::{Checked, Monitor},
+    mysql::SemiSync,
+    risk,
+};
 use crate::{
     balancer::{
         desired::{ServiceVerdict, Verdicts},
@@ -65,6 +69,9 @@ pub struct RealHealth {
     /// What a MySQL check read, in short.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mysql: Option<String>,
+    /// Semi-synchronous replication as its MySQL check last read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semisync: Option<SemiSync>,
 }
 
 /// A service's health, as `status` shows it.
@@ -80,6 +87,12 @@ pub struct ServiceHealth {
     pub reals: Vec<RealHealth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry: Option<RealHealth>,
+    /// The last writer change that may have lost transactions (see `health::risk`), when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_risk: Option<String>,
+    /// How many writer changes may have lost transactions since the agent started.
+    #[serde(default)]
+    pub writer_risks: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -87,6 +100,8 @@ pub struct Evaluation {
     pub verdicts: Verdicts,
     /// In configuration order.
     pub reports: Vec<ServiceHealth>,
+    /// Writer changes in this evaluation that may lose transactions: (service, why).
+    pub risks: Vec<(String, String)>,
 }
 
 impl Evaluation {
@@ -164,6 +179,7 @@ fn judge(m: &Monitor, vs: &Service, rs: &Real, fenced: &Fenced) -> (RealHealth, 
                 usable: true,
                 reason: None,
                 mysql: None,
+                semisync: None,
             },
             None,
         );
@@ -178,6 +194,7 @@ fn judge(m: &Monitor, vs: &Service, rs: &Real, fenced: &Fenced) -> (RealHealth, 
         usable: c.is_up(),
         reason: if c.is_up() { None } else { c.reason.clone() },
         mysql: mysql_summary(c),
+        semisync: c.mysql.as_ref().and_then(|s| s.semisync.clone()),
     };
     if c.is_up() && c.seen {
         let role = match (vs.role, &c.mysql) {
@@ -220,6 +237,24 @@ fn caught_up(m: &Monitor, vs: &Service, usable: &[&Real]) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+/// The sorry server's relay log, for the way to the sorry server (see `failback`): whether
+/// it has one to drain, when the latest check that found it drained started, and why not.
+fn sorry_drain(m: &Monitor, vs: &Service) -> (bool, Option<Instant>, Option<String>) {
+    let Some(c) = vs.sorry.as_ref().and_then(|s| m.checked(s)) else {
+        return (false, None, None);
+    };
+    let Some(st) = c.mysql.as_ref().filter(|_| c.is_up() && c.seen) else {
+        return (false, None, None);
+    };
+    if st.replica.is_none() {
+        return (false, None, None);
+    }
+    match st.drained() {
+        Ok(()) => (true, c.started_at(), None),
+        Err(why) => (true, None, Some(why)),
+    }
 }
 
 pub fn evaluate(
@@ -266,15 +301,32 @@ pub fn evaluate(
                 caught_up(m, vs, &usable)
             }
         });
+        let (drain_needed, sorry_drained, not_drained) = sorry_drain(m, vs);
         let health = Health {
             usable: usable.len() as u32,
             quorum: vs.quorum,
             caught_up: matches!(catch_up, Some(Ok(()))),
+            sorry_drained,
+            drain_needed: drain_needed && vs.sorry.is_some(),
         };
+        let before = gate.mode();
         let mode = gate.step(now, health);
         let sorry = vs.sorry.as_ref().map(|s| judge(m, vs, s, fenced).0);
         verdict.hold_sorry = mode == Mode::Sorry && sorry.is_some();
+        // Neither the old writer nor the sorry server while the sorry server drains.
+        verdict.hold_writes = gate.draining();
+        let change = match (before, mode) {
+            (Mode::Pool, Mode::Sorry) if sorry.is_some() => risk::failover(m, vs),
+            (Mode::Sorry, Mode::Pool) => risk::failback(vs),
+            _ => None,
+        };
+        if let Some(why) = change {
+            out.risks.push((vs.name.clone(), why));
+        }
         let mut waiting = gate.waiting().map(str::to_string);
+        if let (true, Some(why)) = (gate.draining(), not_drained) {
+            waiting = Some(format!("writes wait: the sorry server's {why}"));
+        }
         if let (true, Some(Err(why))) = (
             verdict.hold_sorry && health.usable >= health.quorum,
             &catch_up,
@@ -289,9 +341,15 @@ pub fn evaluate(
             } else {
                 ServiceMode::Pool
             },
-            waiting: if verdict.hold_sorry { waiting } else { None },
+            waiting: if verdict.hold_sorry || verdict.hold_writes {
+                waiting
+            } else {
+                None
+            },
             reals,
             sorry,
+            writer_risk: None,
+            writer_risks: 0,
         });
         out.verdicts.insert(vs.name.clone(), verdict);
     }
@@ -360,6 +418,7 @@ address = "10.0.0.2"
                     io_running: true,
                     sql_running: true,
                     seconds_behind: Some(0),
+                    received: String::new(),
                 }),
                 ..MysqlState::default()
             }),
@@ -416,8 +475,39 @@ address = "10.0.0.2"
         let down = || Outcome::Down("connection refused".into());
         assert!(!r.feed(200, DB1, down()).verdicts["write"].hold_sorry);
         let e = r.feed(400, DB1, down());
+        // The sorry server was last read before that: the writes wait for a check of it
+        // that finds everything it received applied.
+        assert!(!e.verdicts["write"].hold_sorry);
+        assert!(e.verdicts["write"].hold_writes);
+        assert!(
+            e.reports[0]
+                .waiting
+                .as_deref()
+                .unwrap()
+                .contains("relay log")
+        );
+        let mut behind = mysql("0-2-10", false, true);
+        if let Outcome::Up { mysql: Some(s), .. } = &mut behind {
+            s.replica.as_mut().unwrap().received = "0-1-12".into();
+        }
+        let e = r.feed(420, DB2, behind);
+        assert!(e.verdicts["write"].hold_writes);
+        assert!(
+            e.reports[0]
+                .waiting
+                .as_deref()
+                .unwrap()
+                .contains("received"),
+            "{:?}",
+            e.reports[0].waiting
+        );
+        let e = r.feed(450, DB2, mysql("0-2-10", false, true));
         assert!(e.verdicts["write"].hold_sorry);
+        assert!(!e.verdicts["write"].hold_writes);
         assert_eq!(e.reports[0].mode, ServiceMode::Sorry);
+        // Replication was asynchronous (the test's servers read no semi-sync): reported.
+        assert_eq!(e.risks.len(), 1, "{:?}", e.risks);
+        assert!(e.risks[0].1.contains("asynchronous"), "{:?}", e.risks);
         assert_eq!(
             e.reports[0].reals[0].reason.as_deref(),
             Some("connection refused")
@@ -491,11 +581,7 @@ address = "10.0.0.2"
         r.gates
             .get_mut("write")
             .unwrap()
-            .request_failback(crate::balancer::failback::Health {
-                usable: 1,
-                quorum: 1,
-                caught_up: true,
-            })
+            .request_failback(crate::balancer::failback::Health::new(1, 1, true))
             .unwrap();
         let e = r.feed(600, DB1, mysql("0-1-1", false, false));
         assert!(!e.verdicts["write"].hold_sorry);

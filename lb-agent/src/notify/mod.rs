@@ -129,15 +129,48 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// A writer change that may have lost transactions (see `health::risk`): a warning in
+    /// the log, the service's `notify_writer_risk` (with `LB_SERVICE`, `LB_REASON`), and an
+    /// e-mail with `smtp_alert`.
+    pub fn writer_risk(&self, vs: &Service, why: &str) {
+        tracing::error!(service = %vs.name, "TRANSACTIONS MAY BE LOST: {why}");
+        if let Some(command) = &vs.notify_writer_risk {
+            spawn_script_with(
+                "notify_writer_risk",
+                command.clone(),
+                vec![
+                    ("LB_SERVICE".into(), vs.name.clone()),
+                    ("LB_REASON".into(), why.to_string()),
+                ],
+            );
+        }
+        if vs.smtp_alert
+            && let Some(m) = &self.mailer
+        {
+            m.send(
+                format!("=> {} WRITER CHANGE: TRANSACTIONS MAY BE LOST <=", vs.name),
+                why.to_string(),
+            );
+        }
+    }
+}
+
 /// How long a notify script may run before it is killed.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `command` in the background (on the current tokio runtime).
 pub fn spawn_script(what: &'static str, command: String) {
+    spawn_script_with(what, command, vec![]);
+}
+
+/// `spawn_script` with variables added to its environment.
+pub fn spawn_script_with(what: &'static str, command: String, env: Vec<(String, String)>) {
     tokio::spawn(async move {
         let child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(&command)
+            .envs(env)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn();

@@ -1,7 +1,7 @@
 //! Real MariaDB servers in a lab's namespaces (DESIGN.md §5): a data directory installed once
 //! per lab and copied per server, `mariadbd` started by the lab (so killed by PID when it
 //! drops), users for replication, the health check and the application, and master-master
-//! GTID replication with one domain per server.
+//! GTID replication with one domain per server, semi-synchronous (`AFTER_SYNC`).
 
 use std::{
     path::{Path, PathBuf},
@@ -146,6 +146,15 @@ impl Lab {
             "--skip-name-resolve".into(),
             "--innodb-buffer-pool-size=8M".into(),
             "--slave-net-timeout=5".into(),
+            // Semi-synchronous both ways, lossless wait point (configs/db1.toml's recipe): a
+            // commit is acknowledged only once the other server has it in its relay log. The
+            // timeout bounds the stall when the other server is gone (then asynchronous until
+            // it is back); as a replica at start-up, a crashed former writer truncates what
+            // it wrote to its binlog but nobody acknowledged.
+            "--rpl-semi-sync-master-enabled=ON".into(),
+            "--rpl-semi-sync-slave-enabled=ON".into(),
+            "--rpl-semi-sync-master-wait-point=AFTER_SYNC".into(),
+            "--rpl-semi-sync-master-timeout=1000".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -59,6 +59,7 @@ pub(super) fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServ
         sorry_server: None,
         quorum_up: None,
         quorum_down: None,
+        notify_writer_risk: None,
         smtp_alert: false,
     };
     for c in n.children() {
