@@ -1,14 +1,16 @@
 //! The lab: the reference recipe end to end, in network namespaces, with real MariaDB.
 //!
-//! Two hosts, db1 (10.1.1.113) and db2 (10.1.1.75), each running MariaDB (master-master,
-//! GTID) and lb-agent with `configs/db1.toml` / `configs/db2.toml` (adapted only in what is
-//! host-specific here: pin directory, control socket, password file, skb XDP mode), set up as
-//! DR real servers by `lb-agent realserver up`; a client (10.1.1.10); a bridge. The client
-//! writes through the write VIP (10.1.1.176) and reads through the read VIP (10.1.1.177) all
-//! along, while the recipe's test plan runs: stop MySQL on the master, stop lb-agent on the
-//! master, start MySQL again, start lb-agent again, reboot the master. It prints a table —
-//! step, what should happen, what happened, how long it took — that ends with the count of
-//! acknowledged writes and how many are on both servers, and asserts every row.
+//! The recipe's two hosts (`common::pair`: db1 10.1.1.113 and db2 10.1.1.75, MariaDB
+//! master-master with GTID and semi-sync, lb-agent with `configs/db1.toml` /
+//! `configs/db2.toml`) and two clients. Both clients write through the write VIP
+//! (10.1.1.176), a row and a counter increment per transaction, and one reads through the
+//! read VIP (10.1.1.177) all along, while the recipe's test plan runs — stop MySQL on the
+//! master, stop lb-agent on the master, start MySQL again, start lb-agent again, reboot the
+//! master — followed by the faults nobody scripted: the master host's link down 5 s, VRRP
+//! adverts lost 10 s, the master's agent stalled 6 s. It prints a table — step, what should
+//! happen, what happened, how long it took — that ends with the count of acknowledged writes,
+//! how many are on both servers, the counter against the rows and the moments in which two
+//! servers took writes, and asserts every row.
 //!
 //! `cargo xtask lab` runs it with its output; `cargo xtask lab --keep` leaves it running
 //! (`LB_LAB_KEEP=1`) and `cargo xtask lab down` removes it.
@@ -16,25 +18,20 @@
 mod common;
 
 use std::{
-    path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use common::{
-    Lab,
-    mariadb::{self, CHECK_USER, Db},
+    Lab, mariadb,
+    pair::{
+        DB1, READ_VIP, WRITE_VIP, adverts_lost_for, agent, agent_in, agent_stopped_for, counted,
+        decision, dir, link_down_for, readers_since, real_state, replicating,
+        second_writer_moments, set_up, start_agent, until, vip_on,
+    },
     sqlclient::{self, Log, missing_on},
 };
-use lb_agent::config::{
-    File, XdpModeSetting,
-    schema::{Check, CheckRef},
-};
 
-const DB1: &str = "10.1.1.113";
-const DB2: &str = "10.1.1.75";
-const WRITE_VIP: &str = "10.1.1.176";
-const READ_VIP: &str = "10.1.1.177";
 /// The prefix of a kept lab (`cargo xtask lab down` removes it).
 const KEPT_PREFIX: &str = "lblab";
 
@@ -46,208 +43,33 @@ struct Row {
     ok: bool,
 }
 
-/// One LB + MariaDB host.
-struct Host {
-    name: &'static str,
-    db: Db,
-    config: PathBuf,
-    agent: Option<u32>,
-}
-
-impl Host {
-    fn socket(&self, lab: &Lab) -> String {
-        dir(lab)
-            .join(format!("{}.sock", self.name))
-            .to_string_lossy()
-            .into_owned()
+/// After a fault undone at (about) now and injected at `t`: VIPs and writes back on db1,
+/// and no moment since `t` in which both servers took writes.
+fn back_on_db1(
+    lab: &Lab,
+    log: &Log,
+    t: Instant,
+    step: &'static str,
+    expected: &'static str,
+) -> Row {
+    let undone = Instant::now();
+    let back = until(Duration::from_secs(20), || {
+        vip_on(lab, "db1", WRITE_VIP) && !vip_on(lab, "db2", WRITE_VIP)
+    })
+    .and_then(|_| log.wait_for(1, undone, Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_secs(2));
+    let twice = second_writer_moments(log, t);
+    Row {
+        step,
+        expected,
+        happened: format!(
+            "VIPs and writes back on db1: {}; second-writer moments: {}",
+            back.is_some(),
+            twice.len()
+        ),
+        took: back.map(|_| t.elapsed()),
+        ok: back.is_some() && twice.is_empty(),
     }
-    fn log(&self, lab: &Lab) -> String {
-        dir(lab)
-            .join(format!("{}-agent.log", self.name))
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
-fn dir(lab: &Lab) -> PathBuf {
-    std::env::temp_dir().join(&lab.prefix)
-}
-
-/// `configs/<name>.toml`, adapted to the lab's host-specific paths.
-fn lab_config(lab: &Lab, name: &str) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../configs")
-        .join(format!("{name}.toml"));
-    let (mut cfg, _) = File::load(&src).unwrap();
-    cfg.dataplane.pin_dir = lab.pin_dir(name).into();
-    cfg.dataplane.xdp_mode = XdpModeSetting::Skb;
-    cfg.global.control_socket = Some(dir(lab).join(format!("{name}.sock")));
-    let pw = mariadb::check_password_file(lab);
-    // Named checks, and any written inline.
-    let mut checks: Vec<&mut Check> = cfg.checks.values_mut().collect();
-    for vs in &mut cfg.virtual_servers {
-        let vs = vs.get_mut();
-        let inline = vs
-            .real_servers
-            .iter_mut()
-            .chain(vs.sorry_server.iter_mut())
-            .map(|r| &mut r.get_mut().check)
-            .chain(std::iter::once(&mut vs.default_check));
-        for c in inline {
-            if let Some(CheckRef::Inline(c)) = c {
-                checks.push(c);
-            }
-        }
-    }
-    for c in checks {
-        if let Check::Mysql {
-            password_file,
-            user,
-            ..
-        } = c
-        {
-            *password_file = pw.clone();
-            assert_eq!(user, CHECK_USER);
-        }
-    }
-    if let Some(pair) = &mut cfg.pair {
-        pair.key_file = pair_key(lab);
-    }
-    let path = dir(lab).join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    path
-}
-
-/// The pair's shared key (0600), one for both hosts.
-fn pair_key(lab: &Lab) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir(lab).join("pair.key");
-    if !path.exists() {
-        std::fs::write(&path, format!("lab-pair-key-{}\n", lab.prefix)).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    path
-}
-
-fn agent() -> &'static str {
-    env!("CARGO_BIN_EXE_lb-agent")
-}
-
-/// Runs `lb-agent ARGS` inside `host`'s network namespace and returns its output.
-fn agent_in(lab: &Lab, host: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.ns(host)))
-        .arg("--")
-        .arg(agent())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lb-agent {args:?} in {host}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn start_agent(lab: &mut Lab, h: &mut Host) {
-    let log = h.log(lab);
-    h.agent = Some(lab.start_agent(h.name, &h.config.clone(), &log));
-}
-
-/// The VIP is on `host`'s eth0 (VRRP master there), not only on its lo.
-fn vip_on(lab: &Lab, host: &str, vip: &str) -> bool {
-    lab.ip(host, &["-o", "addr", "show", "dev", "eth0"])
-        .contains(&format!("inet {vip}/"))
-}
-
-fn status(lab: &Lab, h: &Host) -> serde_json::Value {
-    lb_agent::control::ask(
-        std::path::Path::new(&h.socket(lab)),
-        &lb_agent::control::Request::Status,
-    )
-    .unwrap_or_default()
-}
-
-/// The state `status` gives real server `addr` in service `service` of host `h`.
-fn real_state(lab: &Lab, h: &Host, service: &str, addr: &str) -> String {
-    let s = status(lab, h);
-    s["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|svc| svc["name"] == service)
-        .flat_map(|svc| svc["real_servers"].as_array().cloned().unwrap_or_default())
-        .find(|r| r["address"] == addr)
-        .map(|r| r["state"].as_str().unwrap_or("").to_string())
-        .unwrap_or_default()
-}
-
-/// What `status` of host `h` says of the write service's shared writer decision.
-fn decision(lab: &Lab, h: &Host) -> String {
-    let s = status(lab, h);
-    s["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|svc| svc["name"] == "mysql-write")
-        .and_then(|svc| svc["decision"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// Two servers acknowledging writes at once: in the acknowledgements ordered by time, a run
-/// of fewer than 5 from one server between two runs of the other (with two clients writing
-/// every 10 ms that is a few milliseconds of traffic: both servers taking writes in the same
-/// moment). A failover and its failback are runs of hundreds.
-fn second_writer_moments(log: &Log) -> Vec<String> {
-    let mut acked = log.acked.lock().unwrap().clone();
-    acked.sort_by_key(|a| a.at);
-    let mut runs: Vec<(u32, usize, Instant)> = Vec::new();
-    for a in &acked {
-        match runs.last_mut() {
-            Some((server, n, _)) if *server == a.server => *n += 1,
-            _ => runs.push((a.server, 1, a.at)),
-        }
-    }
-    runs.windows(3)
-        .filter(|w| w[0].0 == w[2].0 && w[1].1 < 5)
-        .map(|w| {
-            format!(
-                "{} ack(s) by db{} amid db{}'s at +{:.2} s",
-                w[1].1,
-                w[1].0,
-                w[0].0,
-                w[1].2.duration_since(acked[0].at).as_secs_f64()
-            )
-        })
-        .collect()
-}
-
-/// Polls `cond` (bounded); how long until it held.
-fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-/// Servers that answered reads since `since`.
-fn readers_since(log: &Log, since: Instant) -> Vec<u32> {
-    let mut s: Vec<u32> = log
-        .reads
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(at, _)| *at > since)
-        .map(|(_, s)| *s)
-        .collect();
-    s.sort_unstable();
-    s.dedup();
-    s
 }
 
 fn print_table(rows: &[Row]) {
@@ -279,39 +101,7 @@ fn the_recipe_test_plan() {
     } else {
         Lab::new("lab")
     };
-    std::fs::create_dir_all(dir(&lab)).unwrap();
-    lab.bridge();
-    lab.host("cl", "10.1.1.10/24");
-    lab.host("cl2", "10.1.1.20/24");
-    lab.host("db1", &format!("{DB1}/24"));
-    lab.host("db2", &format!("{DB2}/24"));
-    let mut hosts = Vec::new();
-    for (name, addr, id) in [("db1", DB1, 1), ("db2", DB2, 2)] {
-        let config = lab_config(&lab, name);
-        // The real-server side, as the lb-agent-realserver unit does at boot.
-        agent_in(
-            &lab,
-            name,
-            &["realserver", "up", "--config", config.to_str().unwrap()],
-        );
-        let db = lab.mariadb(name, addr, id);
-        hosts.push(Host {
-            name,
-            db,
-            config,
-            agent: None,
-        });
-    }
-    mariadb::replicate_both_ways(&hosts[0].db, &hosts[1].db);
-    sqlclient::create_schema(&hosts[0].db);
-    assert!(mariadb::wait_converged(
-        &hosts[0].db,
-        &hosts[1].db,
-        Duration::from_secs(10)
-    ));
-    let [mut db1, mut db2]: [Host; 2] = hosts.try_into().ok().unwrap();
-    start_agent(&mut lab, &mut db1);
-    start_agent(&mut lab, &mut db2);
+    let (mut db1, db2) = set_up(&mut lab);
     let mut rows = Vec::new();
 
     // 0. Up: db1 is master, the client's writes land on db1 and reads on both.
@@ -485,25 +275,48 @@ fn the_recipe_test_plan() {
     // db1, back, follows db2's decision (and its gate) before it decides again.
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
-    lab.ip("db1", &["link", "set", "eth0", "down"]);
-    std::thread::sleep(Duration::from_secs(5));
-    lab.ip("db1", &["link", "set", "eth0", "up"]);
-    let t_up = Instant::now();
-    let back = until(Duration::from_secs(20), || vip_on(&lab, "db1", WRITE_VIP))
-        .and_then(|_| log.wait_for(1, t_up, Duration::from_secs(20)));
+    link_down_for(&lab, &db1, Duration::from_secs(5));
+    rows.push(back_on_db1(
+        &lab,
+        &log,
+        t,
+        "master host's link down 5 s",
+        "one writer at a time; writes back on db1 after the link returns",
+    ));
+
+    // VRRP adverts lost between the hosts for 10 s: both hosts are master and the clients'
+    // ARP entries move to db2; every LB forwards by the same decision, so db1 keeps the
+    // writes; when the adverts return db2 steps back and db1 announces itself again.
     std::thread::sleep(Duration::from_secs(2));
-    let twice = second_writer_moments(&log);
-    rows.push(Row {
-        step: "master host's link down 5 s",
-        expected: "one writer at a time; writes back on db1 after the link returns",
-        happened: format!(
-            "writes back on db1: {}; second-writer moments: {}",
-            back.is_some(),
-            twice.len()
-        ),
-        took: back.map(|_| t.elapsed()),
-        ok: back.is_some() && twice.is_empty(),
-    });
+    let t = Instant::now();
+    let both = adverts_lost_for(&lab, Duration::from_secs(10));
+    let mut row = back_on_db1(
+        &lab,
+        &log,
+        t,
+        "VRRP adverts lost 10 s",
+        "both hosts master meanwhile; one writer (db1) all along",
+    );
+    row.happened = format!("both master: {both}; {}", row.happened);
+    row.ok &= both;
+    rows.push(row);
+
+    // The master's agent stalled for 6 s (SIGSTOP), then continued: db2 becomes master;
+    // db1's data plane goes on forwarding by the last decision, and the continued agent
+    // takes its role back.
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let db2_master = agent_stopped_for(&lab, &db1, &db2, Duration::from_secs(6));
+    let mut row = back_on_db1(
+        &lab,
+        &log,
+        t,
+        "master's agent stopped 6 s",
+        "db2 master meanwhile; one writer (db1) all along",
+    );
+    row.happened = format!("db2 master: {db2_master}; {}", row.happened);
+    row.ok &= db2_master;
+    rows.push(row);
 
     // The end: stop the clients, let replication settle, count.
     std::thread::sleep(Duration::from_secs(1));
@@ -518,24 +331,20 @@ fn the_recipe_test_plan() {
         db1.db.sql("CHECKSUM TABLE app.w, app.c") == db2.db.sql("CHECKSUM TABLE app.w, app.c");
     // Every transaction inserted a row and incremented the counter: a lost update shows
     // here even when every row and both checksums agree.
-    let counted = |d: &Db| {
-        (
-            d.sql("SELECT n FROM app.c WHERE k = 1"),
-            d.sql("SELECT COUNT(*) FROM app.w"),
-        )
-    };
     let (c1, c2) = (counted(&db1.db), counted(&db2.db));
-    let twice = second_writer_moments(&log);
+    let replication = replicating(&db1.db) && replicating(&db2.db);
+    let twice = second_writer_moments(&log, started);
     rows.push(Row {
         step: "acknowledged writes",
-        expected: "all on both servers, identical tables, counter = rows, one writer at a time",
+        expected: "all on both servers, identical tables, counter = rows, one writer at a time, replication running",
         happened: format!(
-            "{} acknowledged, {on_both} on both servers, checksums {}, counter {} for {} rows, {} second-writer moment(s)",
+            "{} acknowledged, {on_both} on both servers, checksums {}, counter {} for {} rows, {} second-writer moment(s), replication {}",
             acked.len(),
             if same { "equal" } else { "DIFFER" },
             c1.0,
             c1.1,
-            twice.len()
+            twice.len(),
+            if replication { "running" } else { "STOPPED" }
         ),
         took: None,
         ok: converged
@@ -544,7 +353,8 @@ fn the_recipe_test_plan() {
             && acked.len() > 100
             && c1.0 == c1.1
             && c2.0 == c2.1
-            && twice.is_empty(),
+            && twice.is_empty()
+            && replication,
     });
     if !twice.is_empty() {
         println!("second-writer moments: {twice:#?}");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mariadb;
+pub mod pair;
 pub mod sqlclient;
 
 use std::{

@@ -52,6 +52,10 @@ pub struct Log {
     /// not (a read-only sorry server refuses, but was reached).
     pub reached: Mutex<Vec<(Instant, u32)>>,
     pub stop: AtomicBool,
+    /// Writers wait (no write in flight once `paused` is seen) until it is cleared.
+    pub pause: AtomicBool,
+    /// How many writers see `pause` now.
+    pub paused: std::sync::atomic::AtomicUsize,
 }
 
 impl Log {
@@ -132,7 +136,8 @@ async fn db2_rows_on_db1(db1: &str) -> Result<usize, String> {
 }
 
 /// The writer, in `host`: one write through `vip` every 10 ms until told to stop (bounded:
-/// 20,000 writes), with ids from `first_id` (writers in parallel take disjoint ranges).
+/// 100,000 writes and 30 minutes), with ids from `first_id` (writers in parallel take
+/// disjoint ranges); while `log.pause` is set it waits between writes.
 /// `db1`: server 1's own address, for the violation check.
 pub fn start_writer(
     lab: &Lab,
@@ -147,9 +152,20 @@ pub fn start_writer(
         super::enter(&ns);
         super::block_on(async {
             let mut last_server = 0;
-            for id in first_id..first_id + 20_000 {
-                if log.stop.load(Ordering::Relaxed) {
+            let deadline = Instant::now() + Duration::from_secs(30 * 60);
+            for id in first_id..first_id + 100_000 {
+                if log.stop.load(Ordering::Relaxed) || Instant::now() > deadline {
                     break;
+                }
+                if log.pause.load(Ordering::SeqCst) {
+                    log.paused.fetch_add(1, Ordering::SeqCst);
+                    while log.pause.load(Ordering::SeqCst)
+                        && !log.stop.load(Ordering::Relaxed)
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    log.paused.fetch_sub(1, Ordering::SeqCst);
                 }
                 if let Ok(server) = write(vip, id, &log).await {
                     let acked_on_db2 = {
@@ -212,6 +228,23 @@ pub fn start_reader(
             }
         });
     })
+}
+
+impl Log {
+    /// Pauses `writers` writers (bounded wait: 5 s) so that the servers can be compared with
+    /// no write in flight.
+    pub fn pause_writers(&self, writers: usize) -> bool {
+        self.pause.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.paused.load(Ordering::SeqCst) < writers && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.paused.load(Ordering::SeqCst) >= writers
+    }
+
+    pub fn resume_writers(&self) {
+        self.pause.store(false, Ordering::SeqCst);
+    }
 }
 
 /// How many of `acked` `db` does not hold.

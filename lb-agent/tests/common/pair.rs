@@ -1,0 +1,360 @@
+//! The recipe's two hosts in namespaces, as the lab and the one-writer scenarios run them:
+//! db1 (10.1.1.113) and db2 (10.1.1.75), each with MariaDB (master-master, GTID,
+//! semi-synchronous) and lb-agent running `configs/db1.toml` / `configs/db2.toml` (adapted
+//! only in what is host-specific here: pin directory, control socket, password and key
+//! files, skb XDP mode), set up as DR real servers by `lb-agent realserver up`; two clients
+//! (cl 10.1.1.10, cl2 10.1.1.20); a bridge. And what the tests ask of them: where the VIPs
+//! are, what `status` says, when two servers took writes at once.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use lb_agent::config::{
+    File, XdpModeSetting,
+    schema::{Check, CheckRef},
+};
+
+use super::{
+    Lab,
+    mariadb::{self, CHECK_USER, Db},
+    sqlclient::{self, Log},
+};
+
+pub const DB1: &str = "10.1.1.113";
+pub const DB2: &str = "10.1.1.75";
+pub const WRITE_VIP: &str = "10.1.1.176";
+pub const READ_VIP: &str = "10.1.1.177";
+
+/// One LB + MariaDB host.
+pub struct Host {
+    pub name: &'static str,
+    pub db: Db,
+    pub config: PathBuf,
+    pub agent: Option<u32>,
+}
+
+impl Host {
+    pub fn socket(&self, lab: &Lab) -> String {
+        dir(lab)
+            .join(format!("{}.sock", self.name))
+            .to_string_lossy()
+            .into_owned()
+    }
+    pub fn log(&self, lab: &Lab) -> String {
+        dir(lab)
+            .join(format!("{}-agent.log", self.name))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+pub fn dir(lab: &Lab) -> PathBuf {
+    std::env::temp_dir().join(&lab.prefix)
+}
+
+/// Builds the two hosts and both clients, starts MariaDB (replicating both ways, schema
+/// created, converged) and both agents.
+pub fn set_up(lab: &mut Lab) -> (Host, Host) {
+    std::fs::create_dir_all(dir(lab)).unwrap();
+    lab.bridge();
+    lab.host("cl", "10.1.1.10/24");
+    lab.host("cl2", "10.1.1.20/24");
+    lab.host("db1", &format!("{DB1}/24"));
+    lab.host("db2", &format!("{DB2}/24"));
+    let mut hosts = Vec::new();
+    for (name, addr, id) in [("db1", DB1, 1), ("db2", DB2, 2)] {
+        let config = lab_config(lab, name);
+        // The real-server side, as the lb-agent-realserver unit does at boot.
+        agent_in(
+            lab,
+            name,
+            &["realserver", "up", "--config", config.to_str().unwrap()],
+        );
+        let db = lab.mariadb(name, addr, id);
+        hosts.push(Host {
+            name,
+            db,
+            config,
+            agent: None,
+        });
+    }
+    mariadb::replicate_both_ways(&hosts[0].db, &hosts[1].db);
+    sqlclient::create_schema(&hosts[0].db);
+    assert!(mariadb::wait_converged(
+        &hosts[0].db,
+        &hosts[1].db,
+        Duration::from_secs(10)
+    ));
+    let mut db2 = hosts.pop().unwrap();
+    let mut db1 = hosts.pop().unwrap();
+    start_agent(lab, &mut db1);
+    start_agent(lab, &mut db2);
+    (db1, db2)
+}
+
+/// `configs/<name>.toml`, adapted to the lab's host-specific paths.
+fn lab_config(lab: &Lab, name: &str) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(format!("{name}.toml"));
+    let (mut cfg, _) = File::load(&src).unwrap();
+    cfg.dataplane.pin_dir = lab.pin_dir(name).into();
+    cfg.dataplane.xdp_mode = XdpModeSetting::Skb;
+    cfg.global.control_socket = Some(dir(lab).join(format!("{name}.sock")));
+    let pw = mariadb::check_password_file(lab);
+    // Named checks, and any written inline.
+    let mut checks: Vec<&mut Check> = cfg.checks.values_mut().collect();
+    for vs in &mut cfg.virtual_servers {
+        let vs = vs.get_mut();
+        let inline = vs
+            .real_servers
+            .iter_mut()
+            .chain(vs.sorry_server.iter_mut())
+            .map(|r| &mut r.get_mut().check)
+            .chain(std::iter::once(&mut vs.default_check));
+        for c in inline {
+            if let Some(CheckRef::Inline(c)) = c {
+                checks.push(c);
+            }
+        }
+    }
+    for c in checks {
+        if let Check::Mysql {
+            password_file,
+            user,
+            ..
+        } = c
+        {
+            *password_file = pw.clone();
+            assert_eq!(user, CHECK_USER);
+        }
+    }
+    if let Some(pair) = &mut cfg.pair {
+        pair.key_file = pair_key(lab);
+    }
+    let path = dir(lab).join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+/// The pair's shared key (0600), one for both hosts.
+fn pair_key(lab: &Lab) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir(lab).join("pair.key");
+    if !path.exists() {
+        std::fs::write(&path, format!("lab-pair-key-{}\n", lab.prefix)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    path
+}
+
+pub fn agent() -> &'static str {
+    env!("CARGO_BIN_EXE_lb-agent")
+}
+
+/// Runs `lb-agent ARGS` inside `host`'s network namespace and returns its output.
+pub fn agent_in(lab: &Lab, host: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.ns(host)))
+        .arg("--")
+        .arg(agent())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lb-agent {args:?} in {host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn start_agent(lab: &mut Lab, h: &mut Host) {
+    let log = h.log(lab);
+    h.agent = Some(lab.start_agent(h.name, &h.config.clone(), &log));
+}
+
+/// The VIP is on `host`'s eth0 (VRRP master there), not only on its lo.
+pub fn vip_on(lab: &Lab, host: &str, vip: &str) -> bool {
+    lab.ip(host, &["-o", "addr", "show", "dev", "eth0"])
+        .contains(&format!("inet {vip}/"))
+}
+
+pub fn status(lab: &Lab, h: &Host) -> serde_json::Value {
+    lb_agent::control::ask(
+        std::path::Path::new(&h.socket(lab)),
+        &lb_agent::control::Request::Status,
+    )
+    .unwrap_or_default()
+}
+
+/// The state `status` gives real server `addr` in service `service` of host `h`.
+pub fn real_state(lab: &Lab, h: &Host, service: &str, addr: &str) -> String {
+    let s = status(lab, h);
+    s["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|svc| svc["name"] == service)
+        .flat_map(|svc| svc["real_servers"].as_array().cloned().unwrap_or_default())
+        .find(|r| r["address"] == addr)
+        .map(|r| r["state"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// What `status` of host `h` says of the write service: field `field` (`decision`,
+/// `writer_risks`, ...).
+pub fn write_service(lab: &Lab, h: &Host, field: &str) -> serde_json::Value {
+    let s = status(lab, h);
+    s["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|svc| svc["name"] == "mysql-write")
+        .map(|svc| svc[field].clone())
+        .unwrap_or_default()
+}
+
+/// What `status` of host `h` says of the write service's shared writer decision.
+pub fn decision(lab: &Lab, h: &Host) -> String {
+    write_service(lab, h, "decision")
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Two servers acknowledging writes at once: in the acknowledgements since `since` ordered
+/// by time, a run of fewer than 5 from one server between two runs of the other (with two
+/// clients writing every 10 ms that is a few milliseconds of traffic: both servers taking
+/// writes in the same moment). A failover and its failback are runs of hundreds.
+pub fn second_writer_moments(log: &Log, since: Instant) -> Vec<String> {
+    let mut acked: Vec<_> = log
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.at >= since)
+        .copied()
+        .collect();
+    acked.sort_by_key(|a| a.at);
+    let mut runs: Vec<(u32, usize, Instant)> = Vec::new();
+    for a in &acked {
+        match runs.last_mut() {
+            Some((server, n, _)) if *server == a.server => *n += 1,
+            _ => runs.push((a.server, 1, a.at)),
+        }
+    }
+    runs.windows(3)
+        .filter(|w| w[0].0 == w[2].0 && w[1].1 < 5)
+        .map(|w| {
+            format!(
+                "{} ack(s) by db{} amid db{}'s at +{:.2} s",
+                w[1].1,
+                w[1].0,
+                w[0].0,
+                w[1].2.duration_since(since).as_secs_f64()
+            )
+        })
+        .collect()
+}
+
+/// Polls `cond` (bounded); how long until it held.
+pub fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Servers that answered reads since `since`.
+pub fn readers_since(log: &Log, since: Instant) -> Vec<u32> {
+    let mut s: Vec<u32> = log
+        .reads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, _)| *at > since)
+        .map(|(_, s)| *s)
+        .collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// Both replication threads of `db` run (MariaDB's `Slave_running` is ON only then).
+pub fn replicating(db: &Db) -> bool {
+    db.try_sql("SHOW GLOBAL STATUS LIKE 'Slave_running'")
+        .is_ok_and(|s| s.ends_with("ON"))
+}
+
+/// (counter, rows) on `db`: every transaction inserts a row and increments the counter, so a
+/// lost update shows here even when every row and both checksums agree.
+pub fn counted(db: &Db) -> (String, String) {
+    (
+        db.sql("SELECT n FROM app.c WHERE k = 1"),
+        db.sql("SELECT COUNT(*) FROM app.w"),
+    )
+}
+
+/// VRRP adverts between the hosts lost (`lose`) or delivered again: the bridge stops
+/// flooding multicast to both hosts' ports. Adverts go to 224.0.0.18; everything else
+/// between the hosts (ARP broadcasts, the pair's unicast datagrams, replication, DR frames)
+/// passes.
+pub fn lose_adverts(lab: &Lab, lose: bool) {
+    for port in ["p-db1", "p-db2"] {
+        lab.exec(
+            "br",
+            &[
+                "bridge",
+                "link",
+                "set",
+                "dev",
+                port,
+                "mcast_flood",
+                if lose { "off" } else { "on" },
+            ],
+        );
+    }
+}
+
+/// Sends `sig` to a process the test started.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: a process this test started, by PID.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// The faults both the lab and the one-writer scenarios inject, each for `held`, then
+/// undone. Adverts lost: returns whether both hosts were master meanwhile.
+pub fn adverts_lost_for(lab: &Lab, held: Duration) -> bool {
+    let t = Instant::now();
+    lose_adverts(lab, true);
+    let both =
+        until(held, || vip_on(lab, "db2", WRITE_VIP)).is_some() && vip_on(lab, "db1", WRITE_VIP);
+    std::thread::sleep(held.saturating_sub(t.elapsed()));
+    lose_adverts(lab, false);
+    both
+}
+
+/// `h`'s agent stopped (SIGSTOP) for `held`, then continued: returns whether `other` took
+/// the write VIP meanwhile.
+pub fn agent_stopped_for(lab: &Lab, h: &Host, other: &Host, held: Duration) -> bool {
+    let t = Instant::now();
+    let pid = h.agent.expect("the agent runs");
+    signal(pid, libc::SIGSTOP);
+    let took = until(held, || vip_on(lab, other.name, WRITE_VIP)).is_some();
+    std::thread::sleep(held.saturating_sub(t.elapsed()));
+    signal(pid, libc::SIGCONT);
+    took
+}
+
+pub fn link_down_for(lab: &Lab, h: &Host, held: Duration) {
+    lab.ip(h.name, &["link", "set", "eth0", "down"]);
+    std::thread::sleep(held);
+    lab.ip(h.name, &["link", "set", "eth0", "up"]);
+}
