@@ -31,6 +31,9 @@ pub struct PairLink {
     reader: tokio::task::JoinHandle<()>,
     /// Dropped datagrams, by reason.
     pub discards: BTreeMap<&'static str, u64>,
+    /// Whether the decisions were current at the last look (`Shared::current`), to log
+    /// the changes.
+    pub was_current: bool,
 }
 
 impl Drop for PairLink {
@@ -79,6 +82,7 @@ impl PairLink {
             peers: cfg.peers.clone(),
             reader,
             discards: BTreeMap::new(),
+            was_current: false,
         })
     }
 

@@ -11,6 +11,7 @@ use lb_agent::{
     balancer::desired::Verdicts,
     config::{Config, Service},
     decision::shared::Effect,
+    health::risk,
 };
 
 use super::{core::Daemon, pair::Datagram};
@@ -70,7 +71,9 @@ impl Daemon {
         true
     }
 
-    /// The leader turns its checks' verdicts into decisions (a new epoch when one changes).
+    /// The leader turns its checks' verdicts into decisions (a new epoch when one changes),
+    /// reporting a change that may lose transactions; every agent logs when its decisions
+    /// stop or start being current (rule 5 of `decision::shared`).
     pub(super) fn decide(&mut self, now: Instant) {
         let proposals: Vec<(String, bool)> = self
             .shared_services()
@@ -83,6 +86,19 @@ impl Daemon {
         let Some(pair) = &mut self.pair else {
             return;
         };
+        let current = pair.shared.current(now);
+        if current != pair.was_current {
+            pair.was_current = current;
+            if current {
+                tracing::info!("writer decisions current again: the data plane follows them");
+            } else {
+                tracing::warn!(
+                    "writer decisions not current (the peer unheard for {:?}): the writes of the shared services wait",
+                    lb_agent::decision::shared::SILENCE
+                );
+            }
+        }
+        let mut moved = Vec::new();
         for (service, sorry) in proposals {
             if let Some(Effect::Follow { decision, .. }) = pair.shared.propose(now, &service, sorry)
             {
@@ -97,6 +113,21 @@ impl Daemon {
                         "the real servers take the writes"
                     }
                 );
+                moved.push((service, decision.sorry));
+            }
+        }
+        // What this agent decided is its to report (see `health::risk`).
+        for (service, sorry) in moved {
+            let Some(vs) = self.cfg.service(&service) else {
+                continue;
+            };
+            let why = if sorry {
+                risk::failover(&self.health.monitor, vs)
+            } else {
+                risk::failback(vs)
+            };
+            if let Some(why) = why {
+                self.health.note_risk(&service, why);
             }
         }
     }
@@ -114,13 +145,17 @@ impl Daemon {
         let Some(pair) = &self.pair else {
             return v;
         };
-        let settled = pair.shared.settled(Instant::now());
+        let now = Instant::now();
+        let settled = pair.shared.settled(now);
+        let current = pair.shared.current(now);
         for vs in shared_services(cfg) {
             let e = v.entry(vs.name.clone()).or_default();
             match pair.shared.decision(&vs.name).filter(|d| d.epoch > 0) {
                 Some(d) => {
                     e.hold_sorry = d.sorry;
                     e.force_primary = !d.sorry;
+                    // Not known to be current (cut off from the peer): the writes wait.
+                    e.hold_writes |= !current;
                 }
                 // Not yet known where the writes are: they wait.
                 None if !settled => e.hold_writes = true,
@@ -139,6 +174,13 @@ impl Daemon {
             .pair
             .as_ref()
             .is_some_and(|p| p.shared.is_leader() && p.shared.synced(now));
+        // The pair's decision changes are reported in `decide`, not the gates'.
+        self.health.set_shared(
+            self.shared_services()
+                .iter()
+                .map(|vs| vs.name.clone())
+                .collect(),
+        );
         let paused = if deciding {
             Default::default()
         } else {

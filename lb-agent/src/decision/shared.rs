@@ -18,6 +18,13 @@
 //! 3. A leader decides only when *synced*: it has heard a peer since it became leader, or no
 //!    peer for `SILENCE` (the peer is gone). Until then it keeps what it has.
 //! 4. A follower follows the leader's messages only (an agent that claims to lead).
+//! 5. The data plane follows the decisions only while they are *current*: a peer was heard
+//!    within `SILENCE` (for a leader: before it started leading, until it is synced), or
+//!    this agent leads synced. Otherwise the writes wait: an agent cut off for longer (a
+//!    link down, a pair channel that fails, a restart) cannot know whether the peer moved
+//!    the writes meanwhile, and frames it forwarded by its old decision would make a second
+//!    writer — the returning agent of the link flap would send writes to a server that has
+//!    not yet got the sorry server's.
 //!
 //! Every agent sends its view every `PERIOD`, and at once when it changes, becomes leader,
 //! or hears a peer that is behind.
@@ -110,6 +117,18 @@ impl Shared {
             return false;
         };
         self.peer_heard.is_some_and(|h| h >= since) || now.duration_since(since) >= SILENCE
+    }
+
+    /// Rule 5: the data plane may follow the decisions this agent holds.
+    pub fn current(&self, now: Instant) -> bool {
+        let heard_within = |t: Instant| {
+            self.peer_heard
+                .is_some_and(|h| t.saturating_duration_since(h) < SILENCE)
+        };
+        match self.leading_since {
+            Some(since) if self.leader => self.synced(now) || heard_within(since),
+            _ => heard_within(now),
+        }
     }
 
     /// VRRP made this agent leader, or took it away. A new leader keeps the decisions it
@@ -325,12 +344,20 @@ mod tests {
         assert_eq!(p.b.decision(W), Some(sorry(2, true)));
         // db1 never saw its writer fail; meanwhile it still holds epoch 1.
         assert_eq!(p.a.decision(W), Some(sorry(1, false)));
+        // Cut off for longer than SILENCE, db1 cannot know that: its data plane must not
+        // follow epoch 1 any more (rule 5); db2, leading synced, may.
+        assert!(!p.a.current(p.now));
+        assert!(p.b.current(p.now));
         // The link returns; db1 preempts (VRRP) — it may be leader before or after the
         // first exchange: both orders end on db2's decision.
         p.at(6_000);
         p.cut = false;
         p.a.set_leader(p.now, true);
         p.b.set_leader(p.now, false);
+        assert!(
+            !p.a.current(p.now),
+            "a leader cut off before it led: not current"
+        );
         assert_eq!(
             p.a.propose(p.now, W, false),
             None,
@@ -345,6 +372,7 @@ mod tests {
             }]
         );
         // Only now may db1 decide, and moving the writes back is a new epoch.
+        assert!(p.a.current(p.now), "db1 heard db2 since leading");
         assert_eq!(
             p.a.propose(p.now, W, false),
             Some(Effect::Follow {
@@ -448,5 +476,36 @@ mod tests {
         assert!(s.poll_send(t + PERIOD).is_some());
         s.set_leader(t + PERIOD, true);
         assert!(s.poll_send(t + PERIOD).is_some(), "on becoming leader");
+    }
+
+    /// Rule 5 in a clean handover: the new leader heard the old one just before it took
+    /// over, so its decisions stay current until it is synced — no moment of held writes.
+    #[test]
+    fn a_clean_handover_keeps_the_decisions_current() {
+        let mut p = Pair::new();
+        p.a.set_leader(p.now, true);
+        p.exchange();
+        p.a.propose(p.now, W, false);
+        p.exchange();
+        assert!(p.a.current(p.now) && p.b.current(p.now));
+        // db1 resigns and goes quiet; db2 leads 300 ms after it last heard db1.
+        p.a.set_leader(p.now, false);
+        p.exchange();
+        p.cut = true;
+        p.at(300);
+        p.b.set_leader(p.now, true);
+        for ms in [300, 2_000, 3_100, 3_400, 10_000] {
+            p.at(ms);
+            assert!(p.b.current(p.now), "at {ms} ms");
+        }
+        // A follower that stops hearing its leader: current for SILENCE, then not.
+        let mut q = Pair::new();
+        q.a.set_leader(q.now, true);
+        q.exchange();
+        q.cut = true;
+        q.at(2_900);
+        assert!(q.b.current(q.now));
+        q.at(3_000);
+        assert!(!q.b.current(q.now));
     }
 }

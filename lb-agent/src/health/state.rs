@@ -82,6 +82,9 @@ pub struct HealthState {
     risks: HashMap<String, (String, u64)>,
     /// Writer changes at risk not yet taken by the daemon (to notify).
     new_risks: Vec<(String, String)>,
+    /// Services whose writer the pair decides: their changes at risk are the decision's
+    /// (`note_risk`), not their gates'.
+    shared: HashSet<String>,
 }
 
 /// A real server whose check flipped: for notify_up / notify_down.
@@ -124,6 +127,7 @@ impl HealthState {
             paused: HashSet::new(),
             risks: HashMap::new(),
             new_risks: Vec::new(),
+            shared: HashSet::new(),
         })
     }
 
@@ -284,17 +288,33 @@ impl HealthState {
         actions
     }
 
-    /// Keeps the writer changes at risk of the services this agent decides (the others'
-    /// are the deciding agent's to report), and shows the last one of each in its report.
+    /// The services whose writer the pair decides (see `shared`).
+    pub fn set_shared(&mut self, services: HashSet<String>) {
+        self.shared = services;
+    }
+
+    /// A writer change that may lose transactions, decided outside the gates (the pair's
+    /// leader moved `service`'s writes).
+    pub fn note_risk(&mut self, service: &str, why: String) {
+        let when = utc(std::time::SystemTime::now());
+        let r = self.risks.entry(service.to_string()).or_default();
+        *r = (format!("{when}: {why}"), r.1 + 1);
+        self.new_risks.push((service.to_string(), why));
+        if let Some(report) = self.eval.report_mut(service) {
+            report.writer_risk = Some(r.0.clone());
+            report.writer_risks = r.1;
+        }
+    }
+
+    /// Keeps the writer changes at risk of the services this agent decides alone (the
+    /// pair's are reported with its decisions), and shows the last one of each in its
+    /// report.
     fn record_risks(&mut self, next: &mut Evaluation) {
         for (service, why) in std::mem::take(&mut next.risks) {
-            if self.paused.contains(&service) {
+            if self.paused.contains(&service) || self.shared.contains(&service) {
                 continue;
             }
-            let when = utc(std::time::SystemTime::now());
-            let r = self.risks.entry(service.clone()).or_default();
-            *r = (format!("{when}: {why}"), r.1 + 1);
-            self.new_risks.push((service, why));
+            self.note_risk(&service, why);
         }
         for report in &mut next.reports {
             if let Some((why, n)) = self.risks.get(&report.name) {
