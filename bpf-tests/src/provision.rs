@@ -351,6 +351,27 @@ impl Harness {
         self.dp.maps().set_clock(tick).expect("writing the clock");
     }
 
+    /// Sets the agent's lease on the shared writer decisions (`CLOCK_MONOTONIC` ns).
+    pub fn set_lease(&mut self, until_ns: u64) {
+        self.dp
+            .maps()
+            .set_lease(until_ns)
+            .expect("writing the lease");
+    }
+
+    /// Gives a service other flags (`SERVICE_*`), as the agent's reconciler writes them.
+    pub fn set_flags(&mut self, service: &str, flags: u32) {
+        let mut next = self.state.clone();
+        next.services
+            .iter_mut()
+            .find(|s| s.name == service)
+            .expect("a provisioned service")
+            .flags = flags;
+        let ops = reconcile::plan(Some(&self.state), &mut next);
+        self.dp.maps().execute(&ops).expect("writing the flags");
+        self.state = next;
+    }
+
     pub fn set_pool(
         &mut self,
         service: &str,

@@ -461,3 +461,48 @@ fn a_connection_of_an_older_generation_is_ignored() {
     let stats = c.services.iter().find(|(i, _)| *i == s.id).unwrap().1;
     assert_eq!(stats.new_flows, 2);
 }
+
+/// A service that follows the agents' shared writer decision forwards only while the agent's
+/// lease on the data plane holds (`SERVICE_LEASED`): a stalled agent cannot renew it, and
+/// once it has run out the service's frames — new connections and established ones — are
+/// dropped and counted as held, until the agent renews it. Time is the kernel's own clock,
+/// which goes on while the agent is stopped.
+#[test]
+fn a_leased_service_holds_its_writes_once_the_agent_lease_runs_out() {
+    use lb_agent::dataplane::monotonic_ns;
+    use xdp_ebpf::maps::{LEASE_NS, SERVICE_ACTIVE, SERVICE_LEASED};
+    let mut h = Harness::new();
+    h.set_pool("tcp", &[("10.0.1.1", 1)]);
+    h.set_flags("tcp", SERVICE_ACTIVE | SERVICE_LEASED);
+    let r1 = h.real_id("10.0.1.1");
+    let frame = |i: u32, flags: u8| {
+        let ip = bpf_tests::builder::V4::new(client(i), VIP_TCP, 6);
+        tcp4_with(ip, 10_000 + i as u16, 3306, flags).bytes()
+    };
+    h.set_lease(monotonic_ns() + LEASE_NS);
+    assert_eq!(send(&h, VIP_TCP, 1), r1, "within the lease: forwarded");
+    assert_eq!(ack(&h, VIP_TCP, 1), r1);
+    let held = |h: &mut Harness| {
+        let id = h.service("tcp").id;
+        h.counters()
+            .services
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map(|(_, c)| c.held)
+            .unwrap()
+    };
+    let before = held(&mut h);
+    // The lease ran out (the agent stopped renewing it a while ago).
+    h.set_lease(monotonic_ns().saturating_sub(1));
+    assert_eq!(h.run(&frame(1, TCP_ACK)).0, XDP_DROP, "an established flow");
+    assert_eq!(h.run(&frame(2, TCP_SYN)).0, XDP_DROP, "a new connection");
+    assert_eq!(held(&mut h), before + 2);
+    // A service that does not follow the shared decision is not affected.
+    h.set_flags("tcp", SERVICE_ACTIVE);
+    assert_eq!(ack(&h, VIP_TCP, 1), r1);
+    // Renewed: forwarded again, the established flow where it was.
+    h.set_flags("tcp", SERVICE_ACTIVE | SERVICE_LEASED);
+    h.set_lease(monotonic_ns() + LEASE_NS);
+    assert_eq!(ack(&h, VIP_TCP, 1), r1);
+    assert_eq!(send(&h, VIP_TCP, 2), r1);
+}

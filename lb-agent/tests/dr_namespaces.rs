@@ -1029,3 +1029,144 @@ fn a_reload_refused_at_any_stage_leaves_the_running_state_identical() {
     assert!(lab.stop(pid).unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Frames the pinned data plane in `pin_dir` held (dropped while writes wait), all services
+/// and CPUs: read with bpftool, since the agent may be stopped.
+fn held_via_bpftool(pin_dir: &str) -> u64 {
+    fn sum(v: &serde_json::Value) -> u64 {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| match (k.as_str(), v.as_u64()) {
+                    ("held", Some(n)) => n,
+                    _ => sum(v),
+                })
+                .sum(),
+            serde_json::Value::Array(a) => a.iter().map(sum).sum(),
+            _ => 0,
+        }
+    }
+    let out = common::sh(&[
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "pinned",
+        &format!("{pin_dir}/LB_SVC_STATS"),
+    ]);
+    sum(&serde_json::from_str(&out).expect("bpftool's JSON"))
+}
+
+/// A stalled agent (SIGSTOP) cannot renew its lease on the data plane: a service that follows
+/// the shared writer decision stops forwarding once the lease (3 s) has run out — before a
+/// peer could take the master role and decide (its master-down interval and 3 s of silence)
+/// — and forwards again once the agent continues. (Without the lease the kernel would go on
+/// forwarding by the stalled agent's last decision, which its peer may have moved.) The agent
+/// is alone here: its `[pair]` peer never answers, so it leads and decides after waiting it
+/// out.
+#[test]
+fn a_stalled_agent_stops_forwarding_the_writes_within_its_lease() {
+    use std::sync::{Arc, Mutex};
+    let mut lab = Lab::new("lease");
+    dr_topology(&mut lab);
+    // VRRP owns the VIP here.
+    lab.ip("lb", &["addr", "del", &format!("{VIP}/32"), "dev", "eth0"]);
+    lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
+    lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("pair.key");
+    std::fs::write(&key, "lease-test-key-of-enough-bytes\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pin_dir = lab.pin_dir("lb");
+    let config = format!(
+        "[global]\ncontrol_socket = \"{}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"driver\"\npin_dir = \"{pin_dir}\"\n\n[pair]\npeers = [\"10.99.0.2\"]\nkey_file = \"{}\"\n\n[[vrrp_instance]]\nname = \"vi\"\nstate = \"master\"\ninterface = \"eth0\"\nvirtual_router_id = 61\npriority = 150\nadvert_interval = \"1s\"\n\n[[vrrp_instance.virtual_address]]\naddress = \"{VIP}\"\ndevice = \"eth0\"\n\n[[virtual_server]]\nname = \"mysql-write\"\naddress = \"{VIP}\"\nport = 3306\n\n[[virtual_server.real_server]]\naddress = \"10.99.0.11\"\n\n[virtual_server.sorry_server]\naddress = \"10.99.0.12\"\n",
+        control_socket(&lab),
+        key.display()
+    );
+    let (pid, _, log) = start_agent(&mut lab, &config);
+    let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
+    let client = lab.ns("cl");
+    // (when it started, answered) for every attempt, 100 ms apart, short timeouts.
+    let attempts: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looper = {
+        let (attempts, stop) = (attempts.clone(), stop.clone());
+        std::thread::spawn(move || {
+            common::enter(&client);
+            for i in 0..600 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let at = Instant::now();
+                let ok = std::net::TcpStream::connect_timeout(&vip, Duration::from_millis(300))
+                    .and_then(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+                        common::round_trip(&mut s, &format!("w{i}"))
+                    })
+                    .is_ok_and(|r| r.ends_with(&format!(":w{i}")));
+                attempts.lock().unwrap().push((at, ok));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let answered_since = |t: Instant| {
+        attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(at, ok)| *at >= t && *ok)
+    };
+    // Alone, the agent leads and decides after 3 s of silence from its peer.
+    let t = Instant::now();
+    let mut served = false;
+    while t.elapsed() < Duration::from_secs(20) && !served {
+        std::thread::sleep(Duration::from_millis(100));
+        served = answered_since(t);
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(served, "the write VIP never answered:\n{text}");
+    std::thread::sleep(Duration::from_secs(1));
+    let held_before = held_via_bpftool(&pin_dir);
+
+    // Stalled for 6 s.
+    let stopped = Instant::now();
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(6));
+    let held_stalled = held_via_bpftool(&pin_dir);
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    let continued = Instant::now();
+    let mut back = None;
+    while continued.elapsed() < Duration::from_secs(5) && back.is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+        back = answered_since(continued).then(|| continued.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    looper.join().unwrap();
+    let attempts = attempts.lock().unwrap().clone();
+    let during: Vec<(f64, bool)> = attempts
+        .iter()
+        .filter(|(at, _)| *at >= stopped && *at < continued)
+        .map(|(at, ok)| (at.duration_since(stopped).as_secs_f64(), *ok))
+        .collect();
+    let last_ok = during
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(t, _)| *t)
+        .fold(0.0, f64::max);
+    println!(
+        "stalled: last answer {last_ok:.2} s after SIGSTOP; held {} frames meanwhile; back {back:?} after SIGCONT",
+        held_stalled - held_before
+    );
+    assert!(
+        last_ok < 3.2,
+        "the stalled agent's data plane forwarded {last_ok:.2} s after SIGSTOP (lease 3 s): {during:?}"
+    );
+    assert!(
+        during.iter().any(|(_, ok)| *ok),
+        "it forwarded within the lease"
+    );
+    assert!(held_stalled > held_before, "frames held while stalled");
+    assert!(back.is_some(), "forwarding again after SIGCONT");
+}

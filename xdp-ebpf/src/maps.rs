@@ -2,7 +2,7 @@
 //!
 //! Who writes what:
 //! - `lb-agent` writes `LB_CONFIG`, `LB_SERVICES`, `LB_SVC_INFO`, `LB_VIP_FILTER`, `LB_MAGLEV`,
-//!   `LB_TARGETS`, `LB_REALS`, `LB_CLOCK`;
+//!   `LB_TARGETS`, `LB_REALS`, `LB_CLOCK`, `LB_LEASE`;
 //! - the XDP program writes `LB_CONNS4`, `LB_CONNS6`, `LB_PERSIST`, `LB_FRAGS`, `LB_PEERS` and all the
 //!   counters (`LB_SVC_STATS`, `LB_REAL_STATS`, `LB_PASS_STATS`); userspace only reads them
 //!   (and may clear connection entries).
@@ -19,6 +19,7 @@ pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_MAGLEV: &str = "LB_MAGLEV";
 pub const MAP_TARGETS: &str = "LB_TARGETS";
 pub const MAP_CLOCK: &str = "LB_CLOCK";
+pub const MAP_LEASE: &str = "LB_LEASE";
 pub const MAP_REALS: &str = "LB_REALS";
 pub const MAP_CONNS4: &str = "LB_CONNS4";
 pub const MAP_CONNS6: &str = "LB_CONNS6";
@@ -33,7 +34,7 @@ pub const MAP_PASS_STATS: &str = "LB_PASS_STATS";
 pub const BENCH_NEXT_FLOW: &str = "LB_BENCH_NEXT_FLOW";
 
 /// Every map, for pinning and inspection.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_CONFIG,
     MAP_SERVICES,
     MAP_SVC_INFO,
@@ -50,6 +51,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_REAL_STATS,
     MAP_PASS_STATS,
     MAP_CLOCK,
+    MAP_LEASE,
 ];
 
 /// Services (VIP, port, protocol) the data plane knows; also the bound of service ids.
@@ -282,6 +284,21 @@ pub const SERVICE_ACTIVE: u32 = 1;
 /// agents have not agreed on the writer yet (an agent that starts, or returns, before it has
 /// heard its peer's decision), so that no frame reaches a server the decision may not name.
 pub const SERVICE_HOLD: u32 = 2;
+
+/// The service's writes follow the agents' shared writer decision only while the agent's
+/// lease holds: `CLOCK_MONOTONIC` before `LB_LEASE[0]` (nanoseconds), which the agent renews
+/// every second while its decisions are current. A stalled agent stops renewing, and once
+/// the lease runs out its data plane holds the writes (as `SERVICE_HOLD`) instead of
+/// forwarding them by a decision its peer may since have moved: the lease is shorter than
+/// the time the peer needs to take over and decide, so the stalled side stops before the
+/// other side acts. The data plane's own clock (the helper), not the agent's tick, which
+/// stops with the agent.
+pub const SERVICE_LEASED: u32 = 4;
+
+/// How long the agent's lease on its data plane lasts (see `SERVICE_LEASED`): three renewals
+/// may be missed (a busy machine) before it runs out, and it runs out well before the peer
+/// can take the master role (about 3 advert intervals) and decide (3 s more).
+pub const LEASE_NS: u64 = 3_000_000_000;
 
 /// `LB_SVC_INFO[id]` (`LB_SERVICES` maps a `ServiceKey` to the id). An array, so that an
 /// established flow, which finds its service id in the connection table, reads its service

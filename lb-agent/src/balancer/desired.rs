@@ -10,7 +10,7 @@ use std::{
 use xdp_ebpf::maps::{
     CONN_STATES, CONN_TCP_FIN, CONN_TCP_OPEN, CONN_TCP_RST, CONN_UDP, Config as XdpConfig,
     FAMILY_V4, FAMILY_V6, MAX_MACS, MacAddr, MaglevTable, REAL_LOCAL, REAL_VALID, Real,
-    SERVICE_ACTIVE, SERVICE_HOLD, ServiceKey, Targets, ticks_of_secs,
+    SERVICE_ACTIVE, SERVICE_HOLD, SERVICE_LEASED, ServiceKey, Targets, ticks_of_secs,
 };
 
 use super::{
@@ -53,6 +53,9 @@ pub struct ServiceVerdict {
     pub force_primary: bool,
     /// No writer is decided yet: the service's frames are dropped (`SERVICE_HOLD`).
     pub hold_writes: bool,
+    /// The service follows the shared writer decision: its frames are forwarded only while
+    /// the agent's lease on the data plane holds (`SERVICE_LEASED`).
+    pub leased: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -370,7 +373,8 @@ fn service_state(
         id,
         generation,
         flags: if vs.active { SERVICE_ACTIVE } else { 0 }
-            | if verdict.hold_writes { SERVICE_HOLD } else { 0 },
+            | if verdict.hold_writes { SERVICE_HOLD } else { 0 }
+            | if verdict.leased { SERVICE_LEASED } else { 0 },
         persistence_timeout_s: vs.persistence_timeout.as_secs() as u32,
         members: pool.iter().filter(|b| b.weight > 0).map(|b| b.id).collect(),
         targets: Arc::new(targets_of(&pool)),

@@ -86,6 +86,7 @@ impl Daemon {
         self.dp
             .maps()
             .set_clock(lb_agent::dataplane::clock_tick())?;
+        self.renew_lease()?;
         self.look_again(Resolve::Probe).await
     }
 
@@ -158,6 +159,7 @@ impl Daemon {
         self.pause_side_effects(decided);
         let actions = self.health.evaluate(&self.cfg, decided);
         self.decide(decided);
+        self.renew_lease()?;
         let verdicts = self.effective_verdicts();
         if verdicts != self.verdicts {
             let mut next = self.state.clone();

@@ -31,7 +31,9 @@ pub fn shared_services(cfg: &Config) -> Vec<&Service> {
 pub fn starting_verdicts(cfg: &Config, health: &Verdicts) -> Verdicts {
     let mut v = health.clone();
     for vs in shared_services(cfg) {
-        v.entry(vs.name.clone()).or_default().hold_writes = true;
+        let e = v.entry(vs.name.clone()).or_default();
+        e.hold_writes = true;
+        e.leased = true;
     }
     v
 }
@@ -150,6 +152,7 @@ impl Daemon {
         let current = pair.shared.current(now);
         for vs in shared_services(cfg) {
             let e = v.entry(vs.name.clone()).or_default();
+            e.leased = true;
             match pair.shared.decision(&vs.name).filter(|d| d.epoch > 0) {
                 Some(d) => {
                     e.hold_sorry = d.sorry;
@@ -215,6 +218,21 @@ impl Daemon {
     /// The pair's period: decide (a leader may just have become synced), send.
     pub async fn on_pair_timer(&mut self) -> Result<()> {
         self.health_step().await
+    }
+
+    /// Renews this agent's lease on its data plane while its decisions are current (see
+    /// `xdp_ebpf::maps::SERVICE_LEASED`): every tick and every health step. A decision that
+    /// is not current holds the writes by itself; the lease is for the agent that cannot
+    /// say so any more (stalled).
+    pub(super) fn renew_lease(&mut self) -> Result<()> {
+        let Some(pair) = &self.pair else {
+            return Ok(());
+        };
+        if !pair.shared.current(Instant::now()) {
+            return Ok(());
+        }
+        let until = lb_agent::dataplane::monotonic_ns() + xdp_ebpf::maps::LEASE_NS;
+        self.dp.maps().set_lease(until)
     }
 
     /// When the pair's next send is due, if there is a pair.

@@ -25,16 +25,21 @@ use xdp_ebpf::maps::{ALL_MAPS, BENCH_NEXT_FLOW, PROGRAM_NAME};
 
 pub use writer::{Adopted, Counters, MapWriter};
 
-/// The connection table's clock now: `CLOCK_MONOTONIC` in ticks (`xdp_ebpf::maps::TICK_SHIFT`),
-/// the clock a restarted agent continues.
-pub fn clock_tick() -> u32 {
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the data plane's clock (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    xdp_ebpf::maps::tick_of_ns(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The connection table's clock now: `CLOCK_MONOTONIC` in ticks (`xdp_ebpf::maps::TICK_SHIFT`),
+/// the clock a restarted agent continues.
+pub fn clock_tick() -> u32 {
+    xdp_ebpf::maps::tick_of_ns(monotonic_ns())
 }
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.

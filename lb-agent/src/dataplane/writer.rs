@@ -231,6 +231,14 @@ impl<'a> MapWriter<'a> {
             .context("writing LB_CLOCK")
     }
 
+    /// Renews the agent's lease on the shared writer decisions until `until_ns`
+    /// (`CLOCK_MONOTONIC`; see `xdp_ebpf::maps::SERVICE_LEASED`).
+    pub fn set_lease(&mut self, until_ns: u64) -> Result<()> {
+        self.array::<u64>(MAP_LEASE)?
+            .set(0, until_ns, 0)
+            .context("writing LB_LEASE")
+    }
+
     /// The IPv4 connection table as it is now (for tests and inspection; a million entries
     /// take a while).
     pub fn conns4(&mut self) -> Result<Vec<(FlowKey4, Conn)>> {

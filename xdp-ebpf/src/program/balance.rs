@@ -4,7 +4,7 @@ use aya_ebpf::programs::XdpContext;
 use xdp_ebpf::maps::{Config, FlowKey, Frag, FragKey, MAX_MACS, PassReason, REAL_LOCAL, Service};
 
 use crate::{
-    maps::{LB_CONFIG, LB_FRAGS, LB_PEERS},
+    maps::{LB_CONFIG, LB_FRAGS, LB_LEASE, LB_PEERS},
     parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_VRRP, Ip},
     rewrite,
     select::{self, Choice},
@@ -149,7 +149,9 @@ fn forward(
     choice: Choice,
     bytes: u64,
 ) -> Result<Verdict, PassReason> {
-    if svc.flags & xdp_ebpf::maps::SERVICE_HOLD != 0 {
+    if svc.flags & xdp_ebpf::maps::SERVICE_HOLD != 0
+        || (svc.flags & xdp_ebpf::maps::SERVICE_LEASED != 0 && lease_expired())
+    {
         stats::service(svc.id, |s| s.held += 1);
         return Ok(Verdict::Drop);
     }
@@ -167,6 +169,16 @@ fn forward(
         return Err(PassReason::Malformed);
     }
     Ok(Verdict::Tx)
+}
+
+/// The agent has not renewed its lease in time (see `SERVICE_LEASED`): one clock helper call,
+/// only for the services that follow the shared writer decision.
+#[inline(always)]
+fn lease_expired() -> bool {
+    let until = LB_LEASE.get(0).copied().unwrap_or(0);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    now >= until
 }
 
 #[inline(always)]

@@ -40,6 +40,11 @@ pub static LB_TARGETS: Array<Targets, { MAGLEV_TABLES as usize }> = Array::new()
 #[btf_map]
 pub static LB_CLOCK: Array<u32, 1> = Array::new();
 
+/// The agent's lease on the shared writer decisions: `CLOCK_MONOTONIC` ns (index 0; see
+/// `SERVICE_LEASED`).
+#[btf_map]
+pub static LB_LEASE: Array<u64, 1> = Array::new();
+
 /// Real servers by id: MAC and flags.
 #[btf_map]
 pub static LB_REALS: Array<Real, { MAX_REALS as usize }> = Array::new();
