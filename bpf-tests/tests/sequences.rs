@@ -492,8 +492,8 @@ fn a_leased_service_holds_its_writes_once_the_agent_lease_runs_out() {
             .unwrap()
     };
     let before = held(&mut h);
-    // The lease ran out (the agent stopped renewing it a while ago).
-    h.set_lease(monotonic_ns().saturating_sub(1));
+    // The lease ran out a second ago (the data plane's coarse clock lags by a tick at most).
+    h.set_lease(monotonic_ns().saturating_sub(1_000_000_000));
     assert_eq!(h.run(&frame(1, TCP_ACK)).0, XDP_DROP, "an established flow");
     assert_eq!(h.run(&frame(2, TCP_SYN)).0, XDP_DROP, "a new connection");
     assert_eq!(held(&mut h), before + 2);

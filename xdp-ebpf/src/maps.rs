@@ -291,8 +291,8 @@ pub const SERVICE_HOLD: u32 = 2;
 /// the lease runs out its data plane holds the writes (as `SERVICE_HOLD`) instead of
 /// forwarding them by a decision its peer may since have moved: the lease is shorter than
 /// the time the peer needs to take over and decide, so the stalled side stops before the
-/// other side acts. The data plane's own clock (the helper), not the agent's tick, which
-/// stops with the agent.
+/// other side acts. The data plane's own clock (`bpf_ktime_get_coarse_ns`), not the agent's
+/// tick, which stops with the agent.
 pub const SERVICE_LEASED: u32 = 4;
 
 /// How long the agent's lease on its data plane lasts (see `SERVICE_LEASED`): three renewals

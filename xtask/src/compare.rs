@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use crate::{build_ebpf, cargo, run};
 
 /// Rounds of each binary (each round is itself the median of xdp-bench's own rounds).
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// A change beyond this is flagged.
 const TOLERANCE: f64 = 0.10;
 

@@ -311,5 +311,7 @@ fn bench(root: &Path) -> Result<()> {
         "lb-agent",
         "mysql_failback",
         &["--ignored", "--nocapture", "detection_and_switch_times"],
-    ))
+    ))?;
+    // The outage of every one-writer fault (DESIGN §7), two clients, real MariaDB.
+    run(&mut test_file("lb-agent", "one_writer", &["--nocapture"]))
 }

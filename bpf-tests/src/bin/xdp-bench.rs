@@ -100,6 +100,17 @@ fn main() -> anyhow::Result<()> {
     })?;
     small.maps().apply(&mut state)?;
     let sprog = small.program();
+    // Every service leased (see `SERVICE_LEASED`), the lease an hour away.
+    let mut leased_dp = Dataplane::load(&LoadOptions::default())?;
+    let mut leased = state.clone();
+    for s in &mut leased.services {
+        s.flags |= xdp_ebpf::maps::SERVICE_LEASED;
+    }
+    leased_dp.maps().apply(&mut leased)?;
+    leased_dp
+        .maps()
+        .set_lease(lb_agent::dataplane::monotonic_ns() + 3_600_000_000_000)?;
+    let lprog = leased_dp.program();
 
     let syn = tcp4(CLIENT4, VIP_TCP, 40000, 3306).bytes();
     // An established connection's frames are ACKs (a SYN always takes a new decision).
@@ -130,6 +141,15 @@ fn main() -> anyhow::Result<()> {
     let miss_ns = median(|| run_ns(prog, &miss, REPEAT).1);
     let other_ns = median(|| run_ns(prog, &other_mac, REPEAT).1);
     let est_ns = median(|| run_ns(prog, &est, REPEAT).1);
+    // The same established flow on a service that follows a pair's shared writer decision:
+    // the agent's lease is checked with one clock helper call per frame.
+    assert_eq!(
+        run_ns(lprog, &syn, 1).0,
+        XDP_TX,
+        "a leased connection opens"
+    );
+    assert_eq!(run_ns(lprog, &est, 1).0, XDP_TX, "a leased flow forwards");
+    let leased_ns = median(|| run_ns(lprog, &est, REPEAT).1);
 
     // New flows: one fresh 5-tuple per single run; then the same flows again, now
     // established (a conn-table hit on as many distinct entries, so with the same cold cache
@@ -237,6 +257,11 @@ fn main() -> anyhow::Result<()> {
         "established flow, conn-table hit (repeat)",
         est_ns,
         Some(70.0),
+    );
+    row(
+        "established flow, leased write service (repeat)",
+        leased_ns,
+        None,
     );
     row(
         "new flow (repeat, next 5-tuple every run)",
