@@ -1170,3 +1170,61 @@ fn a_stalled_agent_stops_forwarding_the_writes_within_its_lease() {
     assert!(held_stalled > held_before, "frames held while stalled");
     assert!(back.is_some(), "forwarding again after SIGCONT");
 }
+
+/// A second agent started with the same configuration (same `pin_dir`, same control
+/// socket) fails at once, naming the running agent's PID, and touches nothing of it: the
+/// first keeps forwarding, keeps its pins, its VIP and its control socket; `run --cleanup`
+/// refuses too while it runs.
+#[test]
+fn a_second_agent_on_the_same_data_plane_is_refused_and_touches_nothing() {
+    let (lab, pid, path, _log) = echo_lab("second");
+    let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
+    let client = lab.ns("cl");
+    let mut before = common::connect_from(&client, vip);
+    assert!(common::round_trip(&mut before, "x").is_ok());
+    let pins = |lab: &Lab| {
+        let mut v: Vec<String> = std::fs::read_dir(lab.pin_dir("lb"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let pinned = pins(&lab);
+    for args in [vec!["run"], vec!["run", "--cleanup"]] {
+        let t = Instant::now();
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("lb"),
+                env!("CARGO_BIN_EXE_lb-agent"),
+            ])
+            .args(&args)
+            .args(["--config", path.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} started beside a running agent"
+        );
+        assert!(
+            err.contains("another lb-agent") && err.contains(&format!("PID {pid}")),
+            "{args:?}: {err}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "refused at once");
+    }
+    // The first one is whole: pins, VIP, socket, forwarding (the open connection too).
+    assert_eq!(pins(&lab), pinned);
+    assert!(lab.has_address("lb", VIP));
+    assert!(
+        status(&lab, false).status.success(),
+        "its control socket answers"
+    );
+    assert!(common::round_trip(&mut before, "y").is_ok());
+    let mut after = common::connect_from(&client, vip);
+    assert!(common::round_trip(&mut after, "z").is_ok());
+}

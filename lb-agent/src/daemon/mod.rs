@@ -1,10 +1,11 @@
-//! The daemon, in start-up order: config, privileges, interface, logging, health checks, data
-//! plane, maps, control, VRRP, readiness; then a loop that waits for the next event and hands
+//! The daemon, in start-up order: config, privileges, one agent per data plane and socket,
+//! interface, logging, health checks, data plane, maps, control, VRRP, readiness; then a loop that waits for the next event and hands
 //! it to the one owner of the running state (`core::Daemon`) until SIGINT/SIGTERM; then a
 //! resignation and a clean detach.
 
 mod attach;
 mod core;
+mod lock;
 mod neighbours;
 mod pair;
 mod reload;
@@ -39,6 +40,11 @@ const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
 pub fn cleanup(config_path: &Path) -> Result<()> {
     let cfg = Config::load(config_path)?;
     let dir = &cfg.dataplane.pin_dir;
+    // Never under a running agent.
+    let _locks = lock::take(
+        dir,
+        &control::socket_path(cfg.global.control_socket.as_deref()),
+    )?;
     lb_agent::dataplane::remove_pinned(dir)?;
     println!("removed the pinned data plane under {}", dir.display());
     Ok(())
@@ -51,6 +57,11 @@ pub fn run(config_path: &Path) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("lb-agent run must be started as root (it loads XDP programs and maps)");
     }
+    // 2b. One agent per pinned data plane and per control socket, for its whole life.
+    let locks = lock::take(
+        &cfg.dataplane.pin_dir,
+        &control::socket_path(cfg.global.control_socket.as_deref()),
+    )?;
     // 3. The interface.
     netlink::if_index(&cfg.dataplane.interface)?;
     // 4. Logging: one line per event, no colours (journald).
@@ -68,7 +79,9 @@ pub fn run(config_path: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(config_path, cfg))
+    let served = rt.block_on(serve(config_path, cfg));
+    drop(locks);
+    served
 }
 
 async fn serve(config_path: &Path, cfg: Config) -> Result<()> {

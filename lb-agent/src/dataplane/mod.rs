@@ -23,6 +23,7 @@ use aya::{
 };
 use xdp_ebpf::maps::{ALL_MAPS, BENCH_NEXT_FLOW, PROGRAM_NAME};
 
+pub use pin::ensure_bpffs;
 pub use writer::{Adopted, Counters, MapWriter};
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the data plane's clock (`bpf_ktime_get_ns`).
