@@ -8,6 +8,7 @@
 //! - `control`: the control socket, `status`, and metrics;
 //! - `health`: check commands and rise/fall hysteresis;
 //! - `realserver`: a DR real server's VIPs on `lo` and ARP settings;
+//! - `secret`: files that hold secrets (owner and mode rules), and no echo of secret values;
 //! - `vrrp`: VRRP: packet codec, sans-IO state machine, socket and driver.
 
 pub mod balancer;
@@ -19,4 +20,5 @@ pub mod health;
 pub mod netlink;
 pub mod notify;
 pub mod realserver;
+pub mod secret;
 pub mod vrrp;

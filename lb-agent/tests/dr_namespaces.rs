@@ -1228,3 +1228,51 @@ fn a_second_agent_on_the_same_data_plane_is_refused_and_touches_nothing() {
     let mut after = common::connect_from(&client, vip);
     assert!(common::round_trip(&mut after, "z").is_ok());
 }
+
+/// The control socket: created 0600 (never chmod'ed after the bind), a request without an
+/// end is cut at 64 KiB and answered with an error, client input is quoted short in errors,
+/// and the agent answers `status` afterwards.
+#[test]
+fn the_control_socket_bounds_what_it_reads_and_echoes() {
+    use std::{
+        io::{Read, Write},
+        os::unix::{fs::PermissionsExt, net::UnixStream},
+    };
+    let (lab, _pid, _path, _log) = echo_lab("ctl");
+    let sock = control_socket(&lab);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    let ask_raw = |payload: Vec<u8>| -> String {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        // The agent stops reading early: the rest of the write may fail, on its own thread.
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(&payload);
+        });
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        drop(s);
+        let _ = writer.join();
+        reply
+    };
+    let t = Instant::now();
+    let endless = ask_raw(vec![b'x'; 10 << 20]);
+    assert!(endless.contains("longer than 65536 bytes"), "{endless}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let name = "n".repeat(60_000);
+    let failback =
+        ask_raw(format!("{{\"command\":\"failback\",\"service\":\"{name}\"}}\n").into_bytes());
+    assert!(failback.contains("no virtual server named"), "{failback}");
+    assert!(failback.len() < 300, "{} bytes echoed", failback.len());
+    let bad = ask_raw(format!("{{\"command\":\"{name}\"}}\n").into_bytes());
+    assert!(
+        bad.contains("bad request") && bad.len() < 300,
+        "{} bytes",
+        bad.len()
+    );
+    assert!(
+        status(&lab, false).status.success(),
+        "status after all that"
+    );
+}

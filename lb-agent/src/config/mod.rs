@@ -171,11 +171,21 @@ impl File {
     /// Parses `text`, naming `path` in errors.
     pub fn parse(path: &Path, text: &str) -> Result<File, ConfigErrors> {
         toml::from_str(text).map_err(|e| {
+            let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
+            let message = e.message().trim_end();
+            // A secret's value never appears in an error.
+            let secret = crate::secret::CONFIG_KEYS
+                .iter()
+                .any(|k| key.rsplit('.').next() == Some(k));
             ConfigErrors::one(ConfigError {
                 file: path.into(),
                 line: e.span().map(|s| line_of(text, s.start)),
-                key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
-                message: e.message().trim_end().to_string(),
+                key,
+                message: if secret {
+                    crate::secret::redact(message)
+                } else {
+                    message.to_string()
+                },
             })
         })
     }
@@ -258,6 +268,19 @@ address = "10.1.1.162"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("test.toml"), text).map_err(|mut e| e.0.remove(0))
+    }
+
+    #[test]
+    fn a_secrets_value_never_appears_in_an_error() {
+        let e = parse(
+            "[dataplane]\ninterface = \"eth0\"\n[[vrrp_instance]]\nname = \"v\"\ninterface = \"eth0\"\n\
+             virtual_router_id = 1\npriority = 100\nauth_pass = 31415926\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("auth_pass"), "{text}");
+        assert!(!text.contains("31415926"), "{text}");
+        assert!(text.contains("value not shown"), "{text}");
     }
 
     #[test]

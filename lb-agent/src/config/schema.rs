@@ -542,7 +542,7 @@ pub enum Check {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
         user: String,
-        /// A file holding the password; it must not be world-readable.
+        /// A file holding the password: owned by root (or the agent's user), mode 0600 or 0400.
         password_file: PathBuf,
         /// For the whole check (connect, log in, queries, quit); 1 s when omitted.
         #[serde(default, skip_serializing_if = "Option::is_none")]

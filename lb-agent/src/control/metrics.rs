@@ -217,13 +217,24 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding metrics_listen {addr}"))?;
+    let slots = super::limits::Slots::new();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed; pausing");
+                    tokio::time::sleep(super::limits::ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            // Too many at once: closed at once.
+            let Some(slot) = slots.take() else {
                 continue;
             };
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let mut buf = vec![0u8; 4096];
                 let mut n = 0;
                 // The request head, bounded in size and time.

@@ -2,12 +2,13 @@
 //! per connection; `lb-agent status` is its client. The agent's main loop answers, so every
 //! answer reflects one consistent state.
 
+pub mod limits;
 pub mod metrics;
 pub mod status;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -15,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     net::UnixListener,
     sync::{mpsc, oneshot},
 };
@@ -66,32 +67,64 @@ pub type Pending = (Request, oneshot::Sender<Reply>);
 /// Binds the socket (replacing a stale one), readable and writable by root only, and serves
 /// it: each request goes to `tx`, each answer back to its client.
 pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        // Root's alone (an existing directory is the operator's: left as it is).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing the stale {}", path.display())),
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // Created with its final mode (0600): never reachable by others, not even for the
+    // moment a chmod after the bind would leave. (Start-up runs on one thread: the process
+    // umask is ours for this moment.)
+    // SAFETY: umask has no failure mode.
+    let umask = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(umask) };
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
+    let slots = limits::Slots::new();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket: accept failed; pausing");
+                    tokio::time::sleep(limits::ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            // Too many at once: closed at once.
+            let Some(slot) = slots.take() else {
                 continue;
             };
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
                 let read = tokio::time::timeout(
                     Duration::from_secs(5),
-                    tokio::io::BufReader::new(r).read_line(&mut line),
+                    tokio::io::BufReader::new(r.take(limits::MAX_REQUEST)).read_line(&mut line),
                 )
                 .await;
                 let reply = match read {
+                    Ok(Ok(_))
+                        if !line.ends_with('\n') && line.len() as u64 >= limits::MAX_REQUEST =>
+                    {
+                        error_json(&format!(
+                            "request longer than {} bytes",
+                            limits::MAX_REQUEST
+                        ))
+                    }
                     Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
                         Ok(req) => {
                             let (otx, orx) = oneshot::channel();
@@ -102,7 +135,9 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<()> {
                                 .map(|r| r.to_json())
                                 .unwrap_or_else(|_| error_json("the agent is stopping"))
                         }
-                        Err(e) => error_json(&format!("bad request: {e}")),
+                        Err(e) => {
+                            error_json(&format!("bad request: {}", limits::short(&e.to_string())))
+                        }
                     },
                     _ => error_json("no request within 5 s"),
                 };

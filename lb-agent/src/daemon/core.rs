@@ -107,6 +107,11 @@ impl Daemon {
                 Err(e) => Reply::Error(format!("{e:#}")),
             },
             Request::Failback { service } => {
+                // The name is client input: quoted short, if at all.
+                let name = control::limits::short(&service);
+                if self.cfg.service(&service).is_none() {
+                    return Ok(Reply::Error(format!("no virtual server named {name:?}")));
+                }
                 match self.health.request_failback(&self.cfg, &service) {
                     Ok(()) => {
                         tracing::info!(service, "failback requested");

@@ -84,15 +84,7 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
 /// The pair's shared key from `path`: owner-only (neither group- nor world-readable), at
 /// least 16 bytes (trailing newlines are not part of it).
 pub fn read_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("key file {}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "key file {} is readable by others: chmod 0600 it",
-            path.display()
-        ));
-    }
-    let mut key = std::fs::read(path).map_err(|e| format!("key file {}: {e}", path.display()))?;
+    let mut key = crate::secret::read(path, "key file")?;
     while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         key.pop();
     }

@@ -147,7 +147,8 @@ pub struct Monitor {
 
 impl Monitor {
     /// Collects the distinct checks of `cfg`. Reads MySQL password files now: an unreadable
-    /// or world-readable one stops the start (or the reload) with the reason.
+    /// one, or one others may read (see `crate::secret`), stops the start (or the reload)
+    /// with the reason.
     pub fn new(cfg: &Config) -> Result<Monitor> {
         let mut m = Monitor::default();
         for vs in &cfg.services {

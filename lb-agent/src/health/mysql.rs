@@ -8,7 +8,7 @@
 //! threads, seconds behind the source, what the IO thread has received: MariaDB
 //! `Gtid_IO_Pos`, MySQL `Retrieved_Gtid_Set`).
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use mysql_async::{Conn, OptsBuilder, Row, prelude::Queryable};
 use serde::{Deserialize, Serialize};
@@ -186,18 +186,11 @@ fn yes_no(b: bool) -> &'static str {
     if b { "running" } else { "stopped" }
 }
 
-/// Reads a check password from `path`, refusing a file that others may read.
+/// Reads a check password from `path` (see `crate::secret` for the owner and mode rules).
 pub fn read_password(path: &Path) -> Result<String, String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("password file {}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o004 != 0 {
-        return Err(format!(
-            "password file {} is world-readable: chmod o-r it (the check refuses to start)",
-            path.display()
-        ));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("password file {}: {e}", path.display()))?;
+    let bytes = crate::secret::read(path, "password file")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("password file {}: not UTF-8", path.display()))?;
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
@@ -373,6 +366,8 @@ mod semisync_tests {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn state(io: bool, sql: bool, behind: Option<u64>, executed: &str) -> MysqlState {
@@ -463,7 +458,9 @@ mod tests {
         let p = dir.join("pw");
         std::fs::write(&p, "s3cret\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(read_password(&p).unwrap_err().contains("world-readable"));
+        assert!(read_password(&p).unwrap_err().contains("mode 0644"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_password(&p).unwrap_err().contains("group or others"));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_password(&p).unwrap(), "s3cret");
         assert!(read_password(&dir.join("missing")).is_err());
