@@ -271,6 +271,13 @@ address = "10.1.1.162"
     }
 
     #[test]
+    fn deeply_nested_values_are_an_error_not_a_stack_overflow() {
+        let deep = format!("x = {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse(&deep).unwrap_err().to_string();
+        assert!(e.contains("recursion limit"), "{e}");
+    }
+
+    #[test]
     fn a_secrets_value_never_appears_in_an_error() {
         let e = parse(
             "[dataplane]\ninterface = \"eth0\"\n[[vrrp_instance]]\nname = \"v\"\ninterface = \"eth0\"\n\

@@ -1,6 +1,12 @@
 //! keepalived.conf's grammar: statements of words on a line, optionally opening a `{ ... }`
 //! block; `#` and `!` comments; double-quoted strings; `include GLOB` (relative to the file
 //! that includes it). The result is a tree of statements, each with its file and line.
+//!
+//! What one import may read is bounded (`LIMITS`), each bound with an error naming the file
+//! and line where it was crossed: bytes and files read in all (an include tree of tiny files
+//! that include each other eight times over read 2.1 GB before), include depth, block depth
+//! (the recursion of `parse_block` — 50,000 nested blocks overflowed the stack) and
+//! statements. keepalived's own configurations are far inside them.
 
 use std::{
     fmt,
@@ -97,23 +103,93 @@ fn tokenize(line: &str) -> Result<Vec<Token>, String> {
     Ok(out)
 }
 
-/// Reads `path` and everything it includes. `depth` guards against include loops.
+/// The bounds of one import.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub bytes: u64,
+    pub files: usize,
+    pub include_depth: usize,
+    pub block_depth: usize,
+    pub statements: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    bytes: 16 << 20,
+    files: 1_000,
+    include_depth: 8,
+    block_depth: 32,
+    statements: 200_000,
+};
+
+/// Reads `path` and everything it includes, within `LIMITS`.
 pub fn parse_file(path: &Path) -> Result<Vec<Node>, SyntaxError> {
+    parse_file_within(path, LIMITS)
+}
+
+pub fn parse_file_within(path: &Path, limits: Limits) -> Result<Vec<Node>, SyntaxError> {
     let mut tokens = Vec::new();
-    read_tokens(path, &mut tokens, 0)?;
+    let mut read = Read {
+        limits,
+        bytes: 0,
+        files: 0,
+    };
+    read_tokens(path, &mut tokens, 0, &mut read, None)?;
     let mut pos = 0;
-    let nodes = parse_block(&tokens, &mut pos, None)?;
+    let mut count = Count {
+        limits,
+        statements: 0,
+    };
+    let nodes = parse_block(&tokens, &mut pos, None, 0, &mut count)?;
     Ok(nodes)
 }
 
-const MAX_INCLUDE_DEPTH: usize = 8;
+/// What has been read so far.
+struct Read {
+    limits: Limits,
+    bytes: u64,
+    files: usize,
+}
+
+/// What has been parsed so far.
+struct Count {
+    limits: Limits,
+    statements: usize,
+}
 
 fn read_tokens(
     path: &Path,
     out: &mut Vec<(Token, Place)>,
     depth: usize,
+    read: &mut Read,
+    from: Option<&Place>,
 ) -> Result<(), SyntaxError> {
     let file = Rc::new(path.to_path_buf());
+    let at = |message: String| SyntaxError {
+        place: from.cloned().unwrap_or(Place {
+            file: file.clone(),
+            line: 0,
+        }),
+        message,
+    };
+    read.files += 1;
+    if read.files > read.limits.files {
+        return Err(at(format!(
+            "more than {} files read (includes): refused",
+            read.limits.files
+        )));
+    }
+    // The size first: a huge file is refused before it is read.
+    let size = std::fs::metadata(path)
+        .map_err(|e| at(format!("cannot read {}: {e}", path.display())))?
+        .len();
+    read.bytes += size;
+    if read.bytes > read.limits.bytes {
+        return Err(at(format!(
+            "more than {} bytes read in all (with {}): refused",
+            read.limits.bytes,
+            path.display()
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| SyntaxError {
         place: Place {
             file: file.clone(),
@@ -133,7 +209,7 @@ fn read_tokens(
         if let Some(Token::Word(w)) = tokens.first()
             && w == "include"
         {
-            if depth >= MAX_INCLUDE_DEPTH {
+            if depth >= read.limits.include_depth {
                 return Err(SyntaxError {
                     place,
                     message: "includes nested too deep (a loop?)".into(),
@@ -164,7 +240,7 @@ fn read_tokens(
                 });
             }
             for p in matched {
-                read_tokens(&p, out, depth + 1)?;
+                read_tokens(&p, out, depth + 1, read, Some(&place))?;
             }
             continue;
         }
@@ -174,12 +250,26 @@ fn read_tokens(
 }
 
 /// Parses statements until the closing brace of `open` (or the end of input at top level).
-/// A statement ends at the end of its line, or with its block.
+/// A statement ends at the end of its line, or with its block. `depth`: blocks open around
+/// this one (bounded: the recursion is).
 fn parse_block(
     tokens: &[(Token, Place)],
     pos: &mut usize,
     open: Option<&Place>,
+    depth: usize,
+    count: &mut Count,
 ) -> Result<Vec<Node>, SyntaxError> {
+    if let Some(p) = open
+        && depth > count.limits.block_depth
+    {
+        return Err(SyntaxError {
+            place: p.clone(),
+            message: format!(
+                "blocks nested more than {} deep: refused",
+                count.limits.block_depth
+            ),
+        });
+    }
     let mut nodes = Vec::new();
     while *pos < tokens.len() {
         let (tok, place) = &tokens[*pos];
@@ -201,6 +291,16 @@ fn parse_block(
                 });
             }
             Token::Word(keyword) => {
+                count.statements += 1;
+                if count.statements > count.limits.statements {
+                    return Err(SyntaxError {
+                        place: place.clone(),
+                        message: format!(
+                            "more than {} statements: refused",
+                            count.limits.statements
+                        ),
+                    });
+                }
                 let mut node = Node {
                     keyword: keyword.clone(),
                     args: vec![],
@@ -213,7 +313,8 @@ fn parse_block(
                         // A block may open on the next line (`virtual_server ... \n {`).
                         if *t == Token::Open && node.children.is_none() && p.file == place.file {
                             *pos += 1;
-                            node.children = Some(parse_block(tokens, pos, Some(place))?);
+                            node.children =
+                                Some(parse_block(tokens, pos, Some(place), depth + 1, count)?);
                         }
                         break;
                     }
@@ -224,7 +325,8 @@ fn parse_block(
                         }
                         Token::Open => {
                             *pos += 1;
-                            node.children = Some(parse_block(tokens, pos, Some(place))?);
+                            node.children =
+                                Some(parse_block(tokens, pos, Some(place), depth + 1, count)?);
                             break;
                         }
                         Token::Close => break,
@@ -284,6 +386,51 @@ mod tests {
         );
         let e = parse_text("a\n}\n").unwrap_err();
         assert!(e.to_string().contains(":2: `}` without"), "{e}");
+    }
+
+    #[test]
+    fn deep_wide_and_big_inputs_stop_at_their_limits_with_the_place() {
+        // 50,000 nested blocks: an error at the block past the limit, no stack overflow.
+        let deep = "a {\n".repeat(50_000) + &"}\n".repeat(50_000);
+        let e = parse_text(&deep).unwrap_err().to_string();
+        assert!(e.contains(":33: blocks nested more than 32 deep"), "{e}");
+        // Includes that fan out: each file includes the next level 8 times.
+        let dir = std::env::temp_dir().join(format!("kafan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for level in 0..8 {
+            let body: String = (0..8)
+                .map(|_| format!("include l{}.conf\n", level + 1))
+                .collect();
+            std::fs::write(dir.join(format!("l{level}.conf")), body).unwrap();
+        }
+        std::fs::write(dir.join("l8.conf"), "global_defs {\n}\n").unwrap();
+        let t = std::time::Instant::now();
+        let e = parse_file(&dir.join("l0.conf")).unwrap_err().to_string();
+        assert!(e.contains("more than 1000 files read"), "{e}");
+        assert!(
+            e.contains("l7.conf:"),
+            "names the including file and line: {e}"
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // Bytes and statements, with small limits.
+        std::fs::write(dir.join("big.conf"), "x y z\n".repeat(1_000)).unwrap();
+        let small = Limits {
+            bytes: 1_000,
+            ..LIMITS
+        };
+        let e = parse_file_within(&dir.join("big.conf"), small)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 1000 bytes"), "{e}");
+        let few = Limits {
+            statements: 10,
+            ..LIMITS
+        };
+        let e = parse_file_within(&dir.join("big.conf"), few)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("big.conf:11: more than 10 statements"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
