@@ -12,11 +12,14 @@ pub enum Outcome {
     Weight(u32),
     /// Anything else, with why.
     Unhealthy(String),
+    /// The command could not be started for want of the agent's own resources (see
+    /// `failure`): no verdict.
+    Local(String),
 }
 
 impl Outcome {
     pub fn ok(&self) -> bool {
-        !matches!(self, Outcome::Unhealthy(_))
+        !matches!(self, Outcome::Unhealthy(_) | Outcome::Local(_))
     }
 }
 
@@ -32,6 +35,9 @@ pub async fn run(command: &str, timeout: Duration, dynamic: bool) -> Outcome {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
+        Err(e) if super::failure::is_local(&e) || e.raw_os_error() == Some(libc::EAGAIN) => {
+            return Outcome::Local(format!("could not start: {e}"));
+        }
         Err(e) => return Outcome::Unhealthy(format!("could not start: {e}")),
     };
     let pid = child.id();

@@ -1,7 +1,8 @@
 //! Health checking, shared by real-server checks and VRRP track scripts.
 //!
 //! - `tracker`: rise/fall hysteresis, without I/O;
-//! - `tcp`, `exec`, `mysql`: the kinds of check;
+//! - `tcp`, `exec`, `mysql`: the kinds of check; `failure`: the server's failure or the
+//!   agent's own;
 //! - `gtid`: MariaDB and MySQL GTID positions, for the `caught-up` failback;
 //! - `monitor`: the table of distinct checks, results through the trackers, without I/O;
 //! - `risk`: whether a writer change may lose transactions, without I/O;
@@ -11,6 +12,7 @@
 //! - `runner`: the tasks: checks, and the actions of `state`.
 
 pub mod exec;
+pub mod failure;
 pub mod gtid;
 pub mod monitor;
 pub mod mysql;

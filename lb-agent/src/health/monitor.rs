@@ -12,6 +12,7 @@ use anyhow::{Result, anyhow};
 
 use super::{
     exec,
+    failure::CheckError,
     mysql::{self, MysqlState},
     tcp,
     tracker::Tracker,
@@ -28,6 +29,8 @@ pub enum Outcome {
         weight: Option<u32>,
     },
     Down(String),
+    /// The agent could not run the check (its own resources, see `failure`): no verdict.
+    Local(String),
 }
 
 /// A check result, from a check task to the daemon's loop.
@@ -73,7 +76,8 @@ impl Probe {
                     mysql: None,
                     weight: None,
                 },
-                Err(e) => Outcome::Down(e),
+                Err(CheckError::Local(e)) => Outcome::Local(e),
+                Err(CheckError::Server(e)) => Outcome::Down(e),
             },
             Probe::Exec {
                 command,
@@ -89,13 +93,15 @@ impl Probe {
                     weight: Some(w),
                 },
                 exec::Outcome::Unhealthy(why) => Outcome::Down(format!("check command {why}")),
+                exec::Outcome::Local(why) => Outcome::Local(format!("check command {why}")),
             },
             Probe::Mysql(t) => match mysql::probe(t, true).await {
                 Ok(s) => Outcome::Up {
                     mysql: Some(s),
                     weight: None,
                 },
-                Err(e) => Outcome::Down(format!("mysql {}: {e}", t.addr)),
+                Err(CheckError::Local(e)) => Outcome::Local(format!("mysql {}: {e}", t.addr)),
+                Err(CheckError::Server(e)) => Outcome::Down(format!("mysql {}: {e}", t.addr)),
             },
         }
     }
@@ -119,6 +125,9 @@ pub struct Checked {
     pub up_at: Option<Instant>,
     /// When the last applied run started.
     last_started: Option<Instant>,
+    /// The agent could not run the last attempt (see `failure`), and why; cleared by the
+    /// next result.
+    pub local_error: Option<String>,
 }
 
 impl Checked {
@@ -171,6 +180,7 @@ impl Monitor {
                     mysql: None,
                     up_at: None,
                     last_started: None,
+                    local_error: None,
                 });
             }
         }
@@ -209,6 +219,12 @@ impl Monitor {
         if c.last_started.is_some_and(|t| r.started < t) {
             return None;
         }
+        // The agent's own failure: the verdict stands, nothing else changes.
+        if let Outcome::Local(why) = r.outcome {
+            c.local_error = Some(why);
+            return None;
+        }
+        c.local_error = None;
         c.last_started = Some(r.started);
         let first = !c.seen;
         c.seen = true;
@@ -234,6 +250,8 @@ impl Monitor {
                 changed |= c.reason.as_ref() != Some(&why) && !c.tracker.is_up();
                 c.reason = Some(why);
             }
+            // Returned above.
+            Outcome::Local(_) => {}
         }
         changed.then_some(Change {
             check: r.check,

@@ -13,7 +13,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use mysql_async::{Conn, OptsBuilder, Row, prelude::Queryable};
 use serde::{Deserialize, Serialize};
 
-use super::gtid::Gtids;
+use super::{failure::CheckError, gtid::Gtids};
 
 /// Where and as whom a check logs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,20 +213,26 @@ fn opts(t: &Target) -> OptsBuilder {
 pub const NO_ANSWER: &str = "no answer within";
 
 /// One check. `replication`: also read `SHOW SLAVE STATUS`.
-pub async fn probe(t: &Target, replication: bool) -> Result<MysqlState, String> {
+pub async fn probe(t: &Target, replication: bool) -> Result<MysqlState, CheckError> {
     match tokio::time::timeout(t.timeout, probe_untimed(t, replication)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("{NO_ANSWER} {:?}", t.timeout)),
+        Err(_) => Err(CheckError::Server(format!("{NO_ANSWER} {:?}", t.timeout))),
     }
 }
 
-async fn probe_untimed(t: &Target, replication: bool) -> Result<MysqlState, String> {
-    let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
+async fn probe_untimed(t: &Target, replication: bool) -> Result<MysqlState, CheckError> {
+    let mut conn = Conn::new(opts(t)).await.map_err(|e| match &e {
+        // No socket for us: nothing known about the server.
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => {
+            super::failure::classify(io, e.to_string())
+        }
+        _ => CheckError::Server(e.to_string()),
+    })?;
     let read = read_state(&mut conn, replication).await;
     // COM_QUIT whatever the queries said.
     let quit = conn.disconnect().await;
-    let state = read.map_err(|e| e.to_string())?;
-    quit.map_err(|e| format!("ending the session: {e}"))?;
+    let state = read.map_err(|e| CheckError::Server(e.to_string()))?;
+    quit.map_err(|e| CheckError::Server(format!("ending the session: {e}")))?;
     Ok(state)
 }
 

@@ -198,7 +198,7 @@ impl HealthState {
     /// changed that needs an evaluation.
     pub fn handle(&mut self, event: Event, now: Instant) -> (Option<Flip>, bool) {
         match event {
-            Event::Check(r) => match self.monitor.record(r) {
+            Event::Check(r) => match self.record(r) {
                 Some(Change { check, up }) => {
                     let c = &self.monitor.checks[check];
                     let flip = up.map(|up| Flip {
@@ -251,6 +251,30 @@ impl HealthState {
                 (None, true)
             }
         }
+    }
+
+    /// A check result through the monitor, logging (once, until a real result) a run the
+    /// agent could not make itself.
+    fn record(&mut self, r: Report) -> Option<Change> {
+        let check = r.check;
+        let had = self
+            .monitor
+            .checks
+            .get(check)
+            .is_some_and(|c| c.local_error.is_some());
+        let change = self.monitor.record(r);
+        if let Some(c) = self.monitor.checks.get(check) {
+            match (&c.local_error, had) {
+                (Some(why), false) => tracing::warn!(
+                    server = %c.addr,
+                    port = c.port,
+                    "check could not run (the agent's own resources; the server's verdict stands): {why}"
+                ),
+                (None, true) => tracing::info!(server = %c.addr, port = c.port, "check runs again"),
+                _ => {}
+            }
+        }
+        change
     }
 
     /// Evaluates again; returns the previous verdicts when they changed, and the side

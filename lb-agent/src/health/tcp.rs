@@ -3,12 +3,14 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use super::failure::{CheckError, is_local};
+
 pub async fn check(
     addr: SocketAddr,
     timeout: Duration,
     retry: u32,
     delay_before_retry: Duration,
-) -> Result<(), String> {
+) -> Result<(), CheckError> {
     let mut last = String::new();
     for attempt in 0..retry.max(1) {
         if attempt > 0 {
@@ -16,11 +18,15 @@ pub async fn check(
         }
         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(_)) => return Ok(()),
+            // No socket for us: nothing known about the server.
+            Ok(Err(e)) if is_local(&e) => {
+                return Err(CheckError::Local(format!("connect to {addr}: {e}")));
+            }
             Ok(Err(e)) => last = format!("connect to {addr}: {e}"),
             Err(_) => last = format!("no connection to {addr} within {timeout:?}"),
         }
     }
-    Err(last)
+    Err(CheckError::Server(last))
 }
 
 #[cfg(test)]
@@ -38,7 +44,7 @@ mod tests {
         let e = check(open, t, 3, Duration::from_millis(50))
             .await
             .unwrap_err();
-        assert!(e.contains("refused"), "{e}");
+        assert!(e.to_string().contains("refused"), "{e}");
         // Three attempts, two pauses.
         assert!(started.elapsed() >= Duration::from_millis(100));
     }

@@ -537,6 +537,30 @@ address = "10.0.0.2"
         assert_eq!(e.reports[0].mode, ServiceMode::Pool);
     }
 
+    /// "Too many open files" in the agent is not the server's failure: however often a check
+    /// cannot run, the verdict stands; the next real result counts as usual.
+    #[test]
+    fn a_check_the_agent_could_not_run_changes_no_verdict() {
+        let mut r = run("caught-up");
+        r.feed(0, DB2, mysql("0-2-10", false, true));
+        r.feed(10, DB1, mysql("0-1-10", false, true));
+        let local =
+            || Outcome::Local("mysql 10.0.0.1:3306: Too many open files (os error 24)".into());
+        for ms in [200, 400, 600, 800] {
+            let e = r.feed(ms, DB1, local());
+            assert!(!e.verdicts["write"].hold_sorry, "at {ms} ms");
+            assert!(e.reports[0].reals[0].usable);
+            assert_eq!(e.reports[0].reals[0].reason, None);
+        }
+        assert!(r.m.checks[DB1].local_error.is_some());
+        r.feed(1000, DB1, mysql("0-1-10", false, true));
+        assert!(r.m.checks[DB1].local_error.is_none());
+        // A real failure still counts (fall 2).
+        r.feed(1200, DB1, Outcome::Down("refused".into()));
+        let e = r.feed(1400, DB1, Outcome::Down("refused".into()));
+        assert!(e.verdicts["write"].hold_writes || e.verdicts["write"].hold_sorry);
+    }
+
     #[test]
     fn immediate_failback_returns_on_health_alone() {
         let mut r = run("immediate");

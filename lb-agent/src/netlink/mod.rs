@@ -23,9 +23,30 @@ pub fn if_index(name: &str) -> Result<u32> {
     // SAFETY: a valid C string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if index == 0 {
-        bail!("interface {name} does not exist");
+        // if_nametoindex opens a socket: without a descriptor it fails for every name.
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENODEV) {
+            bail!("interface {name} does not exist");
+        }
+        bail!("looking up interface {name}: {e}");
     }
     Ok(index)
+}
+
+/// `if_index`, with "no such interface" as `None` and any other failure as an error.
+fn if_index_if_any(name: &str) -> Result<Option<u32>> {
+    let c = std::ffi::CString::new(name).map_err(|_| anyhow!("bad interface name {name:?}"))?;
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index != 0 {
+        return Ok(Some(index));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENODEV) {
+        Ok(None)
+    } else {
+        Err(anyhow!("looking up interface {name}: {e}"))
+    }
 }
 
 /// An rtnetlink connection; its driver task runs on the current tokio runtime.
@@ -71,19 +92,24 @@ pub async fn iface_mac(handle: &Handle, name: &str) -> Result<[u8; 6]> {
 
 /// Whether interface `name` is up with a carrier (`UP` and `LOWER_UP`); a missing interface is
 /// down.
+/// Whether interface `name` is up with a carrier. A missing interface is down; a lookup that
+/// fails otherwise (no descriptor left, netlink trouble) is an error, not "down".
 pub async fn link_up(handle: &Handle, name: &str) -> Result<bool> {
     use netlink_packet_route::link::LinkFlag;
-    let Ok(index) = if_index(name) else {
+    let Some(index) = if_index_if_any(name)? else {
         return Ok(false);
     };
     let mut links = handle.link().get().match_index(index).execute();
-    Ok(match links.try_next().await {
+    match links.try_next().await {
         Ok(Some(msg)) => {
             let f = &msg.header.flags;
-            f.contains(&LinkFlag::Up) && f.contains(&LinkFlag::LowerUp)
+            Ok(f.contains(&LinkFlag::Up) && f.contains(&LinkFlag::LowerUp))
         }
-        _ => false,
-    })
+        // Gone between the two lookups.
+        Ok(None) => Ok(false),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(false),
+        Err(e) => Err(anyhow!("reading interface {name}: {e}")),
+    }
 }
 
 /// Every address configured on this host (all interfaces, `lo` included).

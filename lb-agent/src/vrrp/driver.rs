@@ -247,7 +247,15 @@ impl Vrrp {
             let instance = r.cfg.name.clone();
             for t in &mut r.tracks {
                 if let TrackRef::Interface { name, up, .. } = t {
-                    let now_up = netlink::link_up(handle, name).await.unwrap_or(false);
+                    // A lookup that fails (no descriptor, netlink busy) says nothing about
+                    // the link: its last state stands.
+                    let now_up = match netlink::link_up(handle, name).await {
+                        Ok(up) => up,
+                        Err(e) => {
+                            tracing::warn!(instance, interface = %name, error = %format!("{e:#}"), "reading a tracked interface failed; keeping its last state");
+                            continue;
+                        }
+                    };
                     if now_up != *up {
                         tracing::info!(instance, interface = %name, up = now_up, "tracked interface changed");
                         *up = now_up;

@@ -68,7 +68,13 @@ fn spawn(sc: &VrrpScript, tx: mpsc::Sender<Event>) -> tokio::task::JoinHandle<()
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let ok = exec::run(&command, timeout, false).await.ok();
+            let out = exec::run(&command, timeout, false).await;
+            // Not started for want of the agent's own resources: no result at all.
+            if let exec::Outcome::Local(why) = &out {
+                tracing::warn!(script = %name, "track script could not run: {why}");
+                continue;
+            }
+            let ok = out.ok();
             if tx.send(Event::Script(name.clone(), ok)).await.is_err() {
                 return;
             }
