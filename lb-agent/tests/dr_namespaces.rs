@@ -7,6 +7,7 @@ mod common;
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -1274,5 +1275,163 @@ fn the_control_socket_bounds_what_it_reads_and_echoes() {
     assert!(
         status(&lab, false).status.success(),
         "status after all that"
+    );
+}
+
+/// A flood of idle connections on both management listeners, with the agent under a
+/// 256-descriptor limit: the listeners keep at most 64 waiting connections each (new ones
+/// push out the oldest), so the agent's descriptors stay bounded, its TCP checks keep their
+/// verdicts, forwarding never stops, and `status` and a scrape still answer.
+#[test]
+fn a_flood_on_the_management_ports_changes_nothing_that_matters() {
+    use std::io::{Read, Write};
+    // The flood itself needs descriptors: raise this process's soft limit to its hard one.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_cur = lim.rlim_max.min(20_000);
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let mut lab = Lab::new("flood");
+    dr_topology(&mut lab);
+    lab.serve_echo("r1", "0.0.0.0:3306".parse().unwrap(), "r1");
+    lab.serve_echo("r2", "0.0.0.0:3306".parse().unwrap(), "r2");
+    let check = "check = { type = \"tcp\", interval = \"200ms\", connect_timeout = \"500ms\" }\n";
+    let config = read_vip_config(&lab, &[], "")
+        + &format!(
+            "[[virtual_server.real_server]]\naddress = \"10.99.0.11\"\n{check}\
+             [[virtual_server.real_server]]\naddress = \"10.99.0.12\"\n{check}"
+        );
+    let dir = std::env::temp_dir().join(&lab.prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, &config).unwrap();
+    let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
+    let pid = lab.spawn(
+        "lb",
+        &[
+            "prlimit",
+            "--nofile=256:256",
+            "--",
+            env!("CARGO_BIN_EXE_lb-agent"),
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &log,
+    );
+    lab.wait_for_log(&log, "data plane attached", pid);
+    let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
+    let client = lab.ns("cl");
+    std::thread::sleep(Duration::from_secs(1));
+    let healthy = |lab: &Lab| {
+        let s: serde_json::Value =
+            serde_json::from_slice(&status(lab, true).stdout).unwrap_or_default();
+        s["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|svc| svc["real_servers"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["health"] == "up")
+            .count()
+    };
+    assert_eq!(healthy(&lab), 2, "both real servers checked up");
+
+    // The client loops through the VIP all along.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let looper = {
+        let (stop, failed, client) = (stop.clone(), failed.clone(), client.clone());
+        std::thread::spawn(move || {
+            common::enter(&client);
+            for i in 0..1_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let ok = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(2))
+                    .and_then(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        common::round_trip(&mut s, &format!("f{i}"))
+                    })
+                    .is_ok();
+                if !ok {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // The flood: 2,000 idle connections to each listener, held open.
+    let ns = lab.ns("lb");
+    let sock = control_socket(&lab);
+    let flood = std::thread::spawn(move || {
+        common::enter(&ns);
+        let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        for _ in 0..2_000 {
+            if let Ok(s) = std::net::TcpStream::connect("127.0.0.1:9100") {
+                held.push(Box::new(s));
+            }
+            if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) {
+                held.push(Box::new(s));
+            }
+        }
+        held
+    });
+    let held = flood.join().unwrap();
+    // While it is held: status, a scrape, the checks, the descriptors.
+    let t = Instant::now();
+    let answered = status(&lab, true);
+    let status_took = t.elapsed();
+    assert!(answered.status.success(), "status during the flood");
+    let ns = lab.ns("lb");
+    let (scrape, scrape_took) = std::thread::spawn(move || {
+        common::enter(&ns);
+        let t = Instant::now();
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9100").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        (out, t.elapsed())
+    })
+    .join()
+    .unwrap();
+    assert!(
+        scrape.starts_with("HTTP/1.1 200"),
+        "{}",
+        &scrape[..scrape.len().min(200)]
+    );
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(1));
+    let still_healthy = healthy(&lab);
+    println!(
+        "flood of {} connections: status {status_took:?}, scrape {scrape_took:?}, agent fds {fds}, RSS {rss_kb} kB",
+        held.len()
+    );
+    drop(held);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    looper.join().unwrap();
+    assert_eq!(still_healthy, 2, "a check verdict changed under the flood");
+    assert!(fds < 256, "{fds} descriptors");
+    assert!(scrape.contains("lb_management_connections_evicted_total{listener=\"metrics\"}"));
+    assert_eq!(
+        failed.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "forwarding stopped"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains("real server down"),
+        "a check failed under the flood:\n{text}"
     );
 }

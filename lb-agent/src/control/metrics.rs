@@ -85,6 +85,19 @@ fn services(reg: &mut Registry, s: &Status) {
         "real_server_healthy",
         "1 when the real server passes its health check and role (or has no check)",
     );
+    let evicted = counter(
+        reg,
+        "management_connections_evicted",
+        "Connections to a management listener closed while still waiting for their request, to make room (a flood), by listener",
+    );
+    for (listener, n) in [
+        ("control", &super::limits::EVICTED_CONTROL),
+        ("metrics", &super::limits::EVICTED_METRICS),
+    ] {
+        evicted
+            .get_or_create(&vec![("listener".into(), listener.into())])
+            .inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+    }
     let at_risk = counter(
         reg,
         "writer_changes_at_risk",
@@ -217,7 +230,7 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding metrics_listen {addr}"))?;
-    let slots = super::limits::Slots::new();
+    let waiting = super::limits::Waiting::new(&super::limits::EVICTED_METRICS);
     tokio::spawn(async move {
         loop {
             let mut stream = match listener.accept().await {
@@ -228,13 +241,9 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
                     continue;
                 }
             };
-            // Too many at once: closed at once.
-            let Some(slot) = slots.take() else {
-                continue;
-            };
             let tx = tx.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
+            let (id, queue) = (waiting.next_id(), waiting.clone());
+            let task = tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut n = 0;
                 // The request head, bounded in size and time.
@@ -247,6 +256,7 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
                     }
                 })
                 .await;
+                queue.received(id);
                 let head = String::from_utf8_lossy(&buf[..n]);
                 let wanted = read.is_ok()
                     && (head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?"));
@@ -278,6 +288,8 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
                 let _ = stream.write_all(head.as_bytes()).await;
                 let _ = stream.write_all(body.as_bytes()).await;
             });
+            // Before the task first runs (one thread): it cannot have finished yet.
+            waiting.admit(id, task.abort_handle());
         }
     });
     Ok(())

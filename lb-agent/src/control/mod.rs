@@ -91,7 +91,7 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<()> {
     // SAFETY: as above.
     unsafe { libc::umask(umask) };
     let listener = bound.with_context(|| format!("binding {}", path.display()))?;
-    let slots = limits::Slots::new();
+    let waiting = limits::Waiting::new(&limits::EVICTED_CONTROL);
     tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -102,13 +102,9 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<()> {
                     continue;
                 }
             };
-            // Too many at once: closed at once.
-            let Some(slot) = slots.take() else {
-                continue;
-            };
             let tx = tx.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
+            let (id, queue) = (waiting.next_id(), waiting.clone());
+            let task = tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
                 let read = tokio::time::timeout(
@@ -116,6 +112,7 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<()> {
                     tokio::io::BufReader::new(r.take(limits::MAX_REQUEST)).read_line(&mut line),
                 )
                 .await;
+                queue.received(id);
                 let reply = match read {
                     Ok(Ok(_))
                         if !line.ends_with('\n') && line.len() as u64 >= limits::MAX_REQUEST =>
@@ -144,6 +141,8 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<()> {
                 let _ = w.write_all(reply.as_bytes()).await;
                 let _ = w.write_all(b"\n").await;
             });
+            // Before the task first runs (one thread): it cannot have finished yet.
+            waiting.admit(id, task.abort_handle());
         }
     });
     Ok(())
