@@ -1170,6 +1170,13 @@ fn a_stalled_agent_stops_forwarding_the_writes_within_its_lease() {
     );
     assert!(held_stalled > held_before, "frames held while stalled");
     assert!(back.is_some(), "forwarding again after SIGCONT");
+    // And the agent says it stood still (log, status).
+    std::thread::sleep(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("stood still"), "no stall reported:\n{text}");
+    let s: serde_json::Value = serde_json::from_slice(&status(&lab, true).stdout).unwrap();
+    assert!(s["loop_stalls"].as_u64() >= Some(1), "{s}");
+    assert!(s["longest_stall_ms"].as_u64() >= Some(4_000), "{s}");
 }
 
 /// A second agent started with the same configuration (same `pin_dir`, same control

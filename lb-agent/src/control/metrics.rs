@@ -30,6 +30,7 @@ pub fn encode_status(s: &Status) -> String {
     services(&mut reg, s);
     xdp_passes(&mut reg, s);
     vrrp(&mut reg, s);
+    stalls(&mut reg, s);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String");
     out
@@ -177,6 +178,24 @@ fn services(reg: &mut Registry, s: &Status) {
     }
 }
 
+/// The agent's loop standing still (see `status.loop_stalls`).
+fn stalls(reg: &mut Registry, s: &Status) {
+    let stalls: Counter = Counter::default();
+    reg.register(
+        "main_loop_stalls",
+        "Times the agent's loop stood still longer than an advert interval",
+        stalls.clone(),
+    );
+    stalls.inc_by(s.loop_stalls);
+    let longest: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+    reg.register(
+        "main_loop_longest_stall_seconds",
+        "The longest such stall since the agent started",
+        longest.clone(),
+    );
+    longest.set(s.longest_stall_ms as f64 / 1000.0);
+}
+
 /// `XDP_PASS` counts by reason.
 fn xdp_passes(reg: &mut Registry, s: &Status) {
     let xdp_passed = counter(
@@ -308,6 +327,8 @@ mod tests {
             services: vec![],
             passes: vec![("not_ip".into(), 3)],
             learned_peers: vec![],
+            loop_stalls: 2,
+            longest_stall_ms: 6_000,
             vrrp: vec![RouterStatus {
                 addresses: vec![],
                 name: "VI_1".into(),
@@ -327,6 +348,8 @@ mod tests {
             "lb_vrrp_adverts_sent_total{instance=\"VI_1\"} 40",
             "lb_vrrp_discards_total{instance=\"VI_1\",reason=\"auth_failure\"} 5",
             "lb_xdp_passed_total{reason=\"not_ip\"} 3",
+            "lb_main_loop_stalls_total 2",
+            "lb_main_loop_longest_stall_seconds 6.0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

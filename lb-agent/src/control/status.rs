@@ -63,6 +63,11 @@ pub struct Status {
     /// VRRP instances: state, priority, counters.
     #[serde(default)]
     pub vrrp: Vec<RouterStatus>,
+    /// Times the agent's loop stood still longer than an advert interval, and the longest.
+    #[serde(default)]
+    pub loop_stalls: u64,
+    #[serde(default)]
+    pub longest_stall_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -220,6 +225,8 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             .collect(),
         learned_peers: vec![],
         vrrp: vec![],
+        loop_stalls: 0,
+        longest_stall_ms: 0,
     }
 }
 

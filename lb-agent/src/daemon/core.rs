@@ -43,6 +43,8 @@ pub struct Daemon {
     pub pair: Option<super::pair::PairLink>,
     /// The verdicts the maps follow (health, with the pair's decisions; see `writer`).
     pub verdicts: Verdicts,
+    /// Whether the loop stood still (`super::stall`).
+    pub stall: super::stall::StallWatch,
 }
 
 impl Daemon {
@@ -83,6 +85,12 @@ impl Daemon {
     /// The periodic look at links and neighbours (probing what is unresolved).
     /// Every second: the connection table's clock, then links and neighbours.
     pub async fn on_tick(&mut self) -> Result<()> {
+        if let Some(late) = self.stall.tick(Instant::now()) {
+            tracing::warn!(
+                late = ?late,
+                "the agent's loop stood still for longer than an advert interval (stopped, swapped out, paused?): adverts and lease renewals were late, the peer may have taken over"
+            );
+        }
         self.dp
             .maps()
             .set_clock(lb_agent::dataplane::clock_tick())?;
@@ -131,6 +139,8 @@ impl Daemon {
         let mut s = control::status::build(&self.cfg, &self.state, &counters, &self.attach_mode);
         s.learned_peers = control::status::peers(&self.dp.maps().learned_peers()?);
         s.vrrp = self.vrrp.status();
+        s.loop_stalls = self.stall.stalls;
+        s.longest_stall_ms = self.stall.longest.as_millis() as u64;
         control::status::add_health(&mut s, &self.health.eval.reports);
         for svc in &mut s.services {
             svc.decision = self.decision_text(&svc.name);

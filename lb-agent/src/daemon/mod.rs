@@ -9,6 +9,7 @@ mod lock;
 mod neighbours;
 mod pair;
 mod reload;
+mod stall;
 mod writer;
 
 use std::{path::Path, time::Duration};
@@ -128,6 +129,13 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     // 8. VRRP: it moves the addresses only. The services are on already: a backup that
     //    receives VIP frames forwards them by the same decision as the master.
     let (vrrp, vrrp_events) = Vrrp::start(&cfg, &handle, std::time::Instant::now()).await?;
+    // Later than this, the loop's tick says the agent stood still (`stall`).
+    let shortest_advert_interval = cfg
+        .vrrp_instances
+        .iter()
+        .map(|vi| vi.advert_interval)
+        .min()
+        .unwrap_or(NEIGHBOUR_POLL);
     // 8b. The pair: the writer decision exchanged with the other agent(s). Until this agent
     //     has heard them (or waited them out), it decides nothing new.
     let (pair_tx, pair_rx) = mpsc::channel::<pair::Datagram>(64);
@@ -149,6 +157,7 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         vrrp,
         pair,
         verdicts,
+        stall: stall::StallWatch::new(NEIGHBOUR_POLL, shortest_advert_interval),
     };
     d.vrrp_step().await?;
 
