@@ -271,6 +271,34 @@ address = "10.1.1.162"
     }
 
     #[test]
+    fn check_unicast_src_accepts_the_unicast_peers_only() {
+        let text = |extra: &str| {
+            format!(
+                "[dataplane]\ninterface = \"eth0\"\n[[vrrp_instance]]\nname = \"v\"\n\
+                 interface = \"eth0\"\nvirtual_router_id = 1\npriority = 100\n\
+                 check_unicast_src = true\n{extra}\
+                 [[vrrp_instance.virtual_address]]\naddress = \"10.0.0.100\"\n"
+            )
+        };
+        let e = parse(&text("")).unwrap_err().to_string();
+        assert!(
+            e.contains("check_unicast_src") && e.contains("unicast_peer"),
+            "{e}"
+        );
+        let c = parse(&text(
+            "unicast_peers = [\"10.0.0.2\"]\naccept_sources = [\"10.0.0.3\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.vrrp_instances[0].accept_sources,
+            Some(vec![
+                "10.0.0.3".parse().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ])
+        );
+    }
+
+    #[test]
     fn deeply_nested_values_are_an_error_not_a_stack_overflow() {
         let deep = format!("x = {}{}", "[".repeat(100_000), "]".repeat(100_000));
         let e = parse(&deep).unwrap_err().to_string();

@@ -139,6 +139,8 @@ pub struct VrrpInstance {
     pub preempt_delay: Duration,
     pub unicast_src: Option<IpAddr>,
     pub unicast_peers: Vec<IpAddr>,
+    /// Adverts only from these (see `check_unicast_src`, `accept_sources`); `None`: anyone.
+    pub accept_sources: Option<Vec<IpAddr>>,
     pub virtual_addresses: Vec<VirtualAddress>,
     pub notify: VrrpNotify,
     pub smtp_alert: bool,
@@ -437,6 +439,13 @@ fn vrrp_instance(f: &File, vi: &schema::VrrpInstance) -> VrrpInstance {
         preempt_delay: vi.preempt_delay.0,
         unicast_src: vi.unicast_src,
         unicast_peers: vi.unicast_peers.clone(),
+        accept_sources: {
+            let mut ok = vi.accept_sources.clone();
+            if vi.check_unicast_src {
+                ok.extend(vi.unicast_peers.iter().copied());
+            }
+            (!ok.is_empty()).then_some(ok)
+        },
         virtual_addresses: vi.virtual_addresses.clone(),
         notify: VrrpNotify {
             master: vi.notify_master.clone(),

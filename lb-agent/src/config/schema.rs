@@ -199,6 +199,14 @@ pub struct VrrpInstance {
     /// Unicast peers (`unicast_peer`); multicast when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unicast_peers: Vec<IpAddr>,
+    /// Accept adverts from the unicast peers only (keepalived's `check_unicast_src`); others
+    /// are discarded and counted (`unknown_source`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub check_unicast_src: bool,
+    /// Accept adverts only from these addresses (with multicast too; added to the unicast
+    /// peers with `check_unicast_src`). Empty: from anyone on the segment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept_sources: Vec<IpAddr>,
     #[serde(
         default,
         rename = "virtual_address",

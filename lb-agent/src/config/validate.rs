@@ -303,6 +303,13 @@ fn vrrp_instance(vi: &VrrpInstance, t: &mut Table) {
     if v6 && vi.version != 3 {
         t.err("version", "VRRP over IPv6 needs version 3");
     }
+    if vi.check_unicast_src && vi.unicast_peers.is_empty() {
+        t.err(
+            "check_unicast_src",
+            "needs unicast_peer: it accepts adverts from the unicast peers only (use \
+             accept_sources with multicast)",
+        );
+    }
     for va in &vi.virtual_addresses {
         let max = if va.address.is_ipv4() { 32 } else { 128 };
         if let Some(p) = va.prefix.filter(|&p| p > max) {

@@ -50,6 +50,9 @@ pub struct InstanceConfig {
     /// keepalived's `higher_prio_send_advert`: a master that hears a higher priority sends
     /// one more advert of its own before it becomes backup.
     pub higher_prio_send_advert: bool,
+    /// Adverts only from these sources (`check_unicast_src`: the unicast peers; or
+    /// `accept_sources`); `None`: from anyone on the segment (the protocol's rule).
+    pub accept_sources: Option<Vec<IpAddr>>,
 }
 
 /// keepalived's `garp_lower_prio_repeat`, `garp_lower_prio_delay`, `lower_prio_no_advert`.
@@ -320,6 +323,15 @@ impl Instance {
     /// An advert from `src` (decoded, TTL checked). Applies the instance checks, then RFC
     /// 5798 6.4.2 (Backup) / 6.4.3 (Master).
     pub fn advert_received(&mut self, now: Instant, src: IpAddr, adv: &Advert) {
+        if self
+            .cfg
+            .accept_sources
+            .as_ref()
+            .is_some_and(|ok| !ok.contains(&src))
+        {
+            self.discard(Discard::UnknownSource);
+            return;
+        }
         if let Err(reason) = adv.check(
             self.cfg.vrid,
             self.cfg.version,

@@ -84,10 +84,13 @@ pub enum Discard {
     AdvertInterval,
     /// Another virtual router's advert.
     VrId,
+    /// From an address the instance does not accept adverts from (`check_unicast_src`,
+    /// `accept_sources`).
+    UnknownSource,
 }
 
 impl Discard {
-    pub const ALL: [Discard; 11] = [
+    pub const ALL: [Discard; 12] = [
         Discard::PacketLength,
         Discard::IpTtl,
         Discard::Version,
@@ -99,6 +102,7 @@ impl Discard {
         Discard::AuthFailure,
         Discard::AdvertInterval,
         Discard::VrId,
+        Discard::UnknownSource,
     ];
 
     /// The name used in status and metrics.
@@ -115,6 +119,7 @@ impl Discard {
             Discard::AuthFailure => "auth_failure",
             Discard::AdvertInterval => "advert_interval",
             Discard::VrId => "vrid",
+            Discard::UnknownSource => "unknown_source",
         }
     }
 }

@@ -109,6 +109,7 @@ pub fn instance_config(vi: &VrrpInstance, primary: IpAddr) -> InstanceConfig {
             no_advert: vi.garp.lower_prio_no_advert,
         },
         higher_prio_send_advert: vi.garp.higher_prio_send_advert,
+        accept_sources: vi.accept_sources.clone(),
     }
 }
 

@@ -59,6 +59,7 @@ fn cfg(version: Version, priority: u8, last_octet: u8) -> InstanceConfig {
             no_advert: false,
         },
         higher_prio_send_advert: true,
+        accept_sources: None,
     }
 }
 
@@ -518,6 +519,49 @@ fn wrong_password_and_foreign_vrid_are_discarded_and_counted() {
     let d = &inst.stats().discards;
     assert_eq!(d.len(), 3, "{d:?}");
     assert_eq!(inst.stats().adverts_received, 0);
+}
+
+/// `check_unicast_src` / `accept_sources`: a valid, higher-priority advert from an address
+/// the instance does not accept is discarded and counted; the master stays master. The
+/// accepted peer still takes over.
+#[test]
+fn adverts_from_unaccepted_sources_are_discarded() {
+    let peer = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+    let mut inst = Instance::new(InstanceConfig {
+        start_as_master: true,
+        accept_sources: Some(vec![peer]),
+        ..cfg(Version::V2, 150, 1)
+    });
+    let now = Instant::now();
+    inst.startup(now);
+    assert_eq!(inst.state(), State::Master);
+    let adv = Advert {
+        version: Version::V2,
+        vrid: 51,
+        priority: 254,
+        interval: Duration::from_secs(1),
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100))],
+        auth: Auth::pass("1111"),
+    };
+    let intruder = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 66));
+    for _ in 0..5 {
+        inst.advert_received(now, intruder, &adv);
+    }
+    assert_eq!(
+        inst.state(),
+        State::Master,
+        "an intruder took the master role"
+    );
+    assert_eq!(
+        inst.stats().discards,
+        vec![(crate::vrrp::packet::Discard::UnknownSource, 5)]
+    );
+    inst.advert_received(now, peer, &adv);
+    assert_eq!(
+        inst.state(),
+        State::Backup,
+        "the configured peer still preempts"
+    );
 }
 
 #[test]

@@ -95,6 +95,8 @@ pub(super) fn vrrp_instance(cv: &mut Converter, n: &Node) -> Option<VrrpInstance
         preempt_delay: DurationStr::default(),
         unicast_src: None,
         unicast_peers: vec![],
+        check_unicast_src: false,
+        accept_sources: vec![],
         virtual_addresses: vec![],
         notify_master: None,
         notify_backup: None,
@@ -175,6 +177,7 @@ pub(super) fn vrrp_instance(cv: &mut Converter, n: &Node) -> Option<VrrpInstance
             "garp_lower_prio_delay" => vi.garp_lower_prio_delay = cv.seconds(c),
             "lower_prio_no_advert" => vi.lower_prio_no_advert = flag(cv, c),
             "higher_prio_send_advert" => vi.higher_prio_send_advert = flag(cv, c),
+            "check_unicast_src" => vi.check_unicast_src = flag(cv, c),
             "track_interface" => vi.track_interface = tracks(cv, c),
             "track_script" => vi.track_script = tracks(cv, c),
             // The recipe spells it `inteface`; keepalived accepts both.
