@@ -364,7 +364,24 @@ fn bad_interface_and_bad_config_give_clear_errors() {
             "lb.toml:3: `dataplane.bogus`: unknown field `bogus`",
         ),
     ];
+    // A pair key others may read stops the start before the data plane is touched.
+    let key = dir.join("pair.key");
+    std::fs::write(&key, "a-key-of-more-than-sixteen-bytes\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let pair = format!(
+        "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"lo\"\npin_dir = \"/sys/fs/bpf/lbt{}-errors\"\n\
+         [pair]\npeers = [\"127.0.0.2\"]\nkey_file = \"{}\"\n",
+        dir.join("control.sock").display(),
+        std::process::id(),
+        key.display()
+    );
+    let cases = cases
+        .into_iter()
+        .map(|(t, w)| (t.to_string(), w))
+        .chain([(pair, "has mode 0644")])
+        .collect::<Vec<_>>();
     for (text, want) in cases {
+        let text = text.as_str();
         let path = dir.join("lb.toml");
         std::fs::write(&path, text).unwrap();
         let out = std::process::Command::new(agent)
@@ -375,6 +392,10 @@ fn bad_interface_and_bad_config_give_clear_errors() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(want), "want {want:?} in:\n{err}");
+        assert!(
+            !err.contains("data plane attached"),
+            "attached first:\n{err}"
+        );
         let check = std::process::Command::new(agent)
             .arg("check-config")
             .arg(&path)
@@ -387,6 +408,7 @@ fn bad_interface_and_bad_config_give_clear_errors() {
             "check-config on {text:?}"
         );
     }
+    let _ = std::fs::remove_dir(format!("/sys/fs/bpf/lbt{}-errors", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,5 +1,6 @@
-//! The daemon, in start-up order: config, privileges, one agent per data plane and socket,
-//! interface, logging, health checks, data plane, maps, control, VRRP, readiness; then a loop that waits for the next event and hands
+//! The daemon, in start-up order: config, privileges, interface, one agent per data plane
+//! and socket, logging, secrets (check passwords, the pair's key), data plane, maps,
+//! control, VRRP, readiness; then a loop that waits for the next event and hands
 //! it to the one owner of the running state (`core::Daemon`) until SIGINT/SIGTERM; then a
 //! resignation and a clean detach.
 
@@ -58,13 +59,14 @@ pub fn run(config_path: &Path) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("lb-agent run must be started as root (it loads XDP programs and maps)");
     }
-    // 2b. One agent per pinned data plane and per control socket, for its whole life.
+    // 3. The interface.
+    netlink::if_index(&cfg.dataplane.interface)?;
+    // 3b. One agent per pinned data plane and per control socket, for its whole life: taken
+    //     before anything of them is touched.
     let locks = lock::take(
         &cfg.dataplane.pin_dir,
         &control::socket_path(cfg.global.control_socket.as_deref()),
     )?;
-    // 3. The interface.
-    netlink::if_index(&cfg.dataplane.interface)?;
     // 4. Logging: one line per event, no colours (journald).
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -100,6 +102,10 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     //    (keepalived's default).
     let now = std::time::Instant::now();
     let mut health = HealthState::new(&cfg, &AdoptedSorry::new(), now)?;
+    // 5b. The pair's key too (it is read again when the pair opens).
+    if let Some(p) = &cfg.pair {
+        lb_agent::decision::wire::read_key(&p.key_file).map_err(anyhow::Error::msg)?;
+    }
 
     // 6. The data plane: load (verifier) with the maps pinned, fill them, then attach, so that
     //    the first frame already sees the full configuration. A data plane left pinned by a
