@@ -94,7 +94,6 @@ impl Daemon {
         self.dp
             .maps()
             .set_clock(lb_agent::dataplane::clock_tick())?;
-        self.renew_lease()?;
         self.look_again(Resolve::Probe).await
     }
 
@@ -174,7 +173,6 @@ impl Daemon {
         self.pause_side_effects(decided);
         let actions = self.health.evaluate(&self.cfg, decided);
         self.decide(decided);
-        self.renew_lease()?;
         let verdicts = self.effective_verdicts();
         if verdicts != self.verdicts {
             let mut next = self.state.clone();
@@ -204,7 +202,7 @@ impl Daemon {
             }
         }
         self.run(actions);
-        self.send_pair(decided);
+        self.send_pair(decided)?;
         Ok(())
     }
 

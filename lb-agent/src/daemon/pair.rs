@@ -102,14 +102,16 @@ impl PairLink {
     }
 
     /// Sends our view to every peer if it is due.
-    pub fn send_due(&mut self, now: Instant) {
+    /// Sends this agent's view when due; whether it did.
+    pub fn send_due(&mut self, now: Instant) -> bool {
         let Some(view) = self.shared.poll_send(now) else {
-            return;
+            return false;
         };
         let bytes = wire::encode(&view, &self.key);
         for p in &self.peers {
             // Best effort: the next period repeats it.
             let _ = self.socket.try_send_to(&bytes, *p);
         }
+        true
     }
 }

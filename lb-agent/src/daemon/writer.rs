@@ -212,18 +212,21 @@ impl Daemon {
             );
             self.health.inherit(&self.cfg, &service, decision.sorry);
         }
+        // Hearing the peer is what makes the decisions current again.
+        self.renew_lease()?;
         self.health_step().await
     }
 
-    /// The pair's period: decide (a leader may just have become synced), send.
+    /// The pair's period: decide (a leader may just have become synced), send (and renew
+    /// the lease).
     pub async fn on_pair_timer(&mut self) -> Result<()> {
         self.health_step().await
     }
 
     /// Renews this agent's lease on its data plane while its decisions are current (see
-    /// `xdp_ebpf::maps::SERVICE_LEASED`): every tick and every health step. A decision that
-    /// is not current holds the writes by itself; the lease is for the agent that cannot
-    /// say so any more (stalled).
+    /// `xdp_ebpf::maps::SERVICE_LEASED`): with every view sent (once a second, a third of
+    /// the lease, and at once on a change) and whenever a peer is heard. A decision that is not current holds the writes by itself; the lease is for
+    /// the agent that cannot say so any more (stalled).
     pub(super) fn renew_lease(&mut self) -> Result<()> {
         let Some(pair) = &self.pair else {
             return Ok(());
@@ -240,10 +243,12 @@ impl Daemon {
         self.pair.as_ref().map(|p| p.shared.next_send())
     }
 
-    pub(super) fn send_pair(&mut self, now: Instant) {
-        if let Some(pair) = &mut self.pair {
-            pair.send_due(now);
+    /// Sends the view when due, and with it renews the lease (every period of the pair).
+    pub(super) fn send_pair(&mut self, now: Instant) -> Result<()> {
+        if self.pair.as_mut().is_some_and(|p| p.send_due(now)) {
+            self.renew_lease()?;
         }
+        Ok(())
     }
 
     /// `status`: each shared service's decision.

@@ -268,6 +268,17 @@ mod tests {
             }
         }
 
+        /// db1 leads and has decided, epoch 1, that the real servers have the writes; db2
+        /// has heard it.
+        fn led_by_db1() -> Pair {
+            let mut p = Pair::new();
+            p.a.set_leader(p.now, true);
+            p.exchange();
+            p.a.propose(p.now, W, false);
+            p.exchange();
+            p
+        }
+
         fn at(&mut self, ms: u64) {
             self.now = self.t0 + Duration::from_millis(ms);
         }
@@ -327,11 +338,7 @@ mod tests {
     /// decision — writes on the sorry server — not from its own (its writer never failed).
     #[test]
     fn a_returning_leader_inherits_the_sorry_period() {
-        let mut p = Pair::new();
-        p.a.set_leader(p.now, true);
-        p.exchange();
-        p.a.propose(p.now, W, false);
-        p.exchange();
+        let mut p = Pair::led_by_db1();
         // db1's link goes down (its VRRP instance faults): db2 becomes leader and, once
         // synced (db1 silent for SILENCE), decides for the sorry server.
         p.cut = true;
@@ -388,11 +395,7 @@ mod tests {
     /// when they hear each other the sorry server wins and the epoch moves on.
     #[test]
     fn two_leaders_that_disagree_settle_on_the_sorry_server() {
-        let mut p = Pair::new();
-        p.a.set_leader(p.now, true);
-        p.exchange();
-        p.a.propose(p.now, W, false);
-        p.exchange();
+        let mut p = Pair::led_by_db1();
         p.cut = true;
         p.at(4_000);
         p.b.set_leader(p.now, true);
@@ -482,11 +485,7 @@ mod tests {
     /// over, so its decisions stay current until it is synced — no moment of held writes.
     #[test]
     fn a_clean_handover_keeps_the_decisions_current() {
-        let mut p = Pair::new();
-        p.a.set_leader(p.now, true);
-        p.exchange();
-        p.a.propose(p.now, W, false);
-        p.exchange();
+        let mut p = Pair::led_by_db1();
         assert!(p.a.current(p.now) && p.b.current(p.now));
         // db1 resigns and goes quiet; db2 leads 300 ms after it last heard db1.
         p.a.set_leader(p.now, false);

@@ -307,7 +307,7 @@ pub fn evaluate(
             quorum: vs.quorum,
             caught_up: matches!(catch_up, Some(Ok(()))),
             sorry_drained,
-            drain_needed: drain_needed && vs.sorry.is_some(),
+            drain_needed,
         };
         let before = gate.mode();
         let mode = gate.step(now, health);

@@ -19,21 +19,11 @@ pub mod vips;
 
 /// The interface's index, with a clear error when it does not exist.
 pub fn if_index(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(|_| anyhow!("bad interface name {name:?}"))?;
-    // SAFETY: a valid C string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        // if_nametoindex opens a socket: without a descriptor it fails for every name.
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENODEV) {
-            bail!("interface {name} does not exist");
-        }
-        bail!("looking up interface {name}: {e}");
-    }
-    Ok(index)
+    if_index_if_any(name)?.ok_or_else(|| anyhow!("interface {name} does not exist"))
 }
 
-/// `if_index`, with "no such interface" as `None` and any other failure as an error.
+/// `if_index`, with "no such interface" as `None` and any other failure as an error
+/// (`if_nametoindex` opens a socket: without a descriptor it fails for every name).
 fn if_index_if_any(name: &str) -> Result<Option<u32>> {
     let c = std::ffi::CString::new(name).map_err(|_| anyhow!("bad interface name {name:?}"))?;
     // SAFETY: a valid C string.

@@ -295,10 +295,15 @@ pub fn replicating(db: &Db) -> bool {
 
 /// (counter, rows) on `db`: every transaction inserts a row and increments the counter, so a
 /// lost update shows here even when every row and both checksums agree.
-pub fn counted(db: &Db) -> (String, String) {
+pub fn counted(db: &Db) -> (u64, u64) {
+    let number = |q: &str| {
+        let v = db.sql(q);
+        v.parse()
+            .unwrap_or_else(|_| panic!("{q} on {}: {v:?}", db.host))
+    };
     (
-        db.sql("SELECT n FROM app.c WHERE k = 1"),
-        db.sql("SELECT COUNT(*) FROM app.w"),
+        number("SELECT n FROM app.c WHERE k = 1"),
+        number("SELECT COUNT(*) FROM app.w"),
     )
 }
 
