@@ -163,8 +163,13 @@ fn build_ebpf(root: &Path) -> Result<()> {
     for bin in BPF_BINS {
         let from = root.join("target/bpfel-unknown-none/release").join(bin);
         let to = out.join(format!("{bin}.o"));
-        std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
-        eprintln!("built {}", to.display());
+        // Only when the bytes differ: lb-agent's build script watches this file, and a copy
+        // that only touches it would rebuild the agent (1.5 minutes here) every time.
+        let bytes = std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+        if std::fs::read(&to).ok().as_deref() != Some(&bytes[..]) {
+            std::fs::write(&to, &bytes).with_context(|| format!("writing {}", to.display()))?;
+            eprintln!("built {}", to.display());
+        }
     }
     Ok(())
 }

@@ -50,6 +50,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Where the writer decision is exchanged with the other agent(s).
     pub pair: Option<Pair>,
+    /// Where the writer decision is kept under a lease (etcd), instead.
+    pub quorum: Option<Quorum>,
     /// Service name → position in `services`.
     index: HashMap<String, usize>,
 }
@@ -73,6 +75,29 @@ pub struct Pair {
     pub peers: Vec<std::net::SocketAddr>,
     pub port: u16,
     pub key_file: PathBuf,
+}
+
+/// The default lease TTL of `[quorum]`.
+pub const DEFAULT_QUORUM_TTL: Duration = Duration::from_secs(3);
+/// The default key prefix of `[quorum]`.
+pub const DEFAULT_QUORUM_PREFIX: &str = "/lb-agent/";
+
+/// The etcd cluster that holds the writer decision (`[quorum]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quorum {
+    /// Client URLs (`http://host:port`; a bare `host:port` gets `http://`).
+    pub endpoints: Vec<String>,
+    pub ttl: Duration,
+    /// Ends with `/`.
+    pub prefix: String,
+    pub tls: Option<QuorumTls>,
+}
+
+/// TLS towards etcd: the CA, and a client certificate with its key when both are given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumTls {
+    pub ca_file: Option<PathBuf>,
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// How long a connection entry outlives its flow's last frame, by the flow's state.
@@ -291,11 +316,27 @@ impl Config {
             .collect()
     }
 
+    /// Writer services decided by two hosts alone (no `[quorum]`): a partition between them
+    /// can split the writes, which the operator must hear about.
+    fn no_quorum_warning(&self) -> Option<String> {
+        let shared = self.writer_services().into_iter().next()?;
+        self.quorum.is_none().then(|| {
+            format!(
+                "{}: a sorry server behind a VRRP address without [quorum]: two hosts cannot \
+                 tell \"the other is dead\" from \"I cannot reach it\", so a partition between \
+                 them (each still reached by clients) can split the writes and lose \
+                 acknowledged updates; add [quorum] with a third etcd member (README: Failure \
+                 modes)",
+                shared.name
+            )
+        })
+    }
+
     /// Such services without `[pair]`: each agent keeps its own writer decision, which the
     /// operator must hear about.
     fn unshared_writer_warning(&self) -> Option<String> {
         let shared = self.writer_services().into_iter().next()?;
-        self.pair.is_none().then(|| {
+        (self.pair.is_none() && self.quorum.is_none()).then(|| {
             format!(
                 "{}: a sorry server behind a VRRP address without [pair]: each agent keeps its \
                  own writer decision, so an agent that takes the address back (after a link \
@@ -304,6 +345,41 @@ impl Config {
                 shared.name
             )
         })
+    }
+}
+
+fn quorum(q: &schema::Quorum) -> Quorum {
+    let tls = (q.ca_file.is_some() || q.cert_file.is_some()).then(|| QuorumTls {
+        ca_file: q.ca_file.clone(),
+        identity: q.cert_file.clone().zip(q.key_file.clone()),
+    });
+    let mut prefix = q
+        .prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_QUORUM_PREFIX.into());
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    Quorum {
+        endpoints: q
+            .endpoints
+            .iter()
+            .map(|e| endpoint_url(e, tls.is_some()))
+            .collect(),
+        ttl: q.ttl.map_or(DEFAULT_QUORUM_TTL, |d| d.0),
+        prefix,
+        tls,
+    }
+}
+
+/// An etcd endpoint as a URL: `host:port` gets `https://` with TLS, `http://` without.
+pub fn endpoint_url(e: &str, tls: bool) -> String {
+    if e.contains("://") {
+        e.to_string()
+    } else if tls {
+        format!("https://{e}")
+    } else {
+        format!("http://{e}")
     }
 }
 
@@ -404,8 +480,10 @@ pub(super) fn resolve(f: &File) -> Config {
             port: p.port,
             key_file: p.key_file.clone(),
         }),
+        quorum: f.quorum.as_ref().map(|q| quorum(q.get_ref())),
     };
     cfg.warnings.extend(cfg.unshared_writer_warning());
+    cfg.warnings.extend(cfg.no_quorum_warning());
     cfg
 }
 

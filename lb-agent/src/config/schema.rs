@@ -50,6 +50,34 @@ pub struct File {
     /// The other agent(s) of the pair: where the writer decision is exchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair: Option<Pair>,
+    /// The writer decision under a lease in etcd: a third vote for partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<Spanned<Quorum>>,
+}
+
+/// `[quorum]`: the writer decision of every service with a sorry server is an etcd key
+/// under the deciding agent's lease (see `decision::quorum`); an agent that cannot renew
+/// its lease holds the writes and fences its own server before the lease can expire.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quorum {
+    /// etcd client URLs (`http://10.1.1.113:2379`, `https://...` with TLS) or `host:port`.
+    pub endpoints: Vec<String>,
+    /// The lease's time to live (default 3 s): a cut-off agent fences itself within two
+    /// thirds of it, and another takes the decision only once it has expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<DurationStr>,
+    /// Where the keys live (default `/lb-agent/`): one prefix per pair of agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The CA that signed the etcd members' certificates (TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// This agent's client certificate and its key (owner-only), for client authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[pair]`: the agents exchange the writer decision of every service with a sorry server

@@ -68,6 +68,21 @@ pub fn validate(c: &File) -> Vec<ValidationError> {
             top.err("port", "must be a port number");
         }
     }
+    if let Some(q) = &c.quorum {
+        let mut t = Table {
+            out: top.out,
+            at: Some(q.span().start),
+            prefix: "quorum".into(),
+        };
+        quorum(&mut t, q.get_ref());
+        if c.pair.is_some() {
+            t.err(
+                "",
+                "[pair] and [quorum] both decide the writer: keep one ([quorum] is the one \
+                 that survives a partition)",
+            );
+        }
+    }
     let t = &c.dataplane.timeouts;
     top.prefix = "dataplane.timeouts".into();
     for (key, d) in [
@@ -131,6 +146,70 @@ pub fn validate(c: &File) -> Vec<ValidationError> {
         virtual_server(c, vs, &mut t);
     }
     out
+}
+
+/// The shortest lease TTL accepted: etcd's own minimum with its default election timeout
+/// (1 s) is 1.5 s, and the agent fences itself a third of the TTL before it runs out.
+const MIN_QUORUM_TTL: Duration = Duration::from_secs(2);
+const MAX_QUORUM_TTL: Duration = Duration::from_secs(60);
+
+fn quorum(t: &mut Table, q: &super::schema::Quorum) {
+    if q.endpoints.is_empty() {
+        t.err("endpoints", "must name the etcd members' client URLs");
+    }
+    let tls = q.ca_file.is_some() || q.cert_file.is_some();
+    for e in &q.endpoints {
+        if let Err(m) = etcd_endpoint(e, tls) {
+            t.err("endpoints", format!("{e:?}: {m}"));
+        }
+    }
+    if let Some(ttl) = q.ttl
+        && !(MIN_QUORUM_TTL..=MAX_QUORUM_TTL).contains(&ttl.0)
+    {
+        t.err("ttl", "must be between 2s and 60s");
+    }
+    if let Some(p) = &q.prefix
+        && (!p.starts_with('/') || p.len() < 2)
+    {
+        t.err(
+            "prefix",
+            "must start with / and name something (\"/lb-agent/\")",
+        );
+    }
+    match (&q.cert_file, &q.key_file) {
+        (Some(_), None) => t.err("key_file", "cert_file needs its key_file"),
+        (None, Some(_)) => t.err("cert_file", "key_file needs its cert_file"),
+        _ => {}
+    }
+    if q.cert_file.is_some() && q.ca_file.is_none() {
+        t.err(
+            "ca_file",
+            "TLS needs the CA of the etcd members' certificates",
+        );
+    }
+}
+
+/// `http://host:port`, `https://host:port` (with TLS only) or `host:port`.
+fn etcd_endpoint(e: &str, tls: bool) -> Result<(), String> {
+    let rest = match e.split_once("://") {
+        Some(("https", rest)) if tls => rest,
+        Some(("https", _)) => return Err("https needs ca_file".into()),
+        Some(("http", _)) if tls => return Err("with TLS the endpoints must be https".into()),
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => return Err(format!("unknown scheme {scheme:?} (http or https)")),
+        None => e,
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or("expected host:port (\"10.1.1.113:2379\")")?;
+    if host.is_empty() || rest.contains('/') {
+        return Err("expected host:port (\"10.1.1.113:2379\")".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{port:?} is not a port number")),
+    }
 }
 
 /// keepalived's bounds: a weight moves a priority within 1–254.

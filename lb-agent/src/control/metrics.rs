@@ -31,6 +31,7 @@ pub fn encode_status(s: &Status) -> String {
     xdp_passes(&mut reg, s);
     vrrp(&mut reg, s);
     stalls(&mut reg, s);
+    quorum(&mut reg, s);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String");
     out
@@ -196,6 +197,54 @@ fn stalls(reg: &mut Registry, s: &Status) {
     longest.set(s.longest_stall_ms as f64 / 1000.0);
 }
 
+/// The quorum (`[quorum]` only).
+fn quorum(reg: &mut Registry, s: &Status) {
+    let Some(q) = &s.quorum else {
+        return;
+    };
+    let connected: Gauge = Gauge::default();
+    reg.register(
+        "quorum_connected",
+        "1 while the agent's rounds with etcd succeed (its data plane follows the committed decisions)",
+        connected.clone(),
+    );
+    connected.set(q.connected as i64);
+    let leads: Gauge = Gauge::default();
+    reg.register(
+        "quorum_leader",
+        "1 while this agent holds the leader key (it decides)",
+        leads.clone(),
+    );
+    leads.set(q.this_agent_leads as i64);
+    let since: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+    reg.register(
+        "quorum_seconds_since_renewal",
+        "Since the last good round with etcd was sent",
+        since.clone(),
+    );
+    since.set(
+        q.since_renewal_ms
+            .map_or(f64::INFINITY, |ms| ms as f64 / 1000.0),
+    );
+    let failed: Counter = Counter::default();
+    reg.register(
+        "quorum_rounds_failed",
+        "Rounds with etcd that failed",
+        failed.clone(),
+    );
+    failed.inc_by(q.failed_rounds);
+    let epoch = gauge(
+        reg,
+        "writer_epoch",
+        "The committed epoch of a shared writer decision",
+    );
+    for (service, e) in &q.epochs {
+        epoch
+            .get_or_create(&vec![("service".into(), service.clone())])
+            .set(*e as i64);
+    }
+}
+
 /// `XDP_PASS` counts by reason.
 fn xdp_passes(reg: &mut Registry, s: &Status) {
     let xdp_passed = counter(
@@ -329,6 +378,14 @@ mod tests {
             learned_peers: vec![],
             loop_stalls: 2,
             longest_stall_ms: 6_000,
+            quorum: Some(crate::control::status::QuorumStatus {
+                connected: true,
+                this_agent_leads: true,
+                since_renewal_ms: Some(400),
+                epochs: vec![("mysql-write".into(), 7)],
+                failed_rounds: 3,
+                ..Default::default()
+            }),
             vrrp: vec![RouterStatus {
                 addresses: vec![],
                 name: "VI_1".into(),
@@ -349,6 +406,11 @@ mod tests {
             "lb_vrrp_discards_total{instance=\"VI_1\",reason=\"auth_failure\"} 5",
             "lb_xdp_passed_total{reason=\"not_ip\"} 3",
             "lb_main_loop_stalls_total 2",
+            "lb_quorum_connected 1",
+            "lb_quorum_leader 1",
+            "lb_quorum_seconds_since_renewal 0.4",
+            "lb_quorum_rounds_failed_total 3",
+            "lb_writer_epoch{service=\"mysql-write\"} 7",
             "lb_main_loop_longest_stall_seconds 6.0",
         ] {
             assert!(

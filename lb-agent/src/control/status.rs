@@ -68,6 +68,30 @@ pub struct Status {
     pub loop_stalls: u64,
     #[serde(default)]
     pub longest_stall_ms: u64,
+    /// The writer decision's quorum (`[quorum]`), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumStatus>,
+}
+
+/// The agent's standing with the etcd quorum.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct QuorumStatus {
+    /// A good round with etcd within two thirds of the TTL: the data plane follows the
+    /// committed decisions. Otherwise: "no quorum", the shared writes wait.
+    pub connected: bool,
+    /// The agent holding the leader key.
+    pub leader: Option<String>,
+    pub this_agent_leads: bool,
+    /// Since the last good round was sent.
+    pub since_renewal_ms: Option<u64>,
+    /// Why the last round failed, while rounds fail.
+    pub last_error: Option<String>,
+    /// The committed epoch of each shared service.
+    pub epochs: Vec<(String, u64)>,
+    pub rounds: u64,
+    pub failed_rounds: u64,
+    /// This host's servers fenced for want of a quorum.
+    pub self_fenced: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -227,6 +251,7 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
         vrrp: vec![],
         loop_stalls: 0,
         longest_stall_ms: 0,
+        quorum: None,
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Daemon {
     pub notifier: Notifier,
     /// The writer decision shared with the other agent(s) (`[pair]`).
     pub pair: Option<super::pair::PairLink>,
+    /// The writer decision kept in etcd (`[quorum]`).
+    pub quorum: Option<super::quorum::QuorumLink>,
+    /// The self-fence and the deferred writes of `[quorum]`.
+    pub fences: super::writer_quorum::Fences,
     /// The verdicts the maps follow (health, with the pair's decisions; see `writer`).
     pub verdicts: Verdicts,
     /// Whether the loop stood still (`super::stall`).
@@ -144,6 +148,7 @@ impl Daemon {
         for svc in &mut s.services {
             svc.decision = self.decision_text(&svc.name);
         }
+        s.quorum = self.quorum_status();
         Ok(s)
     }
 
@@ -207,8 +212,8 @@ impl Daemon {
     }
 
     /// Starts the health side effects; their results come back as health events.
-    pub fn run(&self, actions: Vec<Action>) {
-        for a in actions {
+    pub fn run(&mut self, actions: Vec<Action>) {
+        for a in self.defer_writable(actions) {
             runner::spawn(a, &self.health_tx);
         }
     }
@@ -249,6 +254,11 @@ impl Daemon {
         let socket = control::socket_path(self.cfg.global.control_socket.as_deref());
         let _ = std::fs::remove_file(&socket);
         self.dp.shutdown()?;
+        // Only now (nothing forwards by our decisions any more): the leader key and our
+        // acknowledgements go, and the other agent decides at once.
+        if let Some(q) = &self.quorum {
+            q.resign().await;
+        }
         Ok(())
     }
 }

@@ -9,9 +9,11 @@ mod core;
 mod lock;
 mod neighbours;
 mod pair;
+mod quorum;
 mod reload;
 mod stall;
 mod writer;
+mod writer_quorum;
 
 use std::{path::Path, time::Duration};
 
@@ -102,9 +104,13 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     //    (keepalived's default).
     let now = std::time::Instant::now();
     let mut health = HealthState::new(&cfg, &AdoptedSorry::new(), now)?;
-    // 5b. The pair's key too (it is read again when the pair opens).
+    // 5b. The pair's key too (it is read again when the pair opens), and the quorum's TLS
+    //     files (the key under the same rules).
     if let Some(p) = &cfg.pair {
         lb_agent::decision::wire::read_key(&p.key_file).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(q) = &cfg.quorum {
+        quorum::tls_options(q)?;
     }
 
     // 6. The data plane: load (verifier) with the maps pinned, fill them, then attach, so that
@@ -149,6 +155,17 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         Some(p) => Some(pair::PairLink::open(p, agent_name(&cfg), pair_tx.clone())?),
         None => None,
     };
+    // 8c. The quorum: the writer decision kept in etcd. Its task starts now; until a round
+    //     has read a committed decision, the shared writes wait ("no quorum" in status).
+    let (quorum_tx, quorum_rx) = mpsc::channel::<quorum::Report>(64);
+    let quorum = match &cfg.quorum {
+        Some(q) => Some(quorum::QuorumLink::open(
+            q,
+            agent_name(&cfg),
+            quorum_tx.clone(),
+        )?),
+        None => None,
+    };
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
         notifier: Notifier::new(&cfg),
@@ -162,6 +179,8 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         health_tx,
         vrrp,
         pair,
+        quorum,
+        fences: Default::default(),
         verdicts,
         stall: stall::StallWatch::new(NEIGHBOUR_POLL, shortest_advert_interval),
     };
@@ -184,6 +203,8 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         control: control_rx,
         pair: pair_rx,
         _pair_tx: pair_tx,
+        quorum: quorum_rx,
+        _quorum_tx: quorum_tx,
         watchdog,
     };
     event_loop(&mut d, &mut inputs).await?;
@@ -220,6 +241,9 @@ struct Inputs {
     pair: mpsc::Receiver<pair::Datagram>,
     /// Keeps `pair` open without a pair (its branch then never fires).
     _pair_tx: mpsc::Sender<pair::Datagram>,
+    quorum: mpsc::Receiver<quorum::Report>,
+    /// Keeps `quorum` open without a quorum.
+    _quorum_tx: mpsc::Sender<quorum::Report>,
     watchdog: Option<tokio::time::Interval>,
 }
 
@@ -234,6 +258,7 @@ async fn event_loop(d: &mut Daemon, inputs: &mut Inputs) -> Result<()> {
         let vrrp_deadline = d.vrrp.next_deadline();
         let health_deadline = d.health.next_deadline();
         let pair_deadline = d.pair_deadline();
+        let quorum_deadline = d.quorum_deadline();
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -243,6 +268,8 @@ async fn event_loop(d: &mut Daemon, inputs: &mut Inputs) -> Result<()> {
             _ = sleep_until(health_deadline) => d.on_health_deadline().await?,
             Some(datagram) = inputs.pair.recv() => d.on_pair_datagram(datagram).await?,
             _ = sleep_until(pair_deadline) => d.on_pair_timer().await?,
+            Some(report) = inputs.quorum.recv() => d.on_quorum_report(report).await?,
+            _ = sleep_until(quorum_deadline) => d.on_quorum_deadline().await?,
             Some((request, reply)) = inputs.control.recv() => {
                 let _ = reply.send(d.on_control(request).await?);
             }
@@ -267,7 +294,7 @@ async fn event_loop(d: &mut Daemon, inputs: &mut Inputs) -> Result<()> {
     Ok(())
 }
 
-/// This agent's name in the pair's views: its `router_id` (the recipe's LVS1 / LVS2), with
+/// This agent's name in the pair's views and in etcd: its `router_id` (the recipe's LVS1 / LVS2), with
 /// the process id, so that two agents never take each other's views for their own.
 fn agent_name(cfg: &Config) -> String {
     format!(

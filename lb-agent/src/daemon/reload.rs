@@ -74,6 +74,9 @@ impl Daemon {
         if self.cfg.pair != cfg.pair {
             bail!("[pair] needs a restart");
         }
+        if self.cfg.quorum != cfg.quorum {
+            bail!("[quorum] needs a restart");
+        }
         let health = HealthState::reloaded(&self.health, &cfg, now)?;
         // The pair's decisions stay on top of the new checks' verdicts from the first write.
         let verdicts = self.with_decisions(&cfg, health.verdicts());

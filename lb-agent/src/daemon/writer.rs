@@ -10,16 +10,16 @@ use anyhow::Result;
 use lb_agent::{
     balancer::desired::Verdicts,
     config::{Config, Service},
-    decision::shared::Effect,
+    decision::{quorum::Quorum, shared::Effect},
     health::risk,
 };
 
 use super::{core::Daemon, pair::Datagram};
 
-/// Services whose writer the pair decides: `Config::writer_services`, with a `[pair]`
-/// configured.
+/// Services whose writer the agents decide together: `Config::writer_services`, with a
+/// `[pair]` or a `[quorum]` configured.
 pub fn shared_services(cfg: &Config) -> Vec<&Service> {
-    if cfg.pair.is_none() {
+    if cfg.pair.is_none() && cfg.quorum.is_none() {
         return vec![];
     }
     cfg.writer_services()
@@ -85,6 +85,9 @@ impl Daemon {
                 (vs.name.clone(), local.is_some_and(|v| v.hold_sorry))
             })
             .collect();
+        if self.quorum.is_some() {
+            return self.decide_in_quorum(now, proposals);
+        }
         let Some(pair) = &mut self.pair else {
             return;
         };
@@ -118,7 +121,12 @@ impl Daemon {
                 moved.push((service, decision.sorry));
             }
         }
-        // What this agent decided is its to report (see `health::risk`).
+        self.report_moves(moved);
+    }
+
+    /// What this agent decided is its to report (see `health::risk`): each change of writer
+    /// (service, to the sorry server) that may lose transactions.
+    pub(super) fn report_moves(&mut self, moved: Vec<(String, bool)>) {
         for (service, sorry) in moved {
             let Some(vs) = self.cfg.service(&service) else {
                 continue;
@@ -144,6 +152,9 @@ impl Daemon {
     /// configuration's, or a reload's before it is committed.
     pub(super) fn with_decisions(&self, cfg: &Config, base: &Verdicts) -> Verdicts {
         let mut v = base.clone();
+        if let Some(q) = &self.quorum {
+            return quorum_decisions(cfg, &q.state, v);
+        }
         let Some(pair) = &self.pair else {
             return v;
         };
@@ -173,10 +184,11 @@ impl Daemon {
     /// it ran now would make the sorry server read-only and writable again while the
     /// decision still sends the writes there.
     pub(super) fn pause_side_effects(&mut self, now: Instant) {
-        let deciding = self
-            .pair
-            .as_ref()
-            .is_some_and(|p| p.shared.is_leader() && p.shared.synced(now));
+        let deciding = match (&self.pair, &self.quorum) {
+            (Some(p), _) => p.shared.is_leader() && p.shared.synced(now),
+            (_, Some(q)) => q.state.leading(now),
+            _ => false,
+        };
         // The pair's decision changes are reported in `decide`, not the gates'.
         self.health.set_shared(
             self.shared_services()
@@ -228,6 +240,20 @@ impl Daemon {
     /// the lease, and at once on a change) and whenever a peer is heard. A decision that is not current holds the writes by itself; the lease is for
     /// the agent that cannot say so any more (stalled).
     pub(super) fn renew_lease(&mut self) -> Result<()> {
+        if let Some(q) = &self.quorum {
+            // Exactly as long as the decisions are current: a stalled agent's data plane
+            // stops with them, before the quorum lease can expire.
+            let now = Instant::now();
+            let Some(left) = q
+                .state
+                .current_until()
+                .and_then(|t| t.checked_duration_since(now))
+            else {
+                return Ok(());
+            };
+            let until = lb_agent::dataplane::monotonic_ns() + left.as_nanos() as u64;
+            return self.dp.maps().set_lease(until);
+        }
         let Some(pair) = &self.pair else {
             return Ok(());
         };
@@ -253,10 +279,13 @@ impl Daemon {
 
     /// `status`: each shared service's decision.
     pub(super) fn decision_text(&self, service: &str) -> Option<String> {
-        let pair = self.pair.as_ref()?;
         if !self.shared_services().iter().any(|vs| vs.name == service) {
             return None;
         }
+        if let Some(q) = &self.quorum {
+            return Some(quorum_text(&q.state, service, Instant::now()));
+        }
+        let pair = self.pair.as_ref()?;
         let who = if pair.shared.is_leader() {
             "this agent decides"
         } else {
@@ -276,5 +305,68 @@ impl Daemon {
                 None => format!("none yet: this agent's own checks ({who})"),
             },
         )
+    }
+}
+
+/// `base` with the committed decisions of etcd on top (`decision::quorum`): a service
+/// follows its decision only while it is current, settled and not stale; otherwise its
+/// writes wait (the target stays where it last was, so nothing else changes in the maps).
+fn quorum_decisions(cfg: &Config, q: &Quorum, mut v: Verdicts) -> Verdicts {
+    let now = Instant::now();
+    for vs in shared_services(cfg) {
+        let e = v.entry(vs.name.clone()).or_default();
+        e.leased = true;
+        match q.followed(now, &vs.name) {
+            Some(d) => {
+                e.hold_sorry = d.sorry;
+                e.force_primary = !d.sorry;
+            }
+            None => {
+                e.hold_writes = true;
+                if let Some(last) = q.last_followed(&vs.name) {
+                    e.hold_sorry = last.sorry;
+                    e.force_primary = !last.sorry;
+                }
+            }
+        }
+    }
+    v
+}
+
+/// `status`: a service's decision in etcd, and why its writes wait when they do.
+fn quorum_text(q: &Quorum, service: &str, now: Instant) -> String {
+    let who = match q.leader() {
+        Some(l) if l == q.me() => "this agent decides".to_string(),
+        Some(l) => format!("{l} decides"),
+        None => "nobody holds the leader key".to_string(),
+    };
+    if !q.current(now) {
+        let why = q.last_error.as_deref().unwrap_or("no round with etcd yet");
+        return format!("no quorum: the writes wait ({why})");
+    }
+    match (q.committed(service), q.followed(now, service)) {
+        (_, Some(d)) => format!(
+            "epoch {}: {} ({who})",
+            d.epoch,
+            if d.sorry {
+                "the sorry server has the writes"
+            } else {
+                "the real servers have the writes"
+            }
+        ),
+        (Some(c), None) if c.stored.settling => format!(
+            "epoch {}: moving the writes to the {}: they wait until every agent holds them ({who})",
+            c.stored.epoch,
+            if c.stored.sorry {
+                "sorry server"
+            } else {
+                "real servers"
+            }
+        ),
+        (Some(c), None) => format!(
+            "epoch {} in etcd is older than one this agent knows (etcd lost its data?): the writes wait for a new decision ({who})",
+            c.stored.epoch
+        ),
+        (None, None) => format!("none yet: the writes wait for the first decision ({who})"),
     }
 }

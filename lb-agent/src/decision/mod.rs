@@ -4,5 +4,6 @@
 //! planes too; the decision, with its epoch and the failback gate it implies, moves with the
 //! master role.
 
+pub mod quorum;
 pub mod shared;
 pub mod wire;

@@ -333,6 +333,48 @@ pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
         .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
 }
 
+/// The self-fence of a server whose agent lost the quorum (DESIGN §7 I4): every client
+/// connection killed — a commit waiting for its semi-synchronous acknowledgement then never
+/// reports success to its client, and it would hold up `read_only` — then `read_only = 1`,
+/// and `super_read_only = 1` where the server has it (MySQL; MariaDB has not). Replication
+/// threads and the check user's own sessions (the other agent's checks) are left alone.
+/// Returns how many connections were killed.
+pub async fn self_fence(t: &Target) -> Result<usize, String> {
+    let run = async {
+        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
+        let wait = t.timeout.as_secs().max(1);
+        let result = async {
+            conn.query_drop(format!("SET SESSION lock_wait_timeout = {wait}"))
+                .await?;
+            let ids: Vec<u64> = conn
+                .exec(
+                    "SELECT ID FROM information_schema.PROCESSLIST \
+                     WHERE ID <> CONNECTION_ID() AND USER NOT IN (?, 'system user', 'event_scheduler') \
+                     AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker')",
+                    (t.user.as_str(),),
+                )
+                .await?;
+            let mut killed = 0;
+            for id in ids {
+                // Gone meanwhile, or not ours to kill: the read-only below still holds.
+                if conn.query_drop(format!("KILL CONNECTION {id}")).await.is_ok() {
+                    killed += 1;
+                }
+            }
+            conn.query_drop("SET GLOBAL read_only = 1").await?;
+            let _ = conn.query_drop("SET GLOBAL super_read_only = 1").await;
+            Ok::<usize, mysql_async::Error>(killed)
+        }
+        .await;
+        let _ = conn.disconnect().await;
+        result.map_err(|e| e.to_string())
+    };
+    let limit = t.timeout + Duration::from_secs(t.timeout.as_secs().max(1));
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
+}
+
 #[cfg(test)]
 mod semisync_tests {
     use super::SemiSync;

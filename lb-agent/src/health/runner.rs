@@ -69,6 +69,14 @@ pub fn spawn(action: Action, tx: &mpsc::Sender<Event>) {
                 let result = handover(sorry.as_ref(), &writers).await;
                 let _ = tx.send(Event::Handover(service, attempt, result)).await;
             }
+            Action::SelfFence { target } => match mysql::self_fence(&target).await {
+                Ok(killed) => {
+                    tracing::warn!(server = %target.addr, killed, "self-fenced: no quorum, so this host's server is read-only and its clients were disconnected")
+                }
+                Err(e) => {
+                    tracing::error!(server = %target.addr, error = %e, "could not fence this host's server after losing the quorum (the data plane holds its writes)")
+                }
+            },
             Action::MakeWritable { target } => {
                 if let Err(e) = mysql::set_read_only(&target, false).await {
                     tracing::error!(server = %target.addr, error = %e, "could not make the sorry server writable again after the handover");

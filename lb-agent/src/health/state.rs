@@ -55,6 +55,9 @@ pub enum Action {
     /// Make a server writable again (the sorry server, after the flip of a graceful
     /// handover: run after this evaluation's maps are written).
     MakeWritable { target: Target },
+    /// This host's server, while the agent cannot reach the quorum: its clients killed, then
+    /// `read_only` (see `mysql::self_fence`).
+    SelfFence { target: Target },
 }
 
 /// A service's handover back from its sorry server (with `graceful` or `fence`).

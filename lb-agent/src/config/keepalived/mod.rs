@@ -197,6 +197,7 @@ fn convert(nodes: &[Node]) -> Import {
         vrrp_scripts: scripts.into_iter().map(|s| Spanned::new(0..0, s)).collect(),
         virtual_servers: servers.into_iter().map(|v| Spanned::new(0..0, v)).collect(),
         pair: None,
+        quorum: None,
     };
     lvs::name_repeated_checks(&mut config);
     Import {

@@ -1,0 +1,267 @@
+//! The writer decision in the daemon with `[quorum]` (see `lb_agent::decision::quorum` for
+//! the rules, `super::quorum` for etcd): a round's result moves the decisions the data plane
+//! follows; the leader proposes; every agent acknowledges what its data plane follows;
+//! an agent that stopped being current fences its own server, and lifts that fence once it
+//! is current again; a graceful handover's "sorry server writable again" waits until the
+//! writes are committed elsewhere.
+
+use std::{collections::BTreeSet, net::IpAddr, time::Instant};
+
+use anyhow::Result;
+use lb_agent::{
+    decision::quorum::{Effect, Round},
+    health::{mysql::Target, state::Action},
+};
+
+use super::{
+    core::Daemon,
+    quorum::{QuorumLink, Report},
+    writer::shared_services,
+};
+
+/// What the daemon keeps beside the link for the self-fence and the deferred writes.
+#[derive(Default)]
+pub struct Fences {
+    /// This host's servers fenced for want of a quorum (lifted once current again).
+    pub self_fenced: BTreeSet<IpAddr>,
+    /// Sorry servers to make writable once their service's decision moved past `epoch`.
+    pub deferred_writable: Vec<(String, u64, Target)>,
+}
+
+impl Daemon {
+    /// A round with etcd ended, or a proposal did not commit.
+    pub async fn on_quorum_report(&mut self, report: Report) -> Result<()> {
+        let Some(q) = &mut self.quorum else {
+            return Ok(());
+        };
+        match report {
+            Report::NotCommitted { service, why } => {
+                tracing::warn!(service, why, "writer decision not committed");
+                q.state.proposal_failed(&service);
+            }
+            Report::Round(round) => {
+                if let Round::Failed(why) = &round {
+                    q.failed_rounds += 1;
+                    if q.state.last_error.is_none() {
+                        tracing::warn!(error = %why, "quorum: a round with etcd failed");
+                    }
+                } else {
+                    q.rounds += 1;
+                }
+                let before = q.state.leader().map(str::to_string);
+                let effects = q.state.on_round(round);
+                if q.state.leader() != before.as_deref() {
+                    tracing::info!(
+                        leader = q.state.leader().unwrap_or("none"),
+                        this_agent = q.state.leader() == Some(q.state.me()),
+                        "quorum: the leader key changed hands"
+                    );
+                }
+                for Effect::Follow { service, decision } in effects {
+                    tracing::info!(
+                        service,
+                        epoch = decision.epoch,
+                        sorry = decision.sorry,
+                        "writer decision committed"
+                    );
+                    self.health.inherit(&self.cfg, &service, decision.sorry);
+                }
+            }
+        }
+        self.quorum_step().await
+    }
+
+    /// The decisions stop being current now (the data plane's lease ends with them).
+    pub async fn on_quorum_deadline(&mut self) -> Result<()> {
+        self.quorum_step().await
+    }
+
+    /// When the decisions stop being current, if they are.
+    pub fn quorum_deadline(&self) -> Option<Instant> {
+        let q = self.quorum.as_ref()?;
+        q.state.current_until().filter(|t| *t > Instant::now())
+    }
+
+    /// After anything that may have moved the quorum's state: the data plane's lease, the
+    /// maps (and the leader's next step), then what the data plane follows acknowledged,
+    /// the self-fence, and the deferred writes.
+    async fn quorum_step(&mut self) -> Result<()> {
+        self.renew_lease()?;
+        self.health_step().await?;
+        let now = Instant::now();
+        let actions = self.fence_step(now);
+        self.run(actions);
+        if let Some(q) = &mut self.quorum {
+            q.acknowledge();
+        }
+        Ok(())
+    }
+
+    /// The self-fence (rule 1 of `decision::quorum`): not current, this host's server that
+    /// had the writes is fenced once; current again, the fence is lifted (the data plane
+    /// sends it writes only by a committed decision, so a writable server is harmless).
+    fn fence_step(&mut self, now: Instant) -> Vec<Action> {
+        let Some(q) = &self.quorum else {
+            return vec![];
+        };
+        let mut actions = Vec::new();
+        if q.state.current(now) {
+            let lift: Vec<IpAddr> = self.fences.self_fenced.iter().copied().collect();
+            for addr in lift {
+                if let Some(target) = self.target_of(addr) {
+                    tracing::info!(server = %addr, "quorum regained: lifting this host's self-fence");
+                    actions.push(Action::MakeWritable { target });
+                }
+                self.fences.self_fenced.remove(&addr);
+            }
+            // Sorry servers whose handover is committed: writable again.
+            let mut keep = Vec::new();
+            for (service, epoch, target) in std::mem::take(&mut self.fences.deferred_writable) {
+                match q.state.followed(now, &service) {
+                    Some(d) if d.epoch > epoch => actions.push(Action::MakeWritable { target }),
+                    _ => keep.push((service, epoch, target)),
+                }
+            }
+            self.fences.deferred_writable = keep;
+            return actions;
+        }
+        for vs in shared_services(&self.cfg) {
+            let Some(last) = q.state.last_followed(&vs.name) else {
+                continue;
+            };
+            let had_writes: Vec<IpAddr> = if last.sorry {
+                vs.sorry.iter().map(|r| r.address).collect()
+            } else {
+                vs.reals.iter().map(|r| r.address).collect()
+            };
+            for addr in had_writes {
+                let local = self
+                    .state
+                    .known
+                    .get(&addr)
+                    .is_some_and(|(_, info)| info.local);
+                if !local || self.fences.self_fenced.contains(&addr) {
+                    continue;
+                }
+                if let Some(target) = self.target_of(addr) {
+                    tracing::warn!(server = %addr, service = %vs.name, "no quorum: fencing this host's server (it had the writes)");
+                    actions.push(Action::SelfFence { target });
+                    self.fences.self_fenced.insert(addr);
+                }
+            }
+        }
+        actions
+    }
+
+    /// `status`: the quorum's side.
+    pub(super) fn quorum_status(&self) -> Option<lb_agent::control::status::QuorumStatus> {
+        let q = self.quorum.as_ref()?;
+        let now = Instant::now();
+        Some(lb_agent::control::status::QuorumStatus {
+            connected: q.state.current(now),
+            leader: q.state.leader().map(str::to_string),
+            this_agent_leads: q.state.leading(now),
+            since_renewal_ms: q
+                .state
+                .renewed()
+                .map(|t| now.duration_since(t).as_millis() as u64),
+            last_error: q.state.last_error.clone(),
+            epochs: shared_services(&self.cfg)
+                .iter()
+                .filter_map(|vs| Some((vs.name.clone(), q.state.committed(&vs.name)?.stored.epoch)))
+                .collect(),
+            rounds: q.rounds,
+            failed_rounds: q.failed_rounds,
+            self_fenced: self.fences.self_fenced.iter().copied().collect(),
+        })
+    }
+
+    /// A MySQL-checked server of any service, as a target for SQL.
+    fn target_of(&self, addr: IpAddr) -> Option<Target> {
+        self.cfg
+            .services
+            .iter()
+            .flat_map(|vs| vs.reals.iter().chain(vs.sorry.iter()))
+            .filter(|r| r.address == addr)
+            .find_map(|r| self.health.monitor.mysql_target(r))
+    }
+
+    /// With `[quorum]`, a graceful handover's "sorry server writable again" waits until the
+    /// writes are committed elsewhere: until then the sorry server may still get them.
+    pub(super) fn defer_writable(&mut self, actions: Vec<Action>) -> Vec<Action> {
+        let Some(q) = &self.quorum else {
+            return actions;
+        };
+        let mut now_actions = Vec::new();
+        for a in actions {
+            let Action::MakeWritable { target } = &a else {
+                now_actions.push(a);
+                continue;
+            };
+            let service = shared_services(&self.cfg).into_iter().find(|vs| {
+                vs.sorry
+                    .as_ref()
+                    .is_some_and(|s| s.address == target.addr.ip())
+            });
+            match service {
+                Some(vs) => {
+                    let epoch = q.state.committed(&vs.name).map_or(0, |c| c.stored.epoch);
+                    self.fences
+                        .deferred_writable
+                        .push((vs.name.clone(), epoch, target.clone()));
+                }
+                None => now_actions.push(a),
+            }
+        }
+        now_actions
+    }
+
+    /// The leader's proposals (rule 3), and the changes it made reported when they may
+    /// lose transactions.
+    pub(super) fn decide_in_quorum(&mut self, now: Instant, proposals: Vec<(String, bool)>) {
+        let Some(q) = &mut self.quorum else {
+            return;
+        };
+        log_current(q, now);
+        let mut moved = Vec::new();
+        for (service, sorry) in proposals {
+            let before = q.state.committed(&service).map(|c| c.stored.sorry);
+            let Some(p) = q.state.propose(now, &service, sorry) else {
+                continue;
+            };
+            tracing::warn!(
+                service,
+                epoch = p.stored.epoch,
+                sorry,
+                step = if p.stored.settling {
+                    "hold the writes everywhere"
+                } else {
+                    "release them"
+                },
+                "writer decision: proposing"
+            );
+            if p.stored.settling && before.is_some_and(|b| b != sorry) {
+                moved.push((service, sorry));
+            }
+            q.propose(p);
+        }
+        self.report_moves(moved);
+    }
+}
+
+fn log_current(q: &mut QuorumLink, now: Instant) {
+    let current = q.state.current(now);
+    if current == q.was_current {
+        return;
+    }
+    q.was_current = current;
+    if current {
+        tracing::info!("quorum: decisions current again: the data plane follows them");
+    } else {
+        tracing::warn!(
+            error = q.state.last_error.as_deref().unwrap_or("none"),
+            "quorum: no good round with etcd for {:?}: the shared writes wait, and this host's writer is fenced",
+            q.state.fence_after()
+        );
+    }
+}
