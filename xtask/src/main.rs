@@ -175,6 +175,8 @@ fn build_ebpf(root: &Path) -> Result<()> {
 }
 
 fn build(root: &Path) -> Result<()> {
+    // etcd-client's build script compiles etcd's protobuf definitions with protoc.
+    setup::apt(&[("protoc", "protobuf-compiler")])?;
     build_ebpf(root)?;
     run(cargo().args([
         "build",
@@ -194,6 +196,8 @@ fn test(root: &Path) -> Result<()> {
         ("keepalived", "keepalived"),
         ("mariadbd", "mariadb-server"),
         ("mariadb", "mariadb-client"),
+        ("etcd", "etcd-server"),
+        ("nft", "nftables"),
     ])?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     build(root)?;

@@ -630,3 +630,144 @@ address = "10.1.1.75"
         }
     }
 }
+
+#[cfg(test)]
+mod quorum_section {
+    use super::*;
+    use std::time::Duration;
+
+    /// A writer service on a VRRP address with a sorry server, and `extra` appended.
+    fn text(extra: &str) -> String {
+        format!(
+            "[dataplane]\ninterface = \"eth0\"\n\
+             [[vrrp_instance]]\nname = \"v\"\ninterface = \"eth0\"\nvirtual_router_id = 1\n\
+             priority = 100\n[[vrrp_instance.virtual_address]]\naddress = \"10.1.1.176\"\n\
+             [[virtual_server]]\nname = \"write\"\naddress = \"10.1.1.176\"\nport = 3306\n\
+             [[virtual_server.real_server]]\naddress = \"10.1.1.113\"\n\
+             [virtual_server.sorry_server]\naddress = \"10.1.1.75\"\n{extra}"
+        )
+    }
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(Path::new("t.toml"), &text(extra)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_bare_endpoints() {
+        let c = parse("[quorum]\nendpoints = [\"10.1.1.113:2379\", \"http://10.1.1.30:2379\"]\n")
+            .unwrap();
+        let q = c.quorum.as_ref().unwrap();
+        assert_eq!(
+            q.endpoints,
+            vec!["http://10.1.1.113:2379", "http://10.1.1.30:2379"]
+        );
+        assert_eq!(q.ttl, Duration::from_secs(3));
+        assert_eq!(q.prefix, "/lb-agent/");
+        assert!(q.tls.is_none());
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("split the writes")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn without_quorum_check_config_warns_that_a_partition_can_split_the_writes() {
+        let c = parse("").unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.starts_with("write:") && w.contains("split the writes")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_key() {
+        for (extra, key, says) in [
+            ("endpoints = []", "quorum.endpoints", "client URLs"),
+            (
+                "endpoints = [\"10.1.1.113\"]",
+                "quorum.endpoints",
+                "host:port",
+            ),
+            (
+                "endpoints = [\"ftp://a:1\"]",
+                "quorum.endpoints",
+                "unknown scheme",
+            ),
+            ("endpoints = [\"a:0\"]", "quorum.endpoints", "not a port"),
+            (
+                "endpoints = [\"https://a:1\"]",
+                "quorum.endpoints",
+                "https needs ca_file",
+            ),
+            (
+                "endpoints = [\"a:1\"]\nttl = \"1s\"",
+                "quorum.ttl",
+                "between 2s and 60s",
+            ),
+            (
+                "endpoints = [\"a:1\"]\nttl = \"61s\"",
+                "quorum.ttl",
+                "between 2s and 60s",
+            ),
+            (
+                "endpoints = [\"a:1\"]\nprefix = \"lb\"",
+                "quorum.prefix",
+                "start with /",
+            ),
+            (
+                "endpoints = [\"http://a:1\"]\nca_file = \"/ca.pem\"",
+                "quorum.endpoints",
+                "must be https",
+            ),
+            (
+                "endpoints = [\"https://a:1\"]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"",
+                "quorum.key_file",
+                "needs its key_file",
+            ),
+            (
+                "endpoints = [\"https://a:1\"]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"",
+                "quorum.ca_file",
+                "CA",
+            ),
+        ] {
+            let e = parse(&format!("[quorum]\n{extra}\n")).unwrap_err();
+            assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn pair_and_quorum_together_are_refused() {
+        let e = parse(
+            "[pair]\npeers = [\"10.1.1.75\"]\nkey_file = \"/etc/lb-agent/pair.key\"\n\
+             [quorum]\nendpoints = [\"a:1\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("[pair] and [quorum]"), "{e}");
+    }
+
+    #[test]
+    fn tls_with_a_client_certificate() {
+        let c = parse(
+            "[quorum]\nendpoints = [\"https://a:2379\"]\nca_file = \"/etc/lb-agent/ca.pem\"\n\
+             cert_file = \"/etc/lb-agent/c.pem\"\nkey_file = \"/etc/lb-agent/k.pem\"\n\
+             ttl = \"5s\"\nprefix = \"/lab/\"\n",
+        )
+        .unwrap();
+        let q = c.quorum.unwrap();
+        let tls = q.tls.unwrap();
+        assert_eq!(tls.ca_file.unwrap(), Path::new("/etc/lb-agent/ca.pem"));
+        assert_eq!(
+            tls.identity.unwrap(),
+            (
+                PathBuf::from("/etc/lb-agent/c.pem"),
+                PathBuf::from("/etc/lb-agent/k.pem")
+            )
+        );
+        assert_eq!(q.ttl, Duration::from_secs(5));
+        assert_eq!(q.prefix, "/lab/");
+    }
+}

@@ -58,6 +58,8 @@ pub struct QuorumLink {
     /// Rounds seen, failed rounds, commits that did not happen: for metrics.
     pub rounds: u64,
     pub failed_rounds: u64,
+    /// Failed rounds since the last good one (the log repeats the error every tenth).
+    pub failing: u64,
 }
 
 impl Drop for QuorumLink {
@@ -87,6 +89,7 @@ impl QuorumLink {
             acknowledged: None,
             rounds: 0,
             failed_rounds: 0,
+            failing: 0,
         })
     }
 
@@ -138,10 +141,16 @@ pub fn tls_options(cfg: &QuorumConfig) -> Result<Option<etcd_client::TlsOptions>
     Ok(Some(tls))
 }
 
-/// The task's connection state; dropped (and rebuilt) on errors that may have broken it.
+/// The task's connection state; the streams are dropped (and rebuilt) on errors that may
+/// have broken them. One client per endpoint, used one at a time: etcd-client's balanced
+/// channel spreads requests over every endpoint, and a member cut off from the others
+/// would then fail every third request; a round instead moves to the next endpoint when
+/// its member does not answer.
 #[derive(Default)]
 struct Session {
-    client: Option<Client>,
+    clients: Vec<Option<Client>>,
+    /// The endpoint rounds go to.
+    at: usize,
     lease: Option<i64>,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
     watch: Option<WatchStream>,
@@ -199,21 +208,41 @@ async fn run(
         }
         let sent = Instant::now();
         let mine = std::mem::take(&mut proposals);
-        let result = tokio::time::timeout(
-            period,
-            round(&cfg, &tls, &mut s, &keys, &me, &acks, &mine, &reports),
-        )
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {period:?}")));
+        // Each endpoint in turn, within the period, until one answers.
+        let mut result = Err(String::new());
+        let mut errors = Vec::new();
+        for _ in 0..cfg.endpoints.len() {
+            let left = period.saturating_sub(sent.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let endpoint = cfg.endpoints[s.at % cfg.endpoints.len()].clone();
+            result = tokio::time::timeout(
+                left,
+                round(&cfg, &tls, &mut s, &keys, &me, &acks, &mine, &reports),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {left:?}")));
+            match &result {
+                Ok(_) => break,
+                Err(why) => {
+                    errors.push(format!("{endpoint}: {why}"));
+                    // Its connection and streams may be half-open after a cut (requests
+                    // on them would wait for TCP to give up, minutes): the next endpoint,
+                    // and a new connection when this one's turn comes again.
+                    if let Some(c) = s.clients.get_mut(s.at % cfg.endpoints.len()) {
+                        *c = None;
+                    }
+                    s.at = (s.at + 1) % cfg.endpoints.len();
+                    s.keeper = None;
+                    s.watch = None;
+                }
+            }
+        }
         let report = match result {
             Ok(seen) => Round::Seen { sent, seen },
-            Err(why) => {
-                // The connection may be half-open: start again.
-                s = Session {
-                    client: s.client.take(),
-                    lease: s.lease.take(),
-                    ..Session::default()
-                };
+            Err(_) => {
+                let why = errors.join("; ");
                 for p in mine {
                     let _ = reports
                         .send(Report::NotCommitted {
@@ -222,7 +251,7 @@ async fn run(
                         })
                         .await;
                 }
-                Round::Failed(format!("etcd ({}): {why}", cfg.endpoints.join(", ")))
+                Round::Failed(format!("etcd: {why}"))
             }
         };
         if reports.send(Report::Round(report)).await.is_err() {
@@ -272,42 +301,53 @@ async fn round(
     reports: &mpsc::Sender<Report>,
 ) -> Result<Observation, String> {
     let e = |what: &str, err: etcd_client::Error| format!("{what}: {err}");
-    if s.client.is_none() {
+    if s.clients.len() != cfg.endpoints.len() {
+        s.clients = cfg.endpoints.iter().map(|_| None).collect();
+    }
+    let at = s.at % cfg.endpoints.len();
+    if s.clients[at].is_none() {
+        // A third of the period per request: a member that does not answer leaves time
+        // for the next one within the round.
+        let limit = cfg.ttl / 9;
         let mut opts = ConnectOptions::new()
-            .with_timeout(cfg.ttl / 3)
-            .with_connect_timeout(cfg.ttl / 3)
+            .with_timeout(limit)
+            .with_connect_timeout(limit)
             .with_require_leader(true);
         if let Some(t) = tls {
             opts = opts.with_tls(t.clone());
         }
-        s.client = Some(
-            Client::connect(&cfg.endpoints, Some(opts))
+        s.clients[at] = Some(
+            Client::connect([&cfg.endpoints[at]], Some(opts))
                 .await
                 .map_err(|err| e("connecting", err))?,
         );
     }
-    let client = s.client.as_mut().expect("connected above");
+    let client = s.clients[at].as_mut().expect("connected above");
     // 1. The lease: renewed, or granted anew (first round, expired, etcd lost its data).
     let lease = match s.lease {
         Some(id) => {
             if s.keeper.is_none() {
-                s.keeper = Some(
-                    client
-                        .lease_keep_alive(id)
-                        .await
-                        .map_err(|err| e("renewing the lease", err))?,
-                );
+                match client.lease_keep_alive(id).await {
+                    Ok(keeper) => s.keeper = Some(keeper),
+                    Err(err) if err.to_string().contains("lease not found") => {
+                        s.lease = None;
+                        return Err("the lease expired (a new one is granted next round)".into());
+                    }
+                    Err(err) => return Err(e("renewing the lease", err)),
+                }
             }
             let (keeper, stream) = s.keeper.as_mut().expect("set above");
             keeper
                 .keep_alive()
                 .await
                 .map_err(|err| e("renewing the lease", err))?;
-            let alive = stream
-                .message()
-                .await
-                .map_err(|err| e("renewing the lease", err))?
-                .is_some_and(|r| r.ttl() > 0);
+            // etcd answers an expired lease with ttl 0, or (3.4, after a cut) with the
+            // error "lease not found": either way, a new one.
+            let alive = match stream.message().await {
+                Ok(r) => r.is_some_and(|r| r.ttl() > 0),
+                Err(err) if err.to_string().contains("lease not found") => false,
+                Err(err) => return Err(e("renewing the lease", err)),
+            };
             if !alive {
                 s.lease = None;
                 s.keeper = None;
@@ -425,7 +465,8 @@ fn observe(keys: &Keys, kvs: &[etcd_client::KeyValue]) -> Observation {
 }
 
 async fn resign(s: &mut Session, keys: &Keys, me: &str) {
-    let (Some(client), Some(lease)) = (s.client.as_mut(), s.lease) else {
+    let at = s.at;
+    let (Some(Some(client)), Some(lease)) = (s.clients.get_mut(at), s.lease) else {
         return;
     };
     let _ = client

@@ -132,7 +132,7 @@ impl Daemon {
                 continue;
             };
             let why = if sorry {
-                risk::failover(&self.health.monitor, vs)
+                risk::failover(&self.health.monitor, vs, self.quorum.is_some())
             } else {
                 risk::failback(vs)
             };

@@ -5,12 +5,20 @@
 //! is current again; a graceful handover's "sorry server writable again" waits until the
 //! writes are committed elsewhere.
 
-use std::{collections::BTreeSet, net::IpAddr, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+/// How long a "make writable" gets before the checks' view of it is believed (a few check
+/// intervals), and a failed one is tried again.
+const RETRY_WRITABLE: Duration = Duration::from_secs(3);
 
 use anyhow::Result;
 use lb_agent::{
     decision::quorum::{Effect, Round},
-    health::{mysql::Target, state::Action},
+    health::{mysql::Target, runner, state::Action},
 };
 
 use super::{
@@ -22,10 +30,15 @@ use super::{
 /// What the daemon keeps beside the link for the self-fence and the deferred writes.
 #[derive(Default)]
 pub struct Fences {
-    /// This host's servers fenced for want of a quorum (lifted once current again).
-    pub self_fenced: BTreeSet<IpAddr>,
-    /// Sorry servers to make writable once their service's decision moved past `epoch`.
+    /// This host's servers fenced for want of a quorum, with the last attempt to lift the
+    /// fence (they stay here until their check reads them writable after one).
+    pub self_fenced: BTreeMap<IpAddr, Option<Instant>>,
+    /// Sorry servers to make writable once their service's writes are settled on the real
+    /// servers, or decided again later than `epoch`.
     pub deferred_writable: Vec<(String, u64, Target)>,
+    /// Per service, when the leader last made its sorry server writable because the
+    /// committed writes are on it (tried again while it reads read-only).
+    pub ensured_writable: HashMap<String, Instant>,
 }
 
 impl Daemon {
@@ -42,10 +55,18 @@ impl Daemon {
             Report::Round(round) => {
                 if let Round::Failed(why) = &round {
                     q.failed_rounds += 1;
-                    if q.state.last_error.is_none() {
-                        tracing::warn!(error = %why, "quorum: a round with etcd failed");
+                    if q.failing % 10 == 0 {
+                        tracing::warn!(error = %why, failed_in_a_row = q.failing + 1, "quorum: a round with etcd failed");
                     }
+                    q.failing += 1;
                 } else {
+                    if q.failing > 0 {
+                        tracing::info!(
+                            after = q.failing,
+                            "quorum: a round with etcd succeeded again"
+                        );
+                    }
+                    q.failing = 0;
                     q.rounds += 1;
                 }
                 let before = q.state.leader().map(str::to_string);
@@ -89,8 +110,10 @@ impl Daemon {
         self.renew_lease()?;
         self.health_step().await?;
         let now = Instant::now();
-        let actions = self.fence_step(now);
-        self.run(actions);
+        // Not through `run`: its deferral would take this step's released writes again.
+        for a in self.fence_step(now) {
+            runner::spawn(a, &self.health_tx);
+        }
         if let Some(q) = &mut self.quorum {
             q.acknowledge();
         }
@@ -106,23 +129,45 @@ impl Daemon {
         };
         let mut actions = Vec::new();
         if q.state.current(now) {
-            let lift: Vec<IpAddr> = self.fences.self_fenced.iter().copied().collect();
-            for addr in lift {
+            // Until the check reads it writable after an attempt: a lift can fail (a
+            // server that stalls after a heal), and a read before the attempt may be stale.
+            let fenced: Vec<(IpAddr, Option<Instant>)> = self
+                .fences
+                .self_fenced
+                .iter()
+                .map(|(a, t)| (*a, *t))
+                .collect();
+            for (addr, tried) in fenced {
+                if tried.is_some_and(|t| now.duration_since(t) < RETRY_WRITABLE) {
+                    continue;
+                }
+                if tried.is_some() && self.reads_writable(addr) == Some(true) {
+                    tracing::info!(server = %addr, "this host's self-fence is lifted");
+                    self.fences.self_fenced.remove(&addr);
+                    continue;
+                }
                 if let Some(target) = self.target_of(addr) {
                     tracing::info!(server = %addr, "quorum regained: lifting this host's self-fence");
                     actions.push(Action::MakeWritable { target });
                 }
-                self.fences.self_fenced.remove(&addr);
+                self.fences.self_fenced.insert(addr, Some(now));
             }
-            // Sorry servers whose handover is committed: writable again.
+            // Sorry servers whose handover is settled (every agent holds the writes on the
+            // real servers, so none sends them to the sorry server), or whose service was
+            // decided again since: writable again. The settled step keeps the epoch of its
+            // settling step, so "later epoch" alone would wait for the next change.
             let mut keep = Vec::new();
             for (service, epoch, target) in std::mem::take(&mut self.fences.deferred_writable) {
                 match q.state.followed(now, &service) {
-                    Some(d) if d.epoch > epoch => actions.push(Action::MakeWritable { target }),
+                    Some(d) if !d.sorry || d.epoch > epoch => {
+                        tracing::info!(service, server = %target.addr, epoch = d.epoch, "handover settled everywhere: the sorry server may take writes again");
+                        actions.push(Action::MakeWritable { target })
+                    }
                     _ => keep.push((service, epoch, target)),
                 }
             }
             self.fences.deferred_writable = keep;
+            self.ensure_sorry_writable(now, &mut actions);
             return actions;
         }
         for vs in shared_services(&self.cfg) {
@@ -140,17 +185,65 @@ impl Daemon {
                     .known
                     .get(&addr)
                     .is_some_and(|(_, info)| info.local);
-                if !local || self.fences.self_fenced.contains(&addr) {
+                // Once per loss (a lift under way stops: the server stays fenced).
+                if !local || self.fences.self_fenced.get(&addr) == Some(&None) {
                     continue;
                 }
                 if let Some(target) = self.target_of(addr) {
                     tracing::warn!(server = %addr, service = %vs.name, "no quorum: fencing this host's server (it had the writes)");
                     actions.push(Action::SelfFence { target });
-                    self.fences.self_fenced.insert(addr);
+                    self.fences.self_fenced.insert(addr, None);
                 }
             }
         }
         actions
+    }
+
+    /// The leader makes sure a sorry server that the settled decision gives the writes can
+    /// take them: a graceful handover that did not finish, or a self-fence of the other
+    /// host's agent that nobody lifted (its host down for good), may have left it
+    /// read-only. Not while a handover is under way (that one wants it read-only), and
+    /// only once per epoch (a failed attempt is logged; the next change tries again).
+    fn ensure_sorry_writable(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(q) = &self.quorum else {
+            return;
+        };
+        if !q.state.leading(now) {
+            return;
+        }
+        for vs in shared_services(&self.cfg) {
+            let Some(d) = q.state.followed(now, &vs.name) else {
+                continue;
+            };
+            let Some(sorry) = vs.sorry.as_ref() else {
+                continue;
+            };
+            if !d.sorry
+                || !self.health.eval.holds_sorry(&vs.name)
+                || self.health.handing_over(&vs.name)
+                || self
+                    .fences
+                    .ensured_writable
+                    .get(&vs.name)
+                    .is_some_and(|t| now.duration_since(*t) < RETRY_WRITABLE)
+                || self
+                    .fences
+                    .deferred_writable
+                    .iter()
+                    .any(|(s, _, _)| *s == vs.name)
+            {
+                continue;
+            }
+            if self.reads_writable(sorry.address) != Some(false) {
+                continue;
+            }
+            let Some(target) = self.health.monitor.mysql_target(sorry) else {
+                continue;
+            };
+            tracing::warn!(service = %vs.name, server = %sorry.address, epoch = d.epoch, "the writes are decided on the sorry server, which is read-only: making it writable");
+            self.fences.ensured_writable.insert(vs.name.clone(), now);
+            actions.push(Action::MakeWritable { target });
+        }
     }
 
     /// `status`: the quorum's side.
@@ -172,8 +265,23 @@ impl Daemon {
                 .collect(),
             rounds: q.rounds,
             failed_rounds: q.failed_rounds,
-            self_fenced: self.fences.self_fenced.iter().copied().collect(),
+            self_fenced: self.fences.self_fenced.keys().copied().collect(),
         })
+    }
+
+    /// What the latest check of server `addr` read: writable or not; none when the check
+    /// is down or does not read it.
+    fn reads_writable(&self, addr: IpAddr) -> Option<bool> {
+        self.cfg
+            .services
+            .iter()
+            .flat_map(|vs| vs.reals.iter().chain(vs.sorry.iter()))
+            .filter(|r| r.address == addr)
+            .find_map(|r| {
+                let c = self.health.monitor.checked(r)?;
+                c.is_up().then_some(())?;
+                Some(c.mysql.as_ref()?.writable())
+            })
     }
 
     /// A MySQL-checked server of any service, as a target for SQL.

@@ -218,10 +218,12 @@ impl Quorum {
                 continue;
             }
             self.raise(service, c.stored.epoch);
+            // A proposal is done when it, or something newer, is committed (the settling
+            // step of its own epoch is not: that is the step before).
             if self
                 .pending
                 .get(service)
-                .is_some_and(|(p, _)| p.epoch <= c.stored.epoch)
+                .is_some_and(|(p, _)| p.epoch < c.stored.epoch || *p == c.stored)
             {
                 self.pending.remove(service);
             }

@@ -20,7 +20,9 @@ use super::{monitor::Monitor, mysql::NO_ANSWER};
 use crate::config::{Failback, Role, Service};
 
 /// Why failing over from `vs`'s real servers to its sorry server may lose transactions.
-pub fn failover(m: &Monitor, vs: &Service) -> Option<String> {
+/// `quorum`: the writer decision is kept in etcd (`[quorum]`), so an old writer that does not
+/// answer — cut off — has fenced itself before the change could commit: not a risk.
+pub fn failover(m: &Monitor, vs: &Service, quorum: bool) -> Option<String> {
     if vs.role != Role::Writer {
         return None;
     }
@@ -30,7 +32,7 @@ pub fn failover(m: &Monitor, vs: &Service) -> Option<String> {
             why.push(format!("{} is not checked", rs.address));
             continue;
         };
-        if c.reason.as_deref().is_some_and(|r| r.contains(NO_ANSWER)) {
+        if !quorum && c.reason.as_deref().is_some_and(|r| r.contains(NO_ANSWER)) {
             why.push(format!(
                 "{} does not answer (hung or unreachable): it cannot be fenced and may still commit",
                 rs.address
@@ -119,19 +121,24 @@ mod tests {
             &mut m,
             &[with_semisync(true, 1), refused.clone(), refused.clone()],
         );
-        assert_eq!(failover(&m, vs), None);
+        assert_eq!(failover(&m, vs, false), None);
         feed(&mut m, &[with_semisync(true, 1), hung.clone(), hung]);
-        assert!(failover(&m, vs).unwrap().contains("does not answer"));
+        assert!(failover(&m, vs, false).unwrap().contains("does not answer"));
+        assert_eq!(
+            failover(&m, vs, true),
+            None,
+            "with a quorum it fenced itself"
+        );
         feed(
             &mut m,
             &[with_semisync(false, 0), refused.clone(), refused.clone()],
         );
-        assert!(failover(&m, vs).unwrap().contains("fallen back"));
+        assert!(failover(&m, vs, false).unwrap().contains("fallen back"));
         feed(
             &mut m,
             &[mysql("0-1-10", false, true), refused.clone(), refused],
         );
-        assert!(failover(&m, vs).unwrap().contains("asynchronous"));
+        assert!(failover(&m, vs, false).unwrap().contains("asynchronous"));
         assert_eq!(failback(vs), None, "caught-up checks");
         let (cfg, _, _) = setup("immediate");
         assert!(failback(&cfg.services[0]).unwrap().contains("immediate"));

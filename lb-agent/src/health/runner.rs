@@ -77,11 +77,12 @@ pub fn spawn(action: Action, tx: &mpsc::Sender<Event>) {
                     tracing::error!(server = %target.addr, error = %e, "could not fence this host's server after losing the quorum (the data plane holds its writes)")
                 }
             },
-            Action::MakeWritable { target } => {
-                if let Err(e) = mysql::set_read_only(&target, false).await {
-                    tracing::error!(server = %target.addr, error = %e, "could not make the sorry server writable again after the handover");
+            Action::MakeWritable { target } => match mysql::set_read_only(&target, false).await {
+                Ok(()) => tracing::info!(server = %target.addr, "writable again (read_only=0)"),
+                Err(e) => {
+                    tracing::error!(server = %target.addr, error = %e, "could not make the server writable again")
                 }
-            }
+            },
         }
     });
 }

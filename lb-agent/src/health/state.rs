@@ -356,6 +356,11 @@ impl HealthState {
         std::mem::take(&mut self.new_risks)
     }
 
+    /// Whether a handover back from `service`'s sorry server is under way (or will retry).
+    pub fn handing_over(&self, service: &str) -> bool {
+        self.handover(service) != Handover::Idle
+    }
+
     fn handover(&self, service: &str) -> Handover {
         self.handovers
             .get(service)

@@ -316,7 +316,7 @@ pub fn evaluate(
         // Neither the old writer nor the sorry server while the sorry server drains.
         verdict.hold_writes = gate.draining();
         let change = match (before, mode) {
-            (Mode::Pool, Mode::Sorry) if sorry.is_some() => risk::failover(m, vs),
+            (Mode::Pool, Mode::Sorry) if sorry.is_some() => risk::failover(m, vs, false),
             (Mode::Sorry, Mode::Pool) => risk::failback(vs),
             _ => None,
         };

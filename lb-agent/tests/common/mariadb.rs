@@ -24,6 +24,8 @@ pub struct Db {
     pub server_id: u32,
     pub dir: PathBuf,
     pub pid: u32,
+    /// `mariadbd` options added at every start (a restart keeps them).
+    pub options: Vec<String>,
 }
 
 impl Db {
@@ -93,6 +95,11 @@ fn template(lab: &Lab) -> PathBuf {
 impl Lab {
     /// A fresh MariaDB server in `host` (whose eth0 address is `addr`), started and ready.
     pub fn mariadb(&mut self, host: &str, addr: &str, server_id: u32) -> Db {
+        self.mariadb_with(host, addr, server_id, &[])
+    }
+
+    /// The same, with `options` added to every start of its `mariadbd`.
+    pub fn mariadb_with(&mut self, host: &str, addr: &str, server_id: u32, options: &[&str]) -> Db {
         let dir = std::env::temp_dir()
             .join(&self.prefix)
             .join(format!("db-{host}"));
@@ -109,6 +116,7 @@ impl Lab {
             server_id,
             dir,
             pid: 0,
+            options: options.iter().map(|o| o.to_string()).collect(),
         };
         self.mariadb_start(&mut db, &[]);
         // Users, not replicated (each server gets its own).
@@ -117,7 +125,7 @@ impl Lab {
              CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-pw';
              GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
              CREATE USER '{CHECK_USER}'@'%' IDENTIFIED BY '{CHECK_PASSWORD}';
-             GRANT SLAVE MONITOR, BINLOG MONITOR, READ_ONLY ADMIN ON *.* TO '{CHECK_USER}'@'%';
+             GRANT SLAVE MONITOR, BINLOG MONITOR, READ_ONLY ADMIN, PROCESS, CONNECTION ADMIN ON *.* TO '{CHECK_USER}'@'%';
              CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}';
              GRANT ALL ON app.* TO '{APP_USER}'@'%';"
         ));
@@ -156,6 +164,7 @@ impl Lab {
             "--rpl-semi-sync-master-wait-point=AFTER_SYNC".into(),
             "--rpl-semi-sync-master-timeout=1000".into(),
         ];
+        args.extend(db.options.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         db.pid = self.spawn(&db.host.clone(), &refs, &log);

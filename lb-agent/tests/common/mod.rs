@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+pub mod faults;
 pub mod mariadb;
 pub mod pair;
 pub mod sqlclient;
@@ -436,7 +438,11 @@ impl Drop for Lab {
             // keepalived --namespace keeps its pid files here.
             let _ = std::fs::remove_dir_all(format!("/run/keepalived/{ns}"));
         }
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.prefix));
+        let dir = std::env::temp_dir().join(&self.prefix);
+        if std::thread::panicking() {
+            keep_logs(&dir);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
         // Pins left by a killed agent (or a failed test): every /sys/fs/bpf/<prefix>-*.
         if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
             let mine = format!("{}-", self.prefix);
@@ -447,4 +453,40 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// A failed test's logs (agents, servers, etcd) outlive its lab: copied to
+/// `/tmp/lb-failed/<lab>/`, and their last lines printed (CI shows them).
+fn keep_logs(dir: &std::path::Path) {
+    let Some(name) = dir.file_name() else { return };
+    let to = std::env::temp_dir().join("lb-failed").join(name);
+    let _ = std::fs::create_dir_all(&to);
+    let mut logs = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                logs.push(p);
+            }
+        }
+    }
+    for p in logs {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let parent = p
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = format!("{parent}-{}", p.file_name().unwrap().to_string_lossy());
+        let _ = std::fs::write(to.join(name), &text);
+        let tail: Vec<&str> = text.lines().rev().take(25).collect();
+        eprintln!("--- {} (last {} lines)", p.display(), tail.len());
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+    }
+    eprintln!("--- logs kept in {}", to.display());
 }

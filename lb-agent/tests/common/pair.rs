@@ -17,7 +17,7 @@ use lb_agent::config::{
 };
 
 use super::{
-    Lab,
+    Lab, etcd,
     mariadb::{self, CHECK_USER, Db},
     sqlclient::{self, Log},
 };
@@ -54,25 +54,55 @@ pub fn dir(lab: &Lab) -> PathBuf {
     std::env::temp_dir().join(&lab.prefix)
 }
 
+/// The witness host of `[quorum]` (an etcd member only).
+pub const WITNESS: &str = "10.1.1.30";
+
+/// The semi-sync timeout with `[quorum]`: longer than the self-fence (two thirds of the 3 s
+/// TTL), so that a writer cut off from the quorum cannot acknowledge, after falling back to
+/// asynchronous replication, a write its peer lacks before it is fenced (README: Failure
+/// modes).
+pub const QUORUM_SEMISYNC_TIMEOUT_MS: u32 = 3_000;
+
 /// Builds the two hosts and both clients, starts MariaDB (replicating both ways, schema
 /// created, converged) and both agents.
 pub fn set_up(lab: &mut Lab) -> (Host, Host) {
+    let (db1, db2, _) = set_up_with(lab, false);
+    (db1, db2)
+}
+
+/// The same; with `quorum`, the agents keep the writer decision in a three-member etcd
+/// cluster (db1, db2 and a witness host `wit`), which is returned not yet started (the
+/// agents start without it: "no quorum").
+pub fn set_up_with(lab: &mut Lab, quorum: bool) -> (Host, Host, Option<etcd::Cluster>) {
     std::fs::create_dir_all(dir(lab)).unwrap();
     lab.bridge();
     lab.host("cl", "10.1.1.10/24");
     lab.host("cl2", "10.1.1.20/24");
     lab.host("db1", &format!("{DB1}/24"));
     lab.host("db2", &format!("{DB2}/24"));
+    let cluster = quorum.then(|| {
+        lab.host("wit", &format!("{WITNESS}/24"));
+        etcd::Cluster::new(lab, &[("db1", DB1), ("db2", DB2), ("wit", WITNESS)])
+    });
+    let timeout = format!("--rpl-semi-sync-master-timeout={QUORUM_SEMISYNC_TIMEOUT_MS}");
+    // A replication connection left half-open by a cut is given up after 4 s (heartbeats
+    // every 2 s) instead of MariaDB's 60 s default, so the servers converge soon after a
+    // heal (README: Quorum).
+    let options: Vec<&str> = if quorum {
+        vec![&timeout, "--slave-net-timeout=4"]
+    } else {
+        vec![]
+    };
     let mut hosts = Vec::new();
     for (name, addr, id) in [("db1", DB1, 1), ("db2", DB2, 2)] {
-        let config = lab_config(lab, name);
+        let config = lab_config(lab, name, cluster.as_ref().map(|c| c.endpoints()));
         // The real-server side, as the lb-agent-realserver unit does at boot.
         agent_in(
             lab,
             name,
             &["realserver", "up", "--config", config.to_str().unwrap()],
         );
-        let db = lab.mariadb(name, addr, id);
+        let db = lab.mariadb_with(name, addr, id, &options);
         hosts.push(Host {
             name,
             db,
@@ -91,11 +121,12 @@ pub fn set_up(lab: &mut Lab) -> (Host, Host) {
     let mut db1 = hosts.pop().unwrap();
     start_agent(lab, &mut db1);
     start_agent(lab, &mut db2);
-    (db1, db2)
+    (db1, db2, cluster)
 }
 
-/// `configs/<name>.toml`, adapted to the lab's host-specific paths.
-fn lab_config(lab: &Lab, name: &str) -> PathBuf {
+/// `configs/<name>.toml`, adapted to the lab's host-specific paths; with `quorum` (etcd
+/// endpoints), `[quorum]` in place of `[pair]`.
+fn lab_config(lab: &Lab, name: &str, quorum: Option<Vec<String>>) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../configs")
         .join(format!("{name}.toml"));
@@ -133,6 +164,20 @@ fn lab_config(lab: &Lab, name: &str) -> PathBuf {
     }
     if let Some(pair) = &mut cfg.pair {
         pair.key_file = pair_key(lab);
+    }
+    if let Some(endpoints) = quorum {
+        cfg.pair = None;
+        cfg.quorum = Some(toml::Spanned::new(
+            0..0,
+            lb_agent::config::schema::Quorum {
+                endpoints,
+                ttl: None,
+                prefix: Some(format!("/{}/", lab.prefix)),
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
+            },
+        ));
     }
     let path = dir(lab).join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
@@ -362,4 +407,51 @@ pub fn link_down_for(lab: &Lab, h: &Host, held: Duration) {
     lab.ip(h.name, &["link", "set", "eth0", "down"]);
     std::thread::sleep(held);
     lab.ip(h.name, &["link", "set", "eth0", "up"]);
+}
+
+/// A partition on the bridge: frames between any host of `a` and any host of `b` are
+/// dropped (both ways, flooded ones too); hosts in neither (the clients) still reach both
+/// sides. `heal` lifts it. The bridge's own nftables table, so that frames an XDP program
+/// sent with `XDP_TX` are cut as well (nftables in a host does not see those).
+pub fn partition(lab: &Lab, a: &[&str], b: &[&str]) {
+    heal(lab);
+    lab.exec("br", &["nft", "add", "table", "bridge", "cut"]);
+    lab.exec(
+        "br",
+        &[
+            "nft",
+            "add chain bridge cut forward { type filter hook forward priority 0; }",
+        ],
+    );
+    for x in a {
+        for y in b {
+            for (from, to) in [(x, y), (y, x)] {
+                lab.exec(
+                    "br",
+                    &[
+                        "nft",
+                        &format!(
+                            "add rule bridge cut forward iifname \"p-{from}\" oifname \"p-{to}\" drop"
+                        ),
+                    ],
+                );
+            }
+        }
+    }
+}
+
+/// No partition any more.
+pub fn heal(lab: &Lab) {
+    let _ = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("br"),
+            "nft",
+            "delete",
+            "table",
+            "bridge",
+            "cut",
+        ])
+        .output();
 }
