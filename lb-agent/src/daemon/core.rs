@@ -206,6 +206,8 @@ impl Daemon {
                 self.notifier.writer_risk(vs, &why);
             }
         }
+        let mut actions = actions;
+        self.ensure_replication(decided, &mut actions);
         self.run(actions);
         self.send_pair(decided)?;
         Ok(())

@@ -44,7 +44,7 @@ impl Daemon {
     }
 
     /// This agent decides: it is VRRP master of a shared service's address.
-    fn leading(&self) -> bool {
+    pub(super) fn leading(&self) -> bool {
         let masters = self.vrrp.masters();
         self.shared_services()
             .iter()

@@ -36,6 +36,10 @@ pub struct Replica {
     /// `Retrieved_Gtid_Set`); empty when it received nothing or the server does not say.
     #[serde(default)]
     pub received: String,
+    /// The IO thread is stopped (`No`), not merely reconnecting (`Connecting`): replication
+    /// was stopped on purpose (`STOP SLAVE`) or failed for good.
+    #[serde(default)]
+    pub io_stopped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -182,6 +186,28 @@ impl MysqlState {
     }
 }
 
+impl MysqlState {
+    /// The errant-transaction question (DESIGN §7): has this server nothing that
+    /// `other_executed` lacks? A writer that was cut off may have committed transactions
+    /// nobody acknowledged (a commit in its semi-sync wait when it was fenced); they are in
+    /// its binary log only. Replicated to the server that took the writes meanwhile, their
+    /// row images would overwrite newer rows (a counter set back by every increment made
+    /// since), so such a server is not failed back to and not replicated from.
+    pub fn errant_against(&self, other_executed: &str) -> Result<(), String> {
+        let theirs = Gtids::parse(other_executed)?;
+        let mine = Gtids::parse(&self.binlog_pos)?;
+        if theirs.contains(&mine) {
+            return Ok(());
+        }
+        Err(format!(
+            "ERRANT: its binary log {:?} has transactions the sorry server (executed {:?}) \
+             lacks; it is kept out of the writes until rebuilt from the sorry server (README: \
+             Errant transactions)",
+            self.binlog_pos, other_executed
+        ))
+    }
+}
+
 fn yes_no(b: bool) -> &'static str {
     if b { "running" } else { "stopped" }
 }
@@ -300,6 +326,7 @@ fn replica(r: &Row) -> Replica {
         seconds_behind: text(&["Seconds_Behind_Master", "Seconds_Behind_Source"])
             .and_then(|s| s.parse().ok()),
         received: text(&["Gtid_IO_Pos", "Retrieved_Gtid_Set"]).unwrap_or_default(),
+        io_stopped: text(&["Slave_IO_Running", "Replica_IO_Running"]).as_deref() == Some("No"),
     }
 }
 
@@ -327,6 +354,98 @@ pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
         r.map_err(|e| e.to_string())
     };
     // Longer than the server's own lock wait, so that it answers (and lets go) first.
+    let limit = t.timeout + Duration::from_secs(t.timeout.as_secs().max(1));
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
+}
+
+/// Stops (`on` false) or starts replication on a server: `STOP SLAVE` / `START SLAVE` on
+/// MariaDB, `STOP REPLICA` / `START REPLICA` on MySQL. Stopping lets the relay log be
+/// applied first: the IO thread stops, the SQL thread applies what was received (bounded by
+/// the check's timeout), then both stop — a writer that took the writes has applied all it
+/// received from the server it replaced (the drain gate) and then takes nothing more from it.
+pub async fn set_replicating(t: &Target, on: bool) -> Result<(), String> {
+    let run = async {
+        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
+        let result = async {
+            let version: String = conn.query_first("SELECT @@version").await?.unwrap_or_default();
+            let word = if version.contains("MariaDB") { "SLAVE" } else { "REPLICA" };
+            if on {
+                // Both threads stopped (an IO thread that failed leaves the SQL one running).
+                conn.query_drop(format!("STOP {word}")).await?;
+                if version.contains("MariaDB") {
+                    // The server took writes meanwhile: ask its source for what follows its
+                    // current position, not for its own transactions back from where it
+                    // last replicated (the source may have rotated them away — a rebuilt
+                    // server's binary log starts at the rebuild).
+                    conn.query_drop("SET GLOBAL gtid_slave_pos = @@global.gtid_current_pos")
+                        .await?;
+                }
+                conn.query_drop(format!("START {word}")).await?;
+                return Ok(());
+            }
+            conn.query_drop(format!("STOP {word} IO_THREAD")).await?;
+            let row: Option<Row> = conn.query_first(format!("SHOW {word} STATUS")).await?;
+            if let Some(r) = row.map(|r| replica(&r)).filter(|r| !r.received.is_empty()) {
+                let wait = t.timeout.as_secs().max(1);
+                let sql = if version.contains("MariaDB") {
+                    "SELECT MASTER_GTID_WAIT(?, ?)"
+                } else {
+                    "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+                };
+                let waited: Option<i64> = conn.exec_first(sql, (r.received.as_str(), wait)).await?;
+                if waited != Some(0) {
+                    return Err(mysql_async::Error::Other(
+                        format!("the relay log (up to {:?}) was not applied within {wait} s; replication left with its IO thread stopped", r.received).into(),
+                    ));
+                }
+            }
+            conn.query_drop(format!("STOP {word}")).await?;
+            Ok::<(), mysql_async::Error>(())
+        }
+        .await;
+        let _ = conn.disconnect().await;
+        result.map_err(|e| e.to_string())
+    };
+    let limit = t.timeout * 2 + Duration::from_secs(1);
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
+}
+
+/// Ends the client sessions that hold row locks on a server that no longer has the writes:
+/// a client cut off mid-transaction (its host's link down, a partition) leaves its session
+/// open with the locks of its `UPDATE`s until `wait_timeout` (hours), and replication from
+/// the new writer then waits on them until `innodb_lock_wait_timeout` stops its SQL thread
+/// (error 1205). Only transactions that locked or changed rows; replication threads and the
+/// check user's sessions are left alone. Returns how many were killed.
+pub async fn kill_orphans(t: &Target) -> Result<usize, String> {
+    let run = async {
+        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
+        let result = async {
+            let ids: Vec<u64> = conn
+                .exec(
+                    "SELECT p.ID FROM information_schema.INNODB_TRX x \
+                     JOIN information_schema.PROCESSLIST p ON p.ID = x.trx_mysql_thread_id \
+                     WHERE p.ID <> CONNECTION_ID() AND p.USER NOT IN (?, 'system user', 'event_scheduler') \
+                     AND p.COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
+                     AND (x.trx_rows_locked > 0 OR x.trx_rows_modified > 0)",
+                    (t.user.as_str(),),
+                )
+                .await?;
+            let mut killed = 0;
+            for id in ids {
+                if conn.query_drop(format!("KILL CONNECTION {id}")).await.is_ok() {
+                    killed += 1;
+                }
+            }
+            Ok::<usize, mysql_async::Error>(killed)
+        }
+        .await;
+        let _ = conn.disconnect().await;
+        result.map_err(|e| e.to_string())
+    };
     let limit = t.timeout + Duration::from_secs(t.timeout.as_secs().max(1));
     tokio::time::timeout(limit, run)
         .await
@@ -427,7 +546,7 @@ mod tests {
                 io_running: io,
                 sql_running: sql,
                 seconds_behind: behind,
-                received: String::new(),
+                ..Replica::default()
             }),
             ..MysqlState::default()
         }
@@ -455,6 +574,35 @@ mod tests {
         assert!(m.drained().is_err());
         m.replica = None;
         assert!(m.drained().is_ok());
+    }
+
+    #[test]
+    fn errant_means_something_in_the_binary_log_the_other_has_not_executed() {
+        let mut old_writer = state(true, true, Some(0), "1-1-60,2-2-90");
+        // Its own domain is one ahead of what the sorry server executed from it: the commit
+        // that was in its semi-sync wait when it was cut off.
+        old_writer.binlog_pos = "1-1-61,2-2-90".into();
+        let e = old_writer.errant_against("1-1-60,2-2-95").unwrap_err();
+        assert!(e.starts_with("ERRANT") && e.contains("1-1-61"), "{e}");
+        // Rebuilt from the sorry server: clean, even while behind in the other's domain
+        // (that is the caught-up question's, not this one's).
+        old_writer.binlog_pos = "1-1-60,2-2-90".into();
+        assert!(old_writer.errant_against("1-1-60,2-2-95").is_ok());
+        // MySQL sets: a transaction of its own uuid the other lacks.
+        let mut m = state(true, true, Some(0), "");
+        m.binlog_pos = "aaaaaaaa-71ca-11e1-9e33-c80aa9429562:1-21".into();
+        assert!(
+            m.errant_against("aaaaaaaa-71ca-11e1-9e33-c80aa9429562:1-20")
+                .is_err()
+        );
+        assert!(
+            m.errant_against("aaaaaaaa-71ca-11e1-9e33-c80aa9429562:1-30")
+                .is_ok()
+        );
+        assert!(
+            m.errant_against("garbage-").is_err(),
+            "unreadable: not clean"
+        );
     }
 
     #[test]

@@ -77,6 +77,28 @@ pub fn spawn(action: Action, tx: &mpsc::Sender<Event>) {
                     tracing::error!(server = %target.addr, error = %e, "could not fence this host's server after losing the quorum (the data plane holds its writes)")
                 }
             },
+            Action::SetReplicating { target, on } => {
+                match mysql::set_replicating(&target, on).await {
+                    Ok(()) if on => {
+                        tracing::info!(server = %target.addr, "replication from the writer started again")
+                    }
+                    Ok(()) => {
+                        tracing::warn!(server = %target.addr, "replication from the replaced writer stopped (its relay log applied): nothing it committed unacknowledged can reach this server")
+                    }
+                    Err(e) => {
+                        tracing::error!(server = %target.addr, start = on, error = %e, "could not change replication (retrying)")
+                    }
+                }
+            }
+            Action::KillOrphans { target } => match mysql::kill_orphans(&target).await {
+                Ok(0) => {}
+                Ok(killed) => {
+                    tracing::warn!(server = %target.addr, killed, "ended client sessions holding row locks on a server without the writes (cut off mid-transaction)")
+                }
+                Err(e) => {
+                    tracing::debug!(server = %target.addr, error = %e, "could not look for orphaned transactions")
+                }
+            },
             Action::MakeWritable { target } => match mysql::set_read_only(&target, false).await {
                 Ok(()) => tracing::info!(server = %target.addr, "writable again (read_only=0)"),
                 Err(e) => {
@@ -125,6 +147,16 @@ async fn handover(sorry: Option<&Target>, writers: &[(Target, bool)]) -> Result<
                     break;
                 }
                 pos = again;
+            }
+            // The writers hold everything the sorry server wrote: it may replicate from them
+            // again (its replication was stopped when it took the writes), before they take
+            // any, so that their first commits find a semi-sync replica.
+            let replica = mysql::probe(s, true).await?.replica;
+            if replica.is_some_and(|r| r.io_stopped && !r.sql_running) {
+                mysql::set_replicating(s, true)
+                    .await
+                    .map_err(|e| format!("starting the sorry server's replication: {e}"))?;
+                tracing::info!(server = %s.addr, "the sorry server replicates from the writer again");
             }
         }
         for (w, fenced) in writers {

@@ -58,6 +58,13 @@ pub enum Action {
     /// This host's server, while the agent cannot reach the quorum: its clients killed, then
     /// `read_only` (see `mysql::self_fence`).
     SelfFence { target: Target },
+    /// With `[quorum]`: stop (`on` false: the server took the writes from the one it
+    /// replicates) or start (the writes went back) a sorry server's replication from its
+    /// service's writer (see `mysql::set_replicating`).
+    SetReplicating { target: Target, on: bool },
+    /// A writer that answers while the sorry server has the writes: end the client sessions
+    /// that hold row locks there (see `mysql::kill_orphans`).
+    KillOrphans { target: Target },
 }
 
 /// A service's handover back from its sorry server (with `graceful` or `fence`).

@@ -214,10 +214,12 @@ fn judge(m: &Monitor, vs: &Service, rs: &Real, fenced: &Fenced) -> (RealHealth, 
 
 /// `caught-up`: every usable real server replicates with zero lag and, in a check that ran
 /// after the sorry server's last one, had executed everything in the sorry server's binary
-/// log as that check read it.
+/// log as that check read it, and has no errant transaction (nothing in its binary log that
+/// the sorry server has not executed).
 fn caught_up(m: &Monitor, vs: &Service, usable: &[&Real]) -> Result<(), String> {
     let sorry = vs.sorry.as_ref().ok_or("no sorry server")?;
     let s = m.checked(sorry).ok_or("the sorry server is not checked")?;
+    let sorry_executed = s.mysql.as_ref().map(|x| x.executed.as_str());
     let (Some(pos), Some(read_at)) = (s.mysql.as_ref().map(|x| &x.binlog_pos), s.up_at) else {
         return Err(format!(
             "the sorry server {}'s binary log position is unknown",
@@ -228,6 +230,7 @@ fn caught_up(m: &Monitor, vs: &Service, usable: &[&Real]) -> Result<(), String> 
         let c = m.checked(rs).ok_or("a real server is not checked")?;
         let st = c.mysql.as_ref().ok_or("no MySQL state read")?;
         st.caught_up_with(pos)
+            .and_then(|()| st.errant_against(sorry_executed.unwrap_or_default()))
             .map_err(|e| format!("{}: {e}", rs.address))?;
         if c.up_at.is_none_or(|t| t <= read_at) {
             return Err(format!(
@@ -418,7 +421,7 @@ address = "10.0.0.2"
                     io_running: true,
                     sql_running: true,
                     seconds_behind: Some(0),
-                    received: String::new(),
+                    ..Replica::default()
                 }),
                 ..MysqlState::default()
             }),

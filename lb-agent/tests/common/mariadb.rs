@@ -125,7 +125,7 @@ impl Lab {
              CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-pw';
              GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
              CREATE USER '{CHECK_USER}'@'%' IDENTIFIED BY '{CHECK_PASSWORD}';
-             GRANT SLAVE MONITOR, BINLOG MONITOR, READ_ONLY ADMIN, PROCESS, CONNECTION ADMIN ON *.* TO '{CHECK_USER}'@'%';
+             GRANT SLAVE MONITOR, BINLOG MONITOR, READ_ONLY ADMIN, PROCESS, CONNECTION ADMIN, REPLICATION SLAVE ADMIN ON *.* TO '{CHECK_USER}'@'%';
              CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}';
              GRANT ALL ON app.* TO '{APP_USER}'@'%';"
         ));
@@ -190,6 +190,69 @@ pub fn replicate_both_ways(a: &Db, b: &Db) {
             source.addr
         ));
     }
+}
+
+/// Per domain, the sequence number of a MariaDB GTID position (`1-1-60,2-2-90`).
+pub fn seqs(pos: &str) -> std::collections::BTreeMap<u32, u64> {
+    pos.split(',')
+        .filter_map(|g| {
+            let mut p = g.trim().split('-');
+            Some((p.next()?.parse().ok()?, p.nth(1)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The transactions in `db`'s binary log that `other` has not executed, by domain (domain,
+/// its seq, other's seq): errant transactions.
+pub fn errant(db: &Db, other: &Db) -> Vec<(u32, u64, u64)> {
+    let theirs = seqs(&other.sql("SELECT @@gtid_current_pos"));
+    seqs(&db.sql("SELECT @@gtid_binlog_pos"))
+        .into_iter()
+        .filter_map(|(d, seq)| {
+            let t = theirs.get(&d).copied().unwrap_or(0);
+            (seq > t).then_some((d, seq, t))
+        })
+        .collect()
+}
+
+/// The operator's repair of a server with errant transactions (README: Errant
+/// transactions): its data replaced by a consistent dump of `source` (not binlogged), its
+/// binary log restarted at the dump's position — the errant transactions gone with it — and
+/// replication from `source` resumed from there.
+pub fn rebuild_from(db: &Db, source: &Db) {
+    let out = Command::new("mariadb-dump")
+        .args(["--no-defaults", "-uroot", "-S"])
+        .arg(source.socket())
+        .args([
+            "--single-transaction",
+            "--gtid",
+            "--master-data=2",
+            "--databases",
+            "app",
+        ])
+        .output()
+        .expect("mariadb-dump runs");
+    assert!(
+        out.status.success(),
+        "mariadb-dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout);
+    let pos = dump
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("gtid_slave_pos='").nth(1)?;
+            Some(rest.split('\'').next()?.to_string())
+        })
+        .expect("the dump names its GTID position");
+    let file = db.dir.join("rebuild.sql");
+    std::fs::write(&file, format!("SET SESSION sql_log_bin = 0;\n{dump}")).unwrap();
+    db.sql("STOP SLAVE");
+    db.sql(&format!("SOURCE {}", file.display()));
+    db.sql(&format!(
+        "RESET MASTER; SET GLOBAL gtid_binlog_state = '{pos}'; \
+         SET GLOBAL gtid_slave_pos = '{pos}'; START SLAVE;"
+    ));
 }
 
 /// Waits (bounded) until both servers have executed the same GTIDs.
