@@ -11,6 +11,7 @@ mod neighbours;
 mod pair;
 mod quorum;
 mod reload;
+mod replication;
 mod stall;
 mod writer;
 mod writer_quorum;

@@ -13,7 +13,7 @@ use std::{
 
 /// How long a "make writable" gets before the checks' view of it is believed (a few check
 /// intervals), and a failed one is tried again.
-const RETRY_WRITABLE: Duration = Duration::from_secs(3);
+pub(super) const RETRY_WRITABLE: Duration = Duration::from_secs(3);
 
 use anyhow::Result;
 use lb_agent::{
@@ -252,108 +252,6 @@ impl Daemon {
         }
     }
 
-    /// The deciding agent keeps the sorry server's replication from the writer in step with
-    /// where the writes go (DESIGN §7, errant transactions; any mode). Writes on the sorry
-    /// server: its replication from the writer stops once its relay log is applied, so
-    /// that what the replaced writer committed unacknowledged (a commit in its semi-sync
-    /// wait when it was cut off) never reaches it at the heal — its row images would set
-    /// newer rows back. Writes back on the writer (failback lets them go only without
-    /// errant transactions): started again, also when its IO thread failed. Both threads
-    /// stopped is what a stop looks like; a failed SQL thread is left to the operator. Tried
-    /// again every few seconds while the check reads the other state.
-    pub(super) fn ensure_replication(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        // The agent that decides: the lease holder, the pair's leader, or the VRRP master.
-        let decides = match (&self.quorum, &self.pair) {
-            (Some(q), _) => q.state.leading(now),
-            (None, Some(p)) => p.shared.is_leader(),
-            (None, None) => self.leading(),
-        };
-        if !decides {
-            return;
-        }
-        for vs in shared_services(&self.cfg) {
-            let Some(sorry) = vs.sorry.as_ref() else {
-                continue;
-            };
-            // Where this agent's data plane sends the writes (it follows the shared
-            // decision; the local checks' view can differ, e.g. on a new leader whose
-            // writer has not caught up yet).
-            let holds_sorry = self
-                .state
-                .services
-                .iter()
-                .find(|s| s.name == vs.name)
-                .is_some_and(|s| s.using_sorry);
-            // Writers that answer while the sorry server has the writes: sessions cut off
-            // mid-transaction would block replication into them (every 3 s).
-            if holds_sorry
-                && !self.health.handing_over(&vs.name)
-                && self
-                    .fences
-                    .orphans_checked
-                    .get(&vs.name)
-                    .is_none_or(|t| now.duration_since(*t) >= RETRY_WRITABLE)
-            {
-                self.fences.orphans_checked.insert(vs.name.clone(), now);
-                for rs in &vs.reals {
-                    let up = self.health.monitor.checked(rs).is_some_and(|c| c.is_up());
-                    if let (true, Some(target)) = (up, self.health.monitor.mysql_target(rs)) {
-                        actions.push(Action::KillOrphans { target });
-                    }
-                }
-            }
-            // With `[quorum]`, only once the data plane follows the committed decision.
-            let epoch = match &self.quorum {
-                Some(q) => match q.state.followed(now, &vs.name) {
-                    Some(d) if d.sorry == holds_sorry => d.epoch,
-                    _ => continue,
-                },
-                None => 0,
-            };
-            let Some(replica) = self
-                .health
-                .monitor
-                .checked(sorry)
-                .filter(|c| c.is_up())
-                .and_then(|c| c.mysql.as_ref()?.replica.clone())
-            else {
-                continue;
-            };
-            let from_writer = replica
-                .source_host
-                .parse::<IpAddr>()
-                .is_ok_and(|a| vs.reals.iter().any(|r| r.address == a));
-            if !from_writer
-                || self
-                    .fences
-                    .replication_changed
-                    .get(&vs.name)
-                    .is_some_and(|t| now.duration_since(*t) < RETRY_WRITABLE)
-            {
-                continue;
-            }
-            let stopped = replica.io_stopped && !replica.sql_running;
-            // A graceful handover starts the sorry server's replication itself, once the
-            // writer holds all of its position (`runner::handover`); here, after any flip
-            // back, and again after an IO thread that failed (e.g. started too early).
-            let handing_over = self.health.handing_over(&vs.name);
-            let on = if holds_sorry && !handing_over && !stopped {
-                tracing::warn!(service = %vs.name, server = %sorry.address, epoch, "the sorry server has the writes: stopping its replication from the writer");
-                false
-            } else if !holds_sorry && !handing_over && replica.io_stopped {
-                tracing::info!(service = %vs.name, server = %sorry.address, epoch, "the writes are back on the writer: the sorry server replicates from it again");
-                true
-            } else {
-                continue;
-            };
-            let Some(target) = self.health.monitor.mysql_target(sorry) else {
-                continue;
-            };
-            self.fences.replication_changed.insert(vs.name.clone(), now);
-            actions.push(Action::SetReplicating { target, on });
-        }
-    }
-
     /// `status`: the quorum's side.
     pub(super) fn quorum_status(&self) -> Option<lb_agent::control::status::QuorumStatus> {
         let q = self.quorum.as_ref()?;
@@ -435,6 +333,11 @@ impl Daemon {
     /// The leader's proposals (rule 3), and the changes it made reported when they may
     /// lose transactions.
     pub(super) fn decide_in_quorum(&mut self, now: Instant, proposals: Vec<(String, bool)>) {
+        let held: Vec<String> = proposals
+            .iter()
+            .filter(|(service, sorry)| *sorry && self.no_move_to_sorry(service).is_some())
+            .map(|(service, _)| service.clone())
+            .collect();
         let Some(q) = &mut self.quorum else {
             return;
         };
@@ -442,6 +345,11 @@ impl Daemon {
         let mut moved = Vec::new();
         for (service, sorry) in proposals {
             let before = q.state.committed(&service).map(|c| c.stored.sorry);
+            // A new move to the sorry server that cannot help (see `no_move_to_sorry`):
+            // the committed decision stands. A change under way goes on.
+            if before == Some(false) && held.contains(&service) {
+                continue;
+            }
             let Some(p) = q.state.propose(now, &service, sorry) else {
                 continue;
             };
@@ -462,6 +370,42 @@ impl Daemon {
             q.propose(p);
         }
         self.report_moves(moved);
+    }
+}
+
+impl Daemon {
+    /// Why the leader must not move `service`'s writes to its sorry server now, if it must
+    /// not: the sorry server does not answer this agent's checks (writes sent there would
+    /// only fail, and a server cut off from the leader may be cut off from the clients'
+    /// side too), or one of its writers is this host's, fenced for want of a quorum a
+    /// moment ago — its checks read it read-only or not answering because of our own
+    /// fence, not because it failed; or a writer answers writable now.
+    fn no_move_to_sorry(&self, service: &str) -> Option<String> {
+        let vs = self.cfg.service(service)?;
+        let sorry = vs.sorry.as_ref()?;
+        if !self
+            .health
+            .monitor
+            .checked(sorry)
+            .is_some_and(|c| c.is_up())
+        {
+            return Some(format!("the sorry server {} is down", sorry.address));
+        }
+        if let Some(r) = vs
+            .reals
+            .iter()
+            .find(|r| self.fences.self_fenced.contains_key(&r.address))
+        {
+            return Some(format!("{} is this host's, self-fenced", r.address));
+        }
+        // The local failback gate remembers a failure (e.g. of our own fence, or while the
+        // sorry server was away) until its writer has caught up; but the committed
+        // decision has the writes on the writer, and a writer that answers writable now
+        // is nothing to fail over from.
+        vs.reals
+            .iter()
+            .find(|r| self.reads_writable(r.address) == Some(true))
+            .map(|r| format!("{} answers and is writable", r.address))
     }
 }
 

@@ -1,0 +1,114 @@
+//! The sorry server's replication kept in step with where the writes go (README: Errant
+//! transactions), in every mode: stopped when the sorry server takes the writes, started
+//! again once they are back; and, meanwhile, client sessions cut off mid-transaction on the
+//! old writer ended, since their row locks would stall replication into it.
+
+use std::{net::IpAddr, time::Instant};
+
+use lb_agent::health::state::Action;
+
+use super::{core::Daemon, writer::shared_services, writer_quorum::RETRY_WRITABLE};
+
+impl Daemon {
+    /// The deciding agent keeps the sorry server's replication from the writer in step with
+    /// where the writes go (DESIGN §7, errant transactions; any mode). Writes on the sorry
+    /// server: its replication from the writer stops once its relay log is applied, so
+    /// that what the replaced writer committed unacknowledged (a commit in its semi-sync
+    /// wait when it was cut off) never reaches it at the heal — its row images would set
+    /// newer rows back. Writes back on the writer (failback lets them go only without
+    /// errant transactions): started again, also when its IO thread failed. Both threads
+    /// stopped is what a stop looks like; a failed SQL thread is left to the operator. Tried
+    /// again every few seconds while the check reads the other state.
+    pub(super) fn ensure_replication(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        // The agent that decides: the lease holder, the pair's leader, or the VRRP master.
+        let decides = match (&self.quorum, &self.pair) {
+            (Some(q), _) => q.state.leading(now),
+            (None, Some(p)) => p.shared.is_leader(),
+            (None, None) => self.leading(),
+        };
+        if !decides {
+            return;
+        }
+        for vs in shared_services(&self.cfg) {
+            let Some(sorry) = vs.sorry.as_ref() else {
+                continue;
+            };
+            // Where this agent's data plane sends the writes (it follows the shared
+            // decision; the local checks' view can differ, e.g. on a new leader whose
+            // writer has not caught up yet).
+            let holds_sorry = self
+                .state
+                .services
+                .iter()
+                .find(|s| s.name == vs.name)
+                .is_some_and(|s| s.using_sorry);
+            // Writers that answer while the sorry server has the writes: sessions cut off
+            // mid-transaction would block replication into them (every 3 s).
+            if holds_sorry
+                && !self.health.handing_over(&vs.name)
+                && self
+                    .fences
+                    .orphans_checked
+                    .get(&vs.name)
+                    .is_none_or(|t| now.duration_since(*t) >= RETRY_WRITABLE)
+            {
+                self.fences.orphans_checked.insert(vs.name.clone(), now);
+                for rs in &vs.reals {
+                    let up = self.health.monitor.checked(rs).is_some_and(|c| c.is_up());
+                    if let (true, Some(target)) = (up, self.health.monitor.mysql_target(rs)) {
+                        actions.push(Action::KillOrphans { target });
+                    }
+                }
+            }
+            // With `[quorum]`, only once the data plane follows the committed decision.
+            let epoch = match &self.quorum {
+                Some(q) => match q.state.followed(now, &vs.name) {
+                    Some(d) if d.sorry == holds_sorry => d.epoch,
+                    _ => continue,
+                },
+                None => 0,
+            };
+            let Some(replica) = self
+                .health
+                .monitor
+                .checked(sorry)
+                .filter(|c| c.is_up())
+                .and_then(|c| c.mysql.as_ref()?.replica.clone())
+            else {
+                continue;
+            };
+            let from_writer = replica
+                .source_host
+                .parse::<IpAddr>()
+                .is_ok_and(|a| vs.reals.iter().any(|r| r.address == a));
+            if !from_writer
+                || self
+                    .fences
+                    .replication_changed
+                    .get(&vs.name)
+                    .is_some_and(|t| now.duration_since(*t) < RETRY_WRITABLE)
+            {
+                continue;
+            }
+            let stopped = replica.io_stopped && !replica.sql_running;
+            // A graceful handover starts the sorry server's replication itself, once the
+            // writer holds all of its position (`runner::handover`); here, after any flip
+            // back, and again after an IO thread that failed (e.g. started too early).
+            let handing_over = self.health.handing_over(&vs.name);
+            let on = if holds_sorry && !handing_over && !stopped {
+                tracing::warn!(service = %vs.name, server = %sorry.address, epoch, "the sorry server has the writes: stopping its replication from the writer");
+                false
+            } else if !holds_sorry && !handing_over && replica.io_stopped {
+                tracing::info!(service = %vs.name, server = %sorry.address, epoch, "the writes are back on the writer: the sorry server replicates from it again");
+                true
+            } else {
+                continue;
+            };
+            let Some(target) = self.health.monitor.mysql_target(sorry) else {
+                continue;
+            };
+            self.fences.replication_changed.insert(vs.name.clone(), now);
+            actions.push(Action::SetReplicating { target, on });
+        }
+    }
+}
