@@ -111,4 +111,70 @@ impl Daemon {
             actions.push(Action::SetReplicating { target, on });
         }
     }
+
+    /// Says once, loudly (log, `notify_writer_risk`, e-mail with `smtp_alert`), that a
+    /// writer holds errant transactions while the sorry server has the writes and no longer
+    /// replicates from it: the failback waits for an operator's rebuild (README: Errant
+    /// transactions), and rebuilding discards them. Only the deciding agent reports.
+    pub(super) fn report_errant(&mut self, now: Instant) {
+        let decides = match (&self.quorum, &self.pair) {
+            (Some(q), _) => q.state.leading(now),
+            (None, Some(p)) => p.shared.is_leader(),
+            (None, None) => self.leading(),
+        };
+        if !decides {
+            return;
+        }
+        let mut reports = Vec::new();
+        for vs in shared_services(&self.cfg) {
+            let Some(sorry) = vs.sorry.as_ref() else {
+                continue;
+            };
+            let using_sorry = self
+                .state
+                .services
+                .iter()
+                .any(|s| s.name == vs.name && s.using_sorry);
+            let Some(sorry_state) = self
+                .health
+                .monitor
+                .checked(sorry)
+                .filter(|c| c.is_up())
+                .and_then(|c| c.mysql.clone())
+            else {
+                continue;
+            };
+            // While it replicates from the writer, "ahead" is only replication lag.
+            let replicates = sorry_state
+                .replica
+                .as_ref()
+                .is_some_and(|r| !r.io_stopped || r.sql_running);
+            if !using_sorry || replicates {
+                continue;
+            }
+            for rs in &vs.reals {
+                let Some(st) = self
+                    .health
+                    .monitor
+                    .checked(rs)
+                    .filter(|c| c.is_up())
+                    .and_then(|c| c.mysql.as_ref())
+                else {
+                    continue;
+                };
+                let Err(why) = st.errant_against(&sorry_state.executed) else {
+                    continue;
+                };
+                let key = (rs.address, st.binlog_pos.clone());
+                if self.fences.errant_reported.insert(key) {
+                    reports.push((vs.name.clone(), format!("{}: {why}", rs.address)));
+                }
+            }
+        }
+        for (service, why) in reports {
+            if let Some(vs) = self.cfg.service(&service) {
+                self.notifier.writer_risk(vs, &why);
+            }
+        }
+    }
 }

@@ -45,6 +45,9 @@ pub struct Fences {
     /// Per service, when the deciding agent last looked for orphaned transactions on its
     /// writers while the sorry server had the writes.
     pub orphans_checked: HashMap<String, Instant>,
+    /// Writers reported with errant transactions, by the binary log position they had
+    /// (a new position is reported again).
+    pub errant_reported: std::collections::HashSet<(IpAddr, String)>,
 }
 
 impl Daemon {
