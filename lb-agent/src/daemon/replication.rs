@@ -10,6 +10,24 @@ use lb_agent::health::state::Action;
 use super::{core::Daemon, writer::shared_services, writer_quorum::RETRY_WRITABLE};
 
 impl Daemon {
+    /// This agent decides the writer: the lease holder, the pair's leader, or (alone) the
+    /// VRRP master.
+    fn decides_writer(&self, now: Instant) -> bool {
+        match (&self.quorum, &self.pair) {
+            (Some(q), _) => q.state.leading(now),
+            (None, Some(p)) => p.shared.is_leader(),
+            (None, None) => self.leading(),
+        }
+    }
+
+    /// Whether this agent's data plane sends `service`'s writes to its sorry server.
+    fn uses_sorry(&self, service: &str) -> bool {
+        self.state
+            .services
+            .iter()
+            .any(|s| s.name == service && s.using_sorry)
+    }
+
     /// The deciding agent keeps the sorry server's replication from the writer in step with
     /// where the writes go (DESIGN §7, errant transactions; any mode). Writes on the sorry
     /// server: its replication from the writer stops once its relay log is applied, so
@@ -20,13 +38,7 @@ impl Daemon {
     /// stopped is what a stop looks like; a failed SQL thread is left to the operator. Tried
     /// again every few seconds while the check reads the other state.
     pub(super) fn ensure_replication(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        // The agent that decides: the lease holder, the pair's leader, or the VRRP master.
-        let decides = match (&self.quorum, &self.pair) {
-            (Some(q), _) => q.state.leading(now),
-            (None, Some(p)) => p.shared.is_leader(),
-            (None, None) => self.leading(),
-        };
-        if !decides {
+        if !self.decides_writer(now) {
             return;
         }
         for vs in shared_services(&self.cfg) {
@@ -36,12 +48,7 @@ impl Daemon {
             // Where this agent's data plane sends the writes (it follows the shared
             // decision; the local checks' view can differ, e.g. on a new leader whose
             // writer has not caught up yet).
-            let holds_sorry = self
-                .state
-                .services
-                .iter()
-                .find(|s| s.name == vs.name)
-                .is_some_and(|s| s.using_sorry);
+            let holds_sorry = self.uses_sorry(&vs.name);
             // Writers that answer while the sorry server has the writes: sessions cut off
             // mid-transaction would block replication into them (every 3 s).
             if holds_sorry
@@ -117,12 +124,7 @@ impl Daemon {
     /// replicates from it: the failback waits for an operator's rebuild (README: Errant
     /// transactions), and rebuilding discards them. Only the deciding agent reports.
     pub(super) fn report_errant(&mut self, now: Instant) {
-        let decides = match (&self.quorum, &self.pair) {
-            (Some(q), _) => q.state.leading(now),
-            (None, Some(p)) => p.shared.is_leader(),
-            (None, None) => self.leading(),
-        };
-        if !decides {
+        if !self.decides_writer(now) {
             return;
         }
         let mut reports = Vec::new();
@@ -130,11 +132,7 @@ impl Daemon {
             let Some(sorry) = vs.sorry.as_ref() else {
                 continue;
             };
-            let using_sorry = self
-                .state
-                .services
-                .iter()
-                .any(|s| s.name == vs.name && s.using_sorry);
+            let using_sorry = self.uses_sorry(&vs.name);
             let Some(sorry_state) = self
                 .health
                 .monitor

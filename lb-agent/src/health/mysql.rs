@@ -414,6 +414,22 @@ pub async fn set_replicating(t: &Target, on: bool) -> Result<(), String> {
         .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
 }
 
+/// `KILL CONNECTION` each of `ids`; returns how many were killed (one gone meanwhile, or
+/// not ours to kill, is skipped).
+async fn kill_connections(conn: &mut Conn, ids: Vec<u64>) -> usize {
+    let mut killed = 0;
+    for id in ids {
+        if conn
+            .query_drop(format!("KILL CONNECTION {id}"))
+            .await
+            .is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
 /// Ends the client sessions that hold row locks on a server that no longer has the writes:
 /// a client cut off mid-transaction (its host's link down, a partition) leaves its session
 /// open with the locks of its `UPDATE`s until `wait_timeout` (hours), and replication from
@@ -434,13 +450,7 @@ pub async fn kill_orphans(t: &Target) -> Result<usize, String> {
                     (t.user.as_str(),),
                 )
                 .await?;
-            let mut killed = 0;
-            for id in ids {
-                if conn.query_drop(format!("KILL CONNECTION {id}")).await.is_ok() {
-                    killed += 1;
-                }
-            }
-            Ok::<usize, mysql_async::Error>(killed)
+            Ok::<usize, mysql_async::Error>(kill_connections(&mut conn, ids).await)
         }
         .await;
         let _ = conn.disconnect().await;
@@ -473,13 +483,7 @@ pub async fn self_fence(t: &Target) -> Result<usize, String> {
                     (t.user.as_str(),),
                 )
                 .await?;
-            let mut killed = 0;
-            for id in ids {
-                // Gone meanwhile, or not ours to kill: the read-only below still holds.
-                if conn.query_drop(format!("KILL CONNECTION {id}")).await.is_ok() {
-                    killed += 1;
-                }
-            }
+            let killed = kill_connections(&mut conn, ids).await;
             conn.query_drop("SET GLOBAL read_only = 1").await?;
             let _ = conn.query_drop("SET GLOBAL super_read_only = 1").await;
             Ok::<usize, mysql_async::Error>(killed)
