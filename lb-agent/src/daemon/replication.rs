@@ -163,7 +163,12 @@ impl Daemon {
                 let Err(why) = st.errant_against(&sorry_state.executed) else {
                     continue;
                 };
-                let key = (rs.address, st.binlog_pos.clone());
+                // Once per errant set: the server goes on replicating the sorry server's
+                // writes, so its whole position changes every round.
+                let key = (
+                    rs.address,
+                    st.errant_part(&sorry_state.executed).unwrap_or_default(),
+                );
                 if self.fences.errant_reported.insert(key) {
                     reports.push((vs.name.clone(), format!("{}: {why}", rs.address)));
                 }

@@ -55,6 +55,51 @@ impl Gtids {
     }
 }
 
+impl Gtids {
+    /// What `self` has that `other` lacks, written back in the servers' own format: for
+    /// MariaDB the domains where `self` is further (its last GTID there), for MySQL the
+    /// intervals of `self` not inside one of `other`'s. The name of an errant transaction
+    /// that stays the same while the server goes on replicating other domains. Empty when
+    /// `other` contains `self`.
+    pub fn beyond(&self, other: &Gtids) -> String {
+        match (self, other) {
+            (Gtids::MariaDb(mine), Gtids::MariaDb(theirs)) => mine
+                .iter()
+                .filter(|(d, (_, seq))| theirs.get(d).is_none_or(|(_, t)| t < seq))
+                .map(|(d, (srv, seq))| format!("{d}-{srv}-{seq}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            (Gtids::MySql(mine), Gtids::MySql(theirs)) => mine
+                .iter()
+                .filter_map(|(src, ivs)| {
+                    let outside: Vec<String> = ivs
+                        .iter()
+                        .filter(|&&(a, b)| {
+                            !theirs
+                                .get(src)
+                                .is_some_and(|t| t.iter().any(|&(x, y)| x <= a && b <= y))
+                        })
+                        .map(|&(a, b)| {
+                            if a == b {
+                                a.to_string()
+                            } else {
+                                format!("{a}-{b}")
+                            }
+                        })
+                        .collect();
+                    (!outside.is_empty()).then(|| format!("{src}:{}", outside.join(":")))
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            // Different kinds: nothing in common, so all of `self`.
+            (Gtids::MariaDb(_), Gtids::MySql(_)) => {
+                self.beyond(&Gtids::MariaDb(Default::default()))
+            }
+            (Gtids::MySql(_), Gtids::MariaDb(_)) => self.beyond(&Gtids::MySql(Default::default())),
+        }
+    }
+}
+
 fn parse_mariadb(s: &str) -> Result<Gtids, String> {
     let mut out = BTreeMap::new();
     for g in s.split(',').filter(|g| !g.is_empty()) {
@@ -124,6 +169,30 @@ mod tests {
 
     fn g(s: &str) -> Gtids {
         Gtids::parse(s).unwrap()
+    }
+
+    #[test]
+    fn beyond_names_what_the_other_lacks() {
+        let cases = [
+            // (mine, theirs, beyond)
+            ("1-1-16,2-2-130", "1-1-15,2-2-1600", "1-1-16"),
+            ("1-1-15,2-2-1600", "1-1-15,2-2-1600", ""),
+            ("0-1-5,3-1-2", "0-1-9", "3-1-2"),
+            (
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-20",
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-19",
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-20",
+            ),
+            (
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7",
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5",
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:7",
+            ),
+            ("0-1-5", "3e11fa47-71ca-11e1-9e33-c80aa9429562:1", "0-1-5"),
+        ];
+        for (mine, theirs, want) in cases {
+            assert_eq!(g(mine).beyond(&g(theirs)), want, "{mine} beyond {theirs}");
+        }
     }
 
     #[test]

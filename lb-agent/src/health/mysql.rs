@@ -173,6 +173,11 @@ impl MysqlState {
     pub fn caught_up_with(&self, source_binlog_pos: &str) -> Result<(), String> {
         self.replica_within(Duration::ZERO)?;
         self.drained()?;
+        self.holds(source_binlog_pos)
+    }
+
+    /// Whether this server has executed every transaction of `source_binlog_pos`.
+    pub fn holds(&self, source_binlog_pos: &str) -> Result<(), String> {
         let mine = Gtids::parse(&self.executed)?;
         let theirs = Gtids::parse(source_binlog_pos)?;
         if mine.contains(&theirs) {
@@ -194,17 +199,27 @@ impl MysqlState {
     /// row images would overwrite newer rows (a counter set back by every increment made
     /// since), so such a server is not failed back to and not replicated from.
     pub fn errant_against(&self, other_executed: &str) -> Result<(), String> {
-        let theirs = Gtids::parse(other_executed)?;
-        let mine = Gtids::parse(&self.binlog_pos)?;
-        if theirs.contains(&mine) {
+        let errant = self.errant_part(other_executed)?;
+        if errant.is_empty() {
             return Ok(());
         }
         Err(format!(
-            "ERRANT: its binary log {:?} has transactions the sorry server (executed {:?}) \
-             lacks; it is kept out of the writes until rebuilt from the sorry server (README: \
+            "ERRANT: {errant} in its binary log {:?} is not in the sorry server's (executed \
+             {:?}); it is kept out of the writes until rebuilt from the sorry server (README: \
              Errant transactions)",
             self.binlog_pos, other_executed
         ))
+    }
+
+    /// The transactions in this server's binary log that `other_executed` lacks (empty when
+    /// none), in the server's format; see `errant_against`.
+    pub fn errant_part(&self, other_executed: &str) -> Result<String, String> {
+        let theirs = Gtids::parse(other_executed)?;
+        let mine = Gtids::parse(&self.binlog_pos)?;
+        if theirs.contains(&mine) {
+            return Ok(String::new());
+        }
+        Ok(mine.beyond(&theirs))
     }
 }
 
@@ -587,7 +602,7 @@ mod tests {
         // that was in its semi-sync wait when it was cut off.
         old_writer.binlog_pos = "1-1-61,2-2-90".into();
         let e = old_writer.errant_against("1-1-60,2-2-95").unwrap_err();
-        assert!(e.starts_with("ERRANT") && e.contains("1-1-61"), "{e}");
+        assert!(e.starts_with("ERRANT: 1-1-61 in its binary log"), "{e}");
         // Rebuilt from the sorry server: clean, even while behind in the other's domain
         // (that is the caught-up question's, not this one's).
         old_writer.binlog_pos = "1-1-60,2-2-90".into();

@@ -122,14 +122,31 @@ async fn handover(sorry: Option<&Target>, writers: &[(Target, bool)]) -> Result<
             // read_only stops new writes, but a transaction already open still commits
             // (MariaDB and MySQL let it): wait for the writers to hold the position, then
             // read it again, until it stops moving.
+            // No client writes reach the writers until the flip: a session there holding row
+            // locks was cut off mid-transaction, and would stall the replication that is to
+            // bring them the sorry server's writes (error 1205 after
+            // innodb_lock_wait_timeout).
+            for (w, _) in writers {
+                match mysql::kill_orphans(w).await {
+                    Ok(0) => {}
+                    Ok(killed) => {
+                        tracing::warn!(server = %w.addr, killed, "handover: ended client sessions holding row locks on the writer (cut off mid-transaction)")
+                    }
+                    Err(e) => return Err(format!("{}: ending orphaned sessions: {e}", w.addr)),
+                }
+            }
             let deadline = Instant::now() + HANDOVER_WAIT;
-            let mut pos = mysql::probe(s, false).await?.binlog_pos;
+            let mut at = mysql::probe(s, false).await?;
             loop {
-                let want = Gtids::parse(&pos)?;
+                let (pos, want) = (&at.binlog_pos, Gtids::parse(&at.binlog_pos)?);
                 for (w, _) in writers {
                     loop {
-                        let have = mysql::probe(w, false).await?.executed;
-                        if Gtids::parse(&have)?.contains(&want) {
+                        let have = mysql::probe(w, false).await?;
+                        // The last word on errant transactions: the gate let the handover
+                        // start on checks that may be old (or with the sorry server down).
+                        have.errant_against(&at.executed)
+                            .map_err(|e| format!("{}: {e}", w.addr))?;
+                        if Gtids::parse(&have.executed)?.contains(&want) {
                             break;
                         }
                         if Instant::now() > deadline {
@@ -142,11 +159,11 @@ async fn handover(sorry: Option<&Target>, writers: &[(Target, bool)]) -> Result<
                     }
                 }
                 tokio::time::sleep(SETTLE).await;
-                let again = mysql::probe(s, false).await?.binlog_pos;
-                if again == pos {
+                let again = mysql::probe(s, false).await?;
+                if again.binlog_pos == *pos {
                     break;
                 }
-                pos = again;
+                at = again;
             }
             // The writers hold everything the sorry server wrote: it may replicate from them
             // again (its replication was stopped when it took the writes), before they take

@@ -25,8 +25,18 @@ use crate::{
     config::{Config, Real, Service},
 };
 
-/// After a failed handover, when to try again.
+/// After a failed handover, when to try again: doubling from the first to the last, since
+/// every graceful attempt keeps the sorry server read-only for up to `HANDOVER_WAIT` (a
+/// writer that cannot catch up must not turn into writes refused most of the time).
 const HANDOVER_RETRY: Duration = Duration::from_secs(1);
+const HANDOVER_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The wait before handover attempt `failures + 1`.
+fn handover_backoff(failures: u32) -> Duration {
+    HANDOVER_RETRY
+        .saturating_mul(1 << failures.saturating_sub(1).min(5))
+        .min(HANDOVER_RETRY_MAX)
+}
 
 /// What the health tasks report to the daemon's loop.
 #[derive(Debug)]
@@ -81,6 +91,9 @@ pub struct HealthState {
     gates: Gates,
     pub eval: Evaluation,
     handovers: HashMap<String, Handover>,
+    /// Per service: failed handovers in a row and the last one's error (reset when one
+    /// succeeds or the gate stays on the sorry server).
+    handover_failures: HashMap<String, (u32, String)>,
     attempts: u64,
     fenced: Fenced,
     fencing: HashSet<IpAddr>,
@@ -131,6 +144,7 @@ impl HealthState {
             gates,
             eval,
             handovers: HashMap::new(),
+            handover_failures: HashMap::new(),
             attempts,
             fenced,
             fencing: HashSet::new(),
@@ -239,11 +253,21 @@ impl HealthState {
                     return (None, false);
                 }
                 *h = match result {
-                    Ok(()) => Handover::Ready,
+                    Ok(()) => {
+                        self.handover_failures.remove(&service);
+                        Handover::Ready
+                    }
                     Err(e) => {
-                        tracing::warn!(service, error = %e, "handover back from the sorry server failed; the sorry server keeps the writes");
+                        let failed = self
+                            .handover_failures
+                            .entry(service.clone())
+                            .or_insert((0, String::new()));
+                        failed.0 += 1;
+                        let wait = handover_backoff(failed.0);
+                        tracing::warn!(service, error = %e, failures = failed.0, retry_in = ?wait, "handover back from the sorry server failed; the sorry server keeps the writes");
+                        failed.1 = e;
                         Handover::Failed {
-                            retry_at: now + HANDOVER_RETRY,
+                            retry_at: now + wait,
                         }
                     }
                 };
@@ -388,6 +412,7 @@ impl HealthState {
         let wants_pool = !next.holds_sorry(&vs.name);
         if !wants_pool {
             self.handovers.insert(vs.name.clone(), Handover::Idle);
+            self.handover_failures.remove(&vs.name);
             return;
         }
         if !was_sorry {
@@ -421,11 +446,17 @@ impl HealthState {
         if let Some(v) = next.verdicts.get_mut(&vs.name) {
             v.hold_sorry = true;
         }
-        let failed = matches!(self.handover(&vs.name), Handover::Failed { .. });
+        let failed = match self.handover(&vs.name) {
+            Handover::Failed { retry_at } => self
+                .handover_failures
+                .get(&vs.name)
+                .map(|(n, e)| (*n, e.clone(), retry_at.saturating_duration_since(now))),
+            _ => None,
+        };
         if let Some(r) = next.report_mut(&vs.name) {
             r.mode = ServiceMode::Sorry;
-            r.waiting = Some(if failed {
-                "handover failed; retrying".into()
+            r.waiting = Some(if let Some((n, e, wait)) = failed {
+                format!("handover failed {n} time(s) in a row ({e}); next try in {wait:.0?}")
             } else if vs.graceful {
                 "handing over: sorry server read-only until the writer has its writes".into()
             } else {
@@ -538,6 +569,12 @@ fn utc(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn failed_handovers_back_off_to_half_a_minute() {
+        let waits: Vec<u64> = (1..=8).map(|n| handover_backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 
     #[test]
     fn utc_times_read_as_dates() {

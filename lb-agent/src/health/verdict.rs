@@ -216,11 +216,26 @@ fn judge(m: &Monitor, vs: &Service, rs: &Real, fenced: &Fenced) -> (RealHealth, 
 /// after the sorry server's last one, had executed everything in the sorry server's binary
 /// log as that check read it, and has no errant transaction (nothing in its binary log that
 /// the sorry server has not executed).
-fn caught_up(m: &Monitor, vs: &Service, usable: &[&Real]) -> Result<(), String> {
+///
+/// A sorry server that does not answer (`sorry_answers` false) is judged by the state it was
+/// last seen with: the writers need no running replication from it (it cannot run), but
+/// must have applied what they received, hold its last position and nothing errant — a
+/// stall of a few seconds must not open the way back to a writer that lacks its writes or
+/// holds what it never had. Never seen with a state: nothing to wait for (a dead sorry
+/// server at start-up does not keep the writes from the writer).
+fn caught_up(
+    m: &Monitor,
+    vs: &Service,
+    usable: &[&Real],
+    sorry_answers: bool,
+) -> Result<(), String> {
     let sorry = vs.sorry.as_ref().ok_or("no sorry server")?;
     let s = m.checked(sorry).ok_or("the sorry server is not checked")?;
-    let sorry_executed = s.mysql.as_ref().map(|x| x.executed.as_str());
-    let (Some(pos), Some(read_at)) = (s.mysql.as_ref().map(|x| &x.binlog_pos), s.up_at) else {
+    let last = s.mysql.as_ref().zip(s.up_at);
+    let Some((sorry_state, read_at)) = last else {
+        if !sorry_answers {
+            return Ok(());
+        }
         return Err(format!(
             "the sorry server {}'s binary log position is unknown",
             sorry.address
@@ -229,8 +244,14 @@ fn caught_up(m: &Monitor, vs: &Service, usable: &[&Real]) -> Result<(), String> 
     for rs in usable {
         let c = m.checked(rs).ok_or("a real server is not checked")?;
         let st = c.mysql.as_ref().ok_or("no MySQL state read")?;
-        st.caught_up_with(pos)
-            .and_then(|()| st.errant_against(sorry_executed.unwrap_or_default()))
+        let has_it = if sorry_answers {
+            st.caught_up_with(&sorry_state.binlog_pos)
+        } else {
+            st.drained()
+                .and_then(|()| st.holds(&sorry_state.binlog_pos))
+        };
+        has_it
+            .and_then(|()| st.errant_against(&sorry_state.executed))
             .map_err(|e| format!("{}: {e}", rs.address))?;
         if c.up_at.is_none_or(|t| t <= read_at) {
             return Err(format!(
@@ -295,15 +316,8 @@ pub fn evaluate(
             .as_ref()
             .and_then(|s| m.checked(s))
             .is_some_and(|c| c.seen && !c.is_up());
-        // A dead sorry server takes no writes: waiting for its position would only keep the
-        // writes on a server that cannot take them.
-        let catch_up = (vs.failback == Failback::CaughtUp).then(|| {
-            if sorry_down {
-                Ok(())
-            } else {
-                caught_up(m, vs, &usable)
-            }
-        });
+        let catch_up =
+            (vs.failback == Failback::CaughtUp).then(|| caught_up(m, vs, &usable, !sorry_down));
         let (drain_needed, sorry_drained, not_drained) = sorry_drain(m, vs);
         let health = Health {
             usable: usable.len() as u32,
@@ -538,6 +552,39 @@ address = "10.0.0.2"
         let e = r.feed(1200, DB1, mysql("0-2-60", false, true));
         assert!(!e.verdicts["write"].hold_sorry, "{:?}", e.reports[0]);
         assert_eq!(e.reports[0].mode, ServiceMode::Pool);
+    }
+
+    /// CI, 2026-12-04: after a partition the old writer came back with one errant
+    /// transaction; then the sorry server stalled for 10 s (semi-sync's reconnect), and "a
+    /// dead sorry server has no position to wait for" let the gate fail back to it.
+    #[test]
+    fn an_errant_writer_stays_out_while_the_sorry_server_stalls() {
+        let mut r = run("caught-up");
+        r.feed(0, DB2, mysql("1-1-15,2-2-10", false, true));
+        r.feed(10, DB1, mysql("1-1-15", false, true));
+        let down = || Outcome::Down("no answer within 1s".into());
+        r.feed(200, DB1, down());
+        r.feed(400, DB1, down());
+        let e = r.feed(450, DB2, mysql("1-1-15,2-2-10", false, true));
+        assert!(e.verdicts["write"].hold_sorry);
+        // db1 returns with db2's writes and 1-1-16, which db2 never executed.
+        r.feed(600, DB1, mysql("1-1-16,2-2-10", false, true));
+        let e = r.feed(800, DB1, mysql("1-1-16,2-2-10", false, true));
+        assert!(e.verdicts["write"].hold_sorry);
+        // The sorry server stops answering (fall 2): still no way back to db1.
+        r.feed(900, DB2, down());
+        let e = r.feed(1100, DB2, down());
+        assert!(e.verdicts["write"].hold_sorry, "{:?}", e.reports[0]);
+        let waiting = e.reports[0].waiting.as_deref().unwrap();
+        assert!(waiting.contains("ERRANT: 1-1-16"), "{waiting}");
+        // Rebuilt, and holding all the sorry server had when last seen: back to db1 (the
+        // dead sorry server takes no writes), without its replication running.
+        let mut rebuilt = mysql("1-1-15,2-2-10", false, true);
+        if let Outcome::Up { mysql: Some(s), .. } = &mut rebuilt {
+            s.replica.as_mut().unwrap().io_running = false;
+        }
+        let e = r.feed(1200, DB1, rebuilt);
+        assert!(!e.verdicts["write"].hold_sorry, "{:?}", e.reports[0]);
     }
 
     /// "Too many open files" in the agent is not the server's failure: however often a check
