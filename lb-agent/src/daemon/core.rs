@@ -208,6 +208,7 @@ impl Daemon {
         }
         let mut actions = actions;
         self.ensure_replication(decided, &mut actions);
+        self.end_dumps_to_lost_replicas(decided, &mut actions);
         self.report_errant(decided);
         self.run(actions);
         self.send_pair(decided)?;

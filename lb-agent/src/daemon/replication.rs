@@ -119,6 +119,59 @@ impl Daemon {
         }
     }
 
+    /// Every agent, for the servers on its own host: binary-log dumps to configured servers
+    /// whose checks fail are ended every few seconds (see `mysql::end_dumps_to`: MariaDB
+    /// stalls at the heal otherwise). Only this host's servers, whose view of the network
+    /// is this agent's; a replica that is only down (refused) loses nothing either way.
+    pub(super) fn end_dumps_to_lost_replicas(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let servers: Vec<&lb_agent::config::Real> = self
+            .cfg
+            .services
+            .iter()
+            .flat_map(|vs| vs.reals.iter().chain(vs.sorry.iter()))
+            .collect();
+        let mut lost: Vec<IpAddr> = servers
+            .iter()
+            .filter(|r| {
+                self.health
+                    .monitor
+                    .checked(r)
+                    .is_some_and(|c| c.seen && !c.is_up())
+            })
+            .map(|r| r.address)
+            .collect();
+        lost.sort();
+        lost.dedup();
+        if lost.is_empty() {
+            return;
+        }
+        for rs in &servers {
+            let local = self
+                .state
+                .known
+                .get(&rs.address)
+                .is_some_and(|(_, info)| info.local);
+            let up = self.health.monitor.checked(rs).is_some_and(|c| c.is_up());
+            if !local
+                || !up
+                || self
+                    .fences
+                    .dumps_ended
+                    .get(&rs.address)
+                    .is_some_and(|t| now.duration_since(*t) < RETRY_WRITABLE)
+            {
+                continue;
+            }
+            if let Some(target) = self.health.monitor.mysql_target(rs) {
+                self.fences.dumps_ended.insert(rs.address, now);
+                actions.push(Action::EndDumps {
+                    target,
+                    to: lost.clone(),
+                });
+            }
+        }
+    }
+
     /// Says once, loudly (log, `notify_writer_risk`, e-mail with `smtp_alert`), that a
     /// writer holds errant transactions while the sorry server has the writes and no longer
     /// replicates from it: the failback waits for an operator's rebuild (README: Errant
@@ -160,15 +213,12 @@ impl Daemon {
                 else {
                     continue;
                 };
-                let Err(why) = st.errant_against(&sorry_state.executed) else {
+                let Err(why) = st.errant_against(&sorry_state) else {
                     continue;
                 };
                 // Once per errant set: the server goes on replicating the sorry server's
                 // writes, so its whole position changes every round.
-                let key = (
-                    rs.address,
-                    st.errant_part(&sorry_state.executed).unwrap_or_default(),
-                );
+                let key = (rs.address, st.errant_part(&sorry_state).unwrap_or_default());
                 if self.fences.errant_reported.insert(key) {
                     reports.push((vs.name.clone(), format!("{}: {why}", rs.address)));
                 }

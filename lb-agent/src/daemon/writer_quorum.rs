@@ -48,6 +48,8 @@ pub struct Fences {
     /// Writers reported with errant transactions, by the binary log position they had
     /// (a new position is reported again).
     pub errant_reported: std::collections::HashSet<(IpAddr, String)>,
+    /// Per server of this host, when its dumps to unreachable replicas were last ended.
+    pub dumps_ended: HashMap<IpAddr, Instant>,
 }
 
 impl Daemon {

@@ -56,6 +56,23 @@ impl Gtids {
 }
 
 impl Gtids {
+    /// `self` without the transactions of `origin` (MariaDB: a `server_id`, the positions
+    /// whose last GTID it wrote; MySQL: a `server_uuid`, its own and its tagged sets). An
+    /// empty origin removes nothing.
+    pub fn without_origin(mut self, origin: &str) -> Gtids {
+        if origin.is_empty() {
+            return self;
+        }
+        match &mut self {
+            Gtids::MariaDb(m) => m.retain(|_, (srv, _)| srv.to_string() != origin),
+            Gtids::MySql(m) => {
+                let origin = origin.to_ascii_lowercase();
+                m.retain(|src, _| src.split(':').next() != Some(origin.as_str()))
+            }
+        }
+        self
+    }
+
     /// What `self` has that `other` lacks, written back in the servers' own format: for
     /// MariaDB the domains where `self` is further (its last GTID there), for MySQL the
     /// intervals of `self` not inside one of `other`'s. The name of an errant transaction

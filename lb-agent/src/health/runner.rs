@@ -38,12 +38,12 @@ pub fn spawn_checks(m: &Monitor, tx: &mpsc::Sender<Event>) {
                     let started = Instant::now();
                     let outcome = probe.run().await;
                     let _ = tx
-                        .send(Event::Check(Report {
+                        .send(Event::Check(Box::new(Report {
                             check: i,
                             outcome,
                             started,
                             at: Instant::now(),
-                        }))
+                        })))
                         .await;
                 });
             }
@@ -99,6 +99,15 @@ pub fn spawn(action: Action, tx: &mpsc::Sender<Event>) {
                     tracing::debug!(server = %target.addr, error = %e, "could not look for orphaned transactions")
                 }
             },
+            Action::EndDumps { target, to } => match mysql::end_dumps_to(&target, &to).await {
+                Ok(0) => {}
+                Ok(ended) => {
+                    tracing::warn!(server = %target.addr, ended, replicas = ?to, "ended the binary-log dumps to replicas this host cannot reach: their half-open connections would stall the server when the replicas come back")
+                }
+                Err(e) => {
+                    tracing::debug!(server = %target.addr, error = %e, "could not look for binary-log dumps to unreachable replicas")
+                }
+            },
             Action::MakeWritable { target } => match mysql::set_read_only(&target, false).await {
                 Ok(()) => tracing::info!(server = %target.addr, "writable again (read_only=0)"),
                 Err(e) => {
@@ -144,7 +153,7 @@ async fn handover(sorry: Option<&Target>, writers: &[(Target, bool)]) -> Result<
                         let have = mysql::probe(w, false).await?;
                         // The last word on errant transactions: the gate let the handover
                         // start on checks that may be old (or with the sorry server down).
-                        have.errant_against(&at.executed)
+                        have.errant_against(&at)
                             .map_err(|e| format!("{}: {e}", w.addr))?;
                         if Gtids::parse(&have.executed)?.contains(&want) {
                             break;

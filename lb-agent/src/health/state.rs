@@ -41,7 +41,8 @@ fn handover_backoff(failures: u32) -> Duration {
 /// What the health tasks report to the daemon's loop.
 #[derive(Debug)]
 pub enum Event {
-    Check(Report),
+    /// Boxed: a MySQL state is large, the other events are small.
+    Check(Box<Report>),
     /// A handover (service name, attempt number) ended.
     Handover(String, u64, Result<(), String>),
     /// Fencing of a server ended.
@@ -75,6 +76,9 @@ pub enum Action {
     /// A writer that answers while the sorry server has the writes: end the client sessions
     /// that hold row locks there (see `mysql::kill_orphans`).
     KillOrphans { target: Target },
+    /// This host's server: end its binary-log dump threads to replicas at `to`, which this
+    /// agent cannot reach (see `mysql::end_dumps_to`).
+    EndDumps { target: Target, to: Vec<IpAddr> },
 }
 
 /// A service's handover back from its sorry server (with `graceful` or `fence`).
@@ -222,7 +226,7 @@ impl HealthState {
     /// changed that needs an evaluation.
     pub fn handle(&mut self, event: Event, now: Instant) -> (Option<Flip>, bool) {
         match event {
-            Event::Check(r) => match self.record(r) {
+            Event::Check(r) => match self.record(*r) {
                 Some(Change { check, up }) => {
                     let c = &self.monitor.checks[check];
                     let flip = up.map(|up| Flip {
@@ -593,12 +597,12 @@ mod tests {
     /// As the daemon does: handle, and evaluate when told to.
     fn feed(h: &mut HealthState, cfg: &Config, check: usize, at: Instant) {
         let (_, changed) = h.handle(
-            Event::Check(Report {
+            Event::Check(Box::new(Report {
                 check,
                 outcome: mysql("0-1-4", false, true),
                 started: at,
                 at,
-            }),
+            })),
             at,
         );
         if changed {

@@ -251,7 +251,7 @@ fn caught_up(
                 .and_then(|()| st.holds(&sorry_state.binlog_pos))
         };
         has_it
-            .and_then(|()| st.errant_against(&sorry_state.executed))
+            .and_then(|()| st.errant_against(sorry_state))
             .map_err(|e| format!("{}: {e}", rs.address))?;
         if c.up_at.is_none_or(|t| t <= read_at) {
             return Err(format!(
