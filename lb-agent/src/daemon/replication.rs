@@ -102,7 +102,10 @@ impl Daemon {
             // writer holds all of its position (`runner::handover`); here, after any flip
             // back, and again after an IO thread that failed (e.g. started too early).
             let handing_over = self.health.handing_over(&vs.name);
-            let on = if holds_sorry && !handing_over && !stopped {
+            // A handover that just finished started the replication itself; until the
+            // data plane follows (a proposal in flight), it still reads "sorry".
+            let flipping_back = !self.health.eval.holds_sorry(&vs.name);
+            let on = if holds_sorry && !handing_over && !flipping_back && !stopped {
                 tracing::warn!(service = %vs.name, server = %sorry.address, epoch, "the sorry server has the writes: stopping its replication from the writer");
                 false
             } else if !holds_sorry && !handing_over && replica.io_stopped {
