@@ -13,7 +13,12 @@
 //! servers took writes, and asserts every row.
 //!
 //! `cargo xtask lab` runs it with its output; `cargo xtask lab --keep` leaves it running
-//! (`LB_LAB_KEEP=1`) and `cargo xtask lab down` removes it.
+//! (`LB_LAB_KEEP=1`) and `cargo xtask lab down` removes it. `cargo xtask lab --quorum`
+//! (`LB_LAB_QUORUM=1`) runs it with `[quorum]` — a three-member etcd cluster, one member on
+//! each DB host and one on a witness host — and adds the partitions between the DB hosts:
+//! the witness on db2's side (the writes move to db2; db1 fences itself; an errant commit
+//! db1 kept is rebuilt away as the README says), on db1's side (nothing moves) and all three
+//! apart (nothing moves anywhere).
 
 mod common;
 
@@ -25,9 +30,9 @@ use std::{
 use common::{
     Lab, mariadb,
     pair::{
-        DB1, READ_VIP, WRITE_VIP, adverts_lost_for, agent, agent_in, agent_stopped_for, counted,
-        decision, dir, link_down_for, readers_since, real_state, replicating,
-        second_writer_moments, set_up, start_agent, until, vip_on,
+        DB1, Host, READ_VIP, WRITE_VIP, adverts_lost_for, agent, agent_in, agent_stopped_for,
+        counted, decision, dir, heal, link_down_for, partition, readers_since, real_state,
+        replicating, second_writer_moments, set_up_with, start_agent, until, vip_on, write_service,
     },
     sqlclient::{self, Log, missing_on},
 };
@@ -78,6 +83,110 @@ fn back_on_db1(
     }
 }
 
+/// With `[quorum]`: the partitions between the DB hosts, the clients reaching both.
+fn partitions(lab: &Lab, log: &Log, db1: &Host, db2: &Host) -> Vec<Row> {
+    let mut rows = Vec::new();
+    // db1 | db2 + witness: the majority (db2's side) takes the writes, db1 fences itself.
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    partition(lab, &["db1"], &["db2", "wit"]);
+    let moved = log.wait_for(2, t, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(t.elapsed()));
+    heal(lab);
+    let repaired = repair_errant(lab, db1, db2);
+    let mut row = back_on_db1(
+        lab,
+        log,
+        t,
+        "partition db1 | db2 + witness 15 s",
+        "db2 takes the writes, db1 fenced; errant commit rebuilt; back on db1",
+        Some(("writes on db2", moved.is_some())),
+    );
+    row.happened = format!(
+        "writes on db2 after {}; {repaired}; {}",
+        moved.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+        row.happened
+    );
+    rows.push(row);
+    // db1 + witness | db2: the writer keeps its majority; nothing moves.
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    partition(lab, &["db1", "wit"], &["db2"]);
+    std::thread::sleep(Duration::from_secs(15));
+    let on_db2 = log.first_on(2, t).is_some();
+    heal(lab);
+    rows.push(back_on_db1(
+        lab,
+        log,
+        t,
+        "partition db1 + witness | db2 15 s",
+        "db1 keeps the writes (majority); db2 fenced, takes none",
+        Some(("no write on db2", !on_db2)),
+    ));
+    // All three apart: no majority anywhere, nothing moves.
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    partition(lab, &["db1"], &["db2", "wit"]);
+    partition_more(lab, "db2", "wit");
+    std::thread::sleep(Duration::from_secs(10));
+    let on_db2 = log.first_on(2, t).is_some();
+    heal(lab);
+    rows.push(back_on_db1(
+        lab,
+        log,
+        t,
+        "db1 | db2 | witness 10 s",
+        "no majority: writes wait everywhere, none on db2",
+        Some(("no write on db2", !on_db2)),
+    ));
+    rows
+}
+
+/// Also cuts `a` from `b` (on top of `partition`).
+fn partition_more(lab: &Lab, a: &str, b: &str) {
+    for (from, to) in [(a, b), (b, a)] {
+        lab.exec(
+            "br",
+            &[
+                "nft",
+                &format!(
+                    "add rule bridge cut forward iifname \"p-{from}\" oifname \"p-{to}\" drop"
+                ),
+            ],
+        );
+    }
+}
+
+/// After a partition that moved the writes away from db1: a commit in its semi-sync wait at
+/// the cut may have stayed in db1's binary log, never acknowledged (an errant transaction).
+/// The agents keep db1 out of the writes and say so; the operator rebuilds db1 from db2
+/// (README: "Errant transactions"), as done here.
+fn repair_errant(lab: &Lab, db1: &Host, db2: &Host) -> String {
+    let errant = until(Duration::from_secs(20), || {
+        let e = mariadb::errant(&db1.db, &db2.db);
+        // Still replicating from db1: db2 may yet catch up.
+        e.is_empty() || !replicating(&db2.db)
+    })
+    .map(|_| mariadb::errant(&db1.db, &db2.db))
+    .unwrap_or_default();
+    if errant.is_empty() {
+        return "no errant transaction".into();
+    }
+    let said = until(Duration::from_secs(20), || {
+        [db1, db2].iter().any(|h| {
+            write_service(lab, h, "failback_waiting")
+                .as_str()
+                .is_some_and(|w| w.contains("ERRANT"))
+        })
+    });
+    mariadb::rebuild_from(&db1.db, &db2.db);
+    let n: u64 = errant.iter().map(|(_, mine, theirs)| mine - theirs).sum();
+    format!(
+        "{n} errant commit(s) on db1, status said ERRANT: {}, rebuilt from db2",
+        said.is_some()
+    )
+}
+
 fn print_table(rows: &[Row]) {
     println!();
     println!(
@@ -107,7 +216,15 @@ fn the_recipe_test_plan() {
     } else {
         Lab::new("lab")
     };
-    let (mut db1, db2) = set_up(&mut lab);
+    let quorum = std::env::var_os("LB_LAB_QUORUM").is_some();
+    let (mut db1, db2, mut etcd) = set_up_with(&mut lab, quorum);
+    if let Some(cluster) = etcd.as_mut() {
+        cluster.start_all(&mut lab);
+        assert!(
+            cluster.wait_healthy(&lab, "wit", Duration::from_secs(20)),
+            "etcd did not become healthy"
+        );
+    }
     let mut rows = Vec::new();
 
     // 0. Up: db1 is master, the client's writes land on db1 and reads on both.
@@ -136,9 +253,16 @@ fn the_recipe_test_plan() {
         ok: took.is_some()
             && both_read.is_some()
             && vip_on(&lab, "db1", READ_VIP)
-            && until(Duration::from_secs(5), || {
-                decision(&lab, &db1).contains("this agent decides")
-                    && decision(&lab, &db2).contains("this agent follows")
+            && until(Duration::from_secs(10), || {
+                let (d1, d2) = (decision(&lab, &db1), decision(&lab, &db2));
+                if quorum {
+                    // Whoever took the leader key first decides; the other names it.
+                    (d1.contains("this agent decides") || d2.contains("this agent decides"))
+                        && d1.contains("decides")
+                        && d2.contains("decides")
+                } else {
+                    d1.contains("this agent decides") && d2.contains("this agent follows")
+                }
             })
             .is_some(),
     });
@@ -320,6 +444,10 @@ fn the_recipe_test_plan() {
         "db2 master meanwhile; one writer (db1) all along",
         Some(("db2 master", db2_master)),
     ));
+
+    if quorum {
+        rows.extend(partitions(&lab, &log, &db1, &db2));
+    }
 
     // The end: stop the clients, let replication settle, count.
     std::thread::sleep(Duration::from_secs(1));

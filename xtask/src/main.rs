@@ -36,6 +36,10 @@ enum Task {
         /// Leave the lab running afterwards (remove it with `cargo xtask lab down`).
         #[arg(long)]
         keep: bool,
+        /// With `[quorum]`: a three-member etcd cluster (one member per DB host and one on a
+        /// witness host) decides the writer; the partitions between the hosts are added.
+        #[arg(long)]
+        quorum: bool,
         /// `down`: remove a lab left running by `--keep`.
         #[arg(value_enum)]
         action: Option<LabAction>,
@@ -77,7 +81,11 @@ fn main() -> Result<()> {
             action: Some(LabAction::Down),
             ..
         } => lab_down(),
-        Task::Lab { keep, action: None } => lab(&root, keep),
+        Task::Lab {
+            keep,
+            quorum,
+            action: None,
+        } => lab(&root, keep, quorum),
         Task::Bench { against: None } => bench(&root),
         Task::Bench { against: Some(rev) } => {
             setup::require_root("the benchmark runs XDP programs in the kernel")?;
@@ -249,17 +257,23 @@ fn run_bin(pkg: &str, bin: &str) -> Command {
     c
 }
 
-fn lab(root: &Path, keep: bool) -> Result<()> {
+fn lab(root: &Path, keep: bool, quorum: bool) -> Result<()> {
     setup::require_root("the lab creates network namespaces and attaches XDP")?;
     setup::apt(&[
         ("ip", "iproute2"),
         ("mariadbd", "mariadb-server"),
         ("mariadb", "mariadb-client"),
     ])?;
+    if quorum {
+        setup::apt(&[("etcd", "etcd-server"), ("nft", "nftables")])?;
+    }
     build(root)?;
     let mut cmd = test_file("lb-agent", "lab", &["--nocapture", "--test-threads=1"]);
     if keep {
         cmd.env("LB_LAB_KEEP", "1");
+    }
+    if quorum {
+        cmd.env("LB_LAB_QUORUM", "1");
     }
     run(&mut cmd)
 }
@@ -305,6 +319,8 @@ fn bench(root: &Path) -> Result<()> {
         ("keepalived", "keepalived"),
         ("mariadbd", "mariadb-server"),
         ("mariadb", "mariadb-client"),
+        ("etcd", "etcd-server"),
+        ("nft", "nftables"),
     ])?;
     build_ebpf(root)?;
     run(&mut run_bin("bpf-tests", "xdp-bench"))?;
@@ -321,6 +337,13 @@ fn bench(root: &Path) -> Result<()> {
         "mysql_failback",
         &["--ignored", "--nocapture", "detection_and_switch_times"],
     ))?;
-    // The outage of every one-writer fault (DESIGN §7), two clients, real MariaDB.
-    run(&mut test_file("lb-agent", "one_writer", &["--nocapture"]))
+    // The outage of every one-writer fault (DESIGN §7), two clients, real MariaDB: with
+    // `[pair]` ("(d) writer's MariaDB killed"), then with `[quorum]` and etcd ("(b3)", and
+    // the partitions).
+    run(&mut test_file("lb-agent", "one_writer", &["--nocapture"]))?;
+    run(&mut test_file(
+        "lb-agent",
+        "quorum",
+        &["--nocapture", "--test-threads=1", "every_fault_with_quorum"],
+    ))
 }
