@@ -332,6 +332,29 @@ address = "10.1.1.162"
     }
 
     #[test]
+    fn metrics_listen_takes_an_address_or_a_port_for_loopback() {
+        for (value, want) in [
+            ("\"10.0.0.5:9100\"", "10.0.0.5:9100"),
+            ("\"9100\"", "127.0.0.1:9100"),
+            ("\":9100\"", "127.0.0.1:9100"),
+            ("\"[::1]:9100\"", "[::1]:9100"),
+        ] {
+            let c = parse(&format!("[global]\nmetrics_listen = {value}\n{GOOD}")).unwrap();
+            assert_eq!(
+                c.global.metrics_listen.map(|a| a.to_string()).as_deref(),
+                Some(want),
+                "{value}"
+            );
+        }
+        let e = parse(&format!(
+            "[global]\nmetrics_listen = \"localhost:x\"\n{GOOD}"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("not address:port"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
     fn unknown_key_is_an_error_with_line() {
         let text = GOOD.replace("weight = 3", "wieght = 3");
         let e = parse(&text).unwrap_err();

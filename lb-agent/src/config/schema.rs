@@ -121,9 +121,18 @@ pub struct Global {
     /// keepalived's `smtp_connect_timeout`; 30 s when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_connect_timeout: Option<DurationStr>,
-    /// `address:port` of the Prometheus text endpoint; none when omitted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `address:port` of the Prometheus text endpoint (a bare port: on loopback); none when
+    /// omitted.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "port_or_address"
+    )]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A file whose first line is the bearer token a scrape must present (owner-only, like
+    /// the password files); none: the endpoint answers anyone who reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_token_file: Option<PathBuf>,
     /// The root-only control socket (`lb-agent status` talks to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
@@ -669,4 +678,23 @@ pub enum Role {
     Writer,
     /// Replicating with both threads running and at most `max_lag` behind: the read VIP.
     Replica,
+}
+
+/// `metrics_listen`: `address:port`, or a bare port (`9100`, `":9100"`) for loopback — the
+/// safe default for an endpoint without authentication.
+fn port_or_address<'de, D>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let text = String::deserialize(d)?;
+    let port = text.strip_prefix(':').unwrap_or(&text);
+    if let Ok(p) = port.parse::<u16>() {
+        return Ok(Some(std::net::SocketAddr::from(([127, 0, 0, 1], p))));
+    }
+    text.parse().map(Some).map_err(|_| {
+        D::Error::custom(format!(
+            "{text:?} is not address:port (e.g. \"127.0.0.1:9100\") or a port"
+        ))
+    })
 }

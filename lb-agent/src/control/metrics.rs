@@ -2,16 +2,24 @@
 //! OpenMetrics text format, under conventional names. Each scrape asks the main loop for a
 //! fresh status, like `lb-agent status` does.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::{
+    Method, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
     sync::{mpsc, oneshot},
 };
@@ -293,15 +301,27 @@ fn vrrp(reg: &mut Registry, s: &Status) {
     }
 }
 
-/// Serves `GET /metrics` on `addr` (anything else: 404).
-pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
+/// Serves `GET` and `HEAD /metrics` on `addr` with hyper's HTTP/1 server (anything else:
+/// 404 or 405), one request per connection, its head within 5 s. With `token` (the
+/// contents of `metrics_token_file`), only requests with `Authorization: Bearer <token>`
+/// (Prometheus: `authorization: { credentials_file: … }`) are answered; others get 401.
+///
+/// hyper rather than the hand-written handler of before: HTTP/1 parsing (pipelining,
+/// partial heads, `HEAD`, chunked bodies sent to a GET) is where hand-written servers go
+/// wrong, and hyper is already in the build through etcd's gRPC client.
+pub async fn serve(
+    addr: SocketAddr,
+    token: Option<String>,
+    tx: mpsc::Sender<Pending>,
+) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding metrics_listen {addr}"))?;
     let waiting = super::limits::Waiting::new(&super::limits::EVICTED_METRICS);
+    let token = Arc::new(token);
     tokio::spawn(async move {
         loop {
-            let mut stream = match listener.accept().await {
+            let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics endpoint: accept failed; pausing");
@@ -309,52 +329,22 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
                     continue;
                 }
             };
-            let tx = tx.clone();
+            let (tx, token) = (tx.clone(), token.clone());
             let (id, queue) = (waiting.next_id(), waiting.clone());
             let task = tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                // The request head, bounded in size and time.
-                let read = tokio::time::timeout(Duration::from_secs(5), async {
-                    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf[n..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => n += k,
-                        }
-                    }
-                })
-                .await;
-                queue.received(id);
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let wanted = read.is_ok()
-                    && (head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?"));
-                let (code, ctype, body) = if !wanted {
-                    ("404 Not Found", "text/plain", "try /metrics\n".to_string())
-                } else {
-                    let (otx, orx) = oneshot::channel();
-                    let answer = match tx.send((Request::Status, otx)).await {
-                        Ok(()) => orx.await.ok(),
-                        Err(_) => None,
-                    };
-                    match answer {
-                        Some(Reply::Status(s)) => (
-                            "200 OK",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            encode_status(&s),
-                        ),
-                        _ => (
-                            "503 Service Unavailable",
-                            "text/plain",
-                            "status unavailable\n".to_string(),
-                        ),
-                    }
-                };
-                let head = format!(
-                    "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(body.as_bytes()).await;
+                let service = service_fn(move |req| {
+                    // A whole request head arrived: this connection no longer waits.
+                    queue.received(id);
+                    answer(req, tx.clone(), token.clone())
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .max_buf_size(8192)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                // A slow reader of the answer is cut off too.
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
             });
             // Before the task first runs (one thread): it cannot have finished yet.
             waiting.admit(id, task.abort_handle());
@@ -363,10 +353,172 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
     Ok(())
 }
 
+type Answer = hyper::Response<Full<Bytes>>;
+
+fn text(code: StatusCode, body: &'static str) -> Answer {
+    let mut r = hyper::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// One request: the path and method, the token, then a fresh status from the main loop.
+async fn answer(
+    req: hyper::Request<Incoming>,
+    tx: mpsc::Sender<Pending>,
+    token: Arc<Option<String>>,
+) -> Result<Answer, Infallible> {
+    if req.uri().path() != "/metrics" {
+        return Ok(text(StatusCode::NOT_FOUND, "try /metrics\n"));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return Ok(r);
+    }
+    if let Some(want) = token.as_deref() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !given.is_some_and(|g| same_secret(g, want.as_bytes())) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"lb-agent\""),
+            );
+            return Ok(r);
+        }
+    }
+    let (otx, orx) = oneshot::channel();
+    let status = match tx.send((Request::Status, otx)).await {
+        Ok(()) => orx.await.ok(),
+        Err(_) => None,
+    };
+    let Some(Reply::Status(s)) = status else {
+        return Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "status unavailable\n",
+        ));
+    };
+    // hyper sends the headers of a HEAD answer (its length included) without the body.
+    let mut r = hyper::Response::new(Full::new(Bytes::from(encode_status(&s))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    Ok(r)
+}
+
+/// Compares a presented secret with the configured one in time that does not depend on
+/// where they differ.
+fn same_secret(given: &[u8], want: &[u8]) -> bool {
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+/// Reads `metrics_token_file` (the secret-file rules of `crate::secret`): its first line.
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let bytes = crate::secret::read(path, "metrics token file")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("metrics token file {}: not UTF-8", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.is_empty() {
+        return Err(format!("metrics token file {}: empty", path.display()));
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"s3creT", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
     use crate::{control::status::Status, vrrp::status::RouterStatus};
+
+    /// The endpoint over real TCP on loopback: methods, paths, HEAD, the bearer token.
+    #[tokio::test(flavor = "current_thread")]
+    async fn scrapes_heads_and_tokens() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A free port, taken back by the endpoint.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel::<Pending>(4);
+        tokio::spawn(async move {
+            while let Some((_, reply)) = rx.recv().await {
+                let s = Status {
+                    interface: "eth0".into(),
+                    attach_mode: "skb".into(),
+                    services: vec![],
+                    passes: vec![],
+                    learned_peers: vec![],
+                    loop_stalls: 0,
+                    longest_stall_ms: 0,
+                    quorum: None,
+                    vrrp: vec![],
+                };
+                let _ = reply.send(Reply::Status(Box::new(s)));
+            }
+        });
+        serve(addr, Some("t0ken".into()), tx).await.unwrap();
+        let ask = |head: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            out
+        };
+        let ok =
+            ask("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(
+            ok.contains("openmetrics-text") && ok.ends_with("# EOF\n"),
+            "{ok}"
+        );
+        let head =
+            ask("HEAD /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-length:"),
+            "{head}"
+        );
+        assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
+        for (req, code) in [
+            ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "401"),
+            (
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0kem\r\n\r\n",
+                "401",
+            ),
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", "404"),
+            (
+                "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                "405",
+            ),
+            ("garbage\r\n\r\n", "400"),
+        ] {
+            let out = ask(req).await;
+            assert!(
+                out.starts_with(&format!("HTTP/1.1 {code}")),
+                "{req:?}: {out}"
+            );
+        }
+    }
 
     #[test]
     fn vrrp_figures_are_exported() {

@@ -134,7 +134,11 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
     let socket = control::socket_path(cfg.global.control_socket.as_deref());
     if let Some(addr) = cfg.global.metrics_listen {
-        control::metrics::serve(addr, control_tx.clone()).await?;
+        let token = match &cfg.global.metrics_token_file {
+            Some(path) => Some(control::metrics::read_token(path).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        control::metrics::serve(addr, token, control_tx.clone()).await?;
     }
     control::serve(&socket, control_tx)?;
     tracing::info!(interface = %iface, mode = ?got, services = state.services.len(), reals = state.reals.len(), "data plane attached");
