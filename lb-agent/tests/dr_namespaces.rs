@@ -1310,10 +1310,16 @@ fn the_control_socket_bounds_what_it_reads_and_echoes() {
 /// A flood of idle connections on both management listeners, with the agent under a
 /// 256-descriptor limit: the listeners keep at most 64 waiting connections each (new ones
 /// push out the oldest), so the agent's descriptors stay bounded, its TCP checks keep their
-/// verdicts, forwarding never stops, and `status` and a scrape still answer.
+/// verdicts, forwarding never stops, its VRRP instance stays master, its systemd watchdog
+/// pings keep their interval, and `status` and a scrape still answer.
 #[test]
 fn a_flood_on_the_management_ports_changes_nothing_that_matters() {
-    use std::io::{Read, Write};
+    use std::{
+        io::{Read, Write},
+        sync::Mutex,
+    };
+
+    use common::pair::until;
     // The flood itself needs descriptors: raise this process's soft limit to its hard one.
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -1331,25 +1337,44 @@ fn a_flood_on_the_management_ports_changes_nothing_that_matters() {
         + &format!(
             "[[virtual_server.real_server]]\naddress = \"10.99.0.11\"\n{check}\
              [[virtual_server.real_server]]\naddress = \"10.99.0.12\"\n{check}"
-        );
+        )
+        + "[[vrrp_instance]]\nname = \"vi\"\nstate = \"master\"\ninterface = \"eth0\"\n\
+           virtual_router_id = 62\npriority = 150\nadvert_interval = \"1s\"\n\
+           [[vrrp_instance.virtual_address]]\naddress = \"10.99.0.200\"\ndevice = \"eth0\"\n";
     let dir = std::env::temp_dir().join(&lab.prefix);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lb.toml");
     std::fs::write(&path, &config).unwrap();
     let log = dir.join("lb-agent.log").to_string_lossy().into_owned();
-    let pid = lab.spawn(
-        "lb",
-        &[
-            "prlimit",
-            "--nofile=256:256",
-            "--",
-            env!("CARGO_BIN_EXE_lb-agent"),
-            "run",
-            "--config",
-            path.to_str().unwrap(),
-        ],
-        &log,
+    // systemd's side of the watchdog (WatchdogSec=1s: a ping every 500 ms), as in
+    // `systemd_notify_ready_watchdog_and_stopping`; the times of the pings are kept.
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let pings: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let listening = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watchdog = {
+        let (pings, listening) = (pings.clone(), listening.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while listening.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = notify.recv(&mut buf)
+                    && String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1")
+                {
+                    pings.lock().unwrap().push(Instant::now());
+                }
+            }
+        })
+    };
+    let script = format!(
+        "NOTIFY_SOCKET={} WATCHDOG_USEC=1000000 WATCHDOG_PID=$$ exec prlimit --nofile=256:256 -- {} run --config {}",
+        notify_path.display(),
+        env!("CARGO_BIN_EXE_lb-agent"),
+        path.display()
     );
+    let pid = lab.spawn("lb", &["sh", "-c", &script], &log);
     lab.wait_for_log(&log, "data plane attached", pid);
     let vip: SocketAddr = format!("{VIP}:3306").parse().unwrap();
     let client = lab.ns("cl");
@@ -1391,7 +1416,28 @@ fn a_flood_on_the_management_ports_changes_nothing_that_matters() {
             }
         })
     };
+    let vrrp_state = |lab: &Lab| {
+        let s: serde_json::Value =
+            serde_json::from_slice(&status(lab, true).stdout).unwrap_or_default();
+        s["vrrp"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        until(Duration::from_secs(10), || vrrp_state(&lab) == "master").is_some(),
+        "the VRRP instance became master"
+    );
+    let transitions = |log: &str| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("VRRP transition")
+            .count()
+    };
+    let transitions_before = transitions(&log);
+
     // The flood: 2,000 idle connections to each listener, held open.
+    let flood_started = Instant::now();
     let ns = lab.ns("lb");
     let sock = control_socket(&lab);
     let flood = std::thread::spawn(move || {
@@ -1447,9 +1493,52 @@ fn a_flood_on_the_management_ports_changes_nothing_that_matters() {
         "flood of {} connections: status {status_took:?}, scrape {scrape_took:?}, agent fds {fds}, RSS {rss_kb} kB",
         held.len()
     );
+    let master_meanwhile = vrrp_state(&lab);
     drop(held);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     looper.join().unwrap();
+    let ended = Instant::now();
+    listening.store(false, std::sync::atomic::Ordering::Relaxed);
+    watchdog.join().unwrap();
+    // The longest wait for a watchdog ping from the flood's start to now (systemd kills at
+    // 1 s).
+    let pings = pings.lock().unwrap().clone();
+    let during: Vec<Instant> = pings
+        .iter()
+        .copied()
+        .filter(|t| *t >= flood_started && *t <= ended)
+        .collect();
+    let longest = std::iter::once(flood_started)
+        .chain(during.iter().copied())
+        .chain(std::iter::once(ended))
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    println!(
+        "watchdog: {} pings during and after the flood, longest gap {longest:?}; VRRP {master_meanwhile}",
+        during.len()
+    );
+    assert!(
+        longest < Duration::from_secs(1),
+        "a watchdog gap of {longest:?}"
+    );
+    assert_eq!(master_meanwhile, "master", "VRRP state under the flood");
+    assert_eq!(
+        transitions(&log),
+        transitions_before,
+        "a VRRP transition under the flood"
+    );
+    // Generous bounds (the figures are printed above): answers, not timeouts.
+    assert!(
+        status_took < Duration::from_secs(1),
+        "status took {status_took:?}"
+    );
+    assert!(
+        scrape_took < Duration::from_secs(1),
+        "a scrape took {scrape_took:?}"
+    );
     assert_eq!(still_healthy, 2, "a check verdict changed under the flood");
     assert!(fds < 256, "{fds} descriptors");
     assert!(scrape.contains("lb_management_connections_evicted_total{listener=\"metrics\"}"));

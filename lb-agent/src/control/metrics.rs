@@ -347,7 +347,7 @@ pub async fn serve(
                 let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
             });
             // Before the task first runs (one thread): it cannot have finished yet.
-            waiting.admit(id, task.abort_handle());
+            waiting.admit(id, task.abort_handle()).await;
         }
     });
     Ok(())

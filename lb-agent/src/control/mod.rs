@@ -142,7 +142,7 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<()> {
                 let _ = w.write_all(b"\n").await;
             });
             // Before the task first runs (one thread): it cannot have finished yet.
-            waiting.admit(id, task.abort_handle());
+            waiting.admit(id, task.abort_handle()).await;
         }
     });
     Ok(())
