@@ -48,6 +48,15 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Make the running agent read its configuration file again and apply it (what SIGHUP
+    /// does); fails, with the reason, when the agent refuses the new file (it then keeps the
+    /// running configuration). The unit's `ExecReload`.
+    Reload {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Set this host up as a DR real server (what the recipe's realserver.sh does): the VIPs
     /// on `lo`, `arp_ignore=1` and `arp_announce=2`; or back (`down`). Idempotent.
     Realserver {
@@ -168,6 +177,24 @@ fn main() -> ExitCode {
             {
                 Ok(v) => {
                     println!("{}", v.get("ok").and_then(|o| o.as_str()).unwrap_or("done"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Reload { config, socket } => {
+            let Some(socket) = socket_of(config, socket) else {
+                return ExitCode::FAILURE;
+            };
+            match lb_agent::control::ask(&socket, &lb_agent::control::Request::Reload) {
+                Ok(v) => {
+                    println!(
+                        "{}",
+                        v.get("ok").and_then(|o| o.as_str()).unwrap_or("reloaded")
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

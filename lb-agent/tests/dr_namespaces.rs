@@ -930,6 +930,14 @@ fn status_without_counters(lab: &Lab) -> serde_json::Value {
     v
 }
 
+/// `lb-agent reload` against the lab's agent.
+fn reload_cli(lab: &Lab) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(["reload", "--socket", &control_socket(lab)])
+        .output()
+        .unwrap()
+}
+
 /// Writes `text` to the agent's file, sends SIGHUP and waits (bounded) until the log has one
 /// more line containing `needle`; returns that line.
 fn reload(pid: u32, path: &std::path::Path, log: &str, text: &str, needle: &str) -> String {
@@ -1026,6 +1034,13 @@ fn a_reload_refused_at_any_stage_leaves_the_running_state_identical() {
     for (stage, text, why) in stages {
         let line = reload(pid, &path, &log, &text, "reload refused");
         assert!(line.contains(why), "{stage}: the refusal says why: {line}");
+        // `lb-agent reload` (the unit's ExecReload) fails with the same reason.
+        let cli = reload_cli(&lab);
+        let said = String::from_utf8_lossy(&cli.stderr);
+        assert!(
+            !cli.status.success() && said.contains("reload refused") && said.contains(why),
+            "{stage}: lb-agent reload: {said}"
+        );
         assert_eq!(
             status_without_counters(&lab),
             before,
@@ -1049,6 +1064,19 @@ fn a_reload_refused_at_any_stage_leaves_the_running_state_identical() {
         "configuration reloaded",
     );
     assert_ne!(status_without_counters(&lab), before, "{line}");
+    // And through the control socket: applied, with a summary, exit 0.
+    std::fs::write(
+        &path,
+        read_vip_config(&lab, &["10.99.0.11", "10.99.0.12"], ""),
+    )
+    .unwrap();
+    let cli = reload_cli(&lab);
+    let said = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success() && said.contains("configuration reloaded"),
+        "lb-agent reload: {said} {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     assert!(lab.stop(pid).unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -38,6 +38,9 @@ pub enum Request {
     Failback {
         service: String,
     },
+    /// Read the configuration file again and apply it (what SIGHUP does), answering whether
+    /// it was applied or refused and why (`lb-agent reload`, the unit's `ExecReload`).
+    Reload,
 }
 
 /// The main loop's answer, typed: the socket sends it as JSON, the metrics endpoint reads the

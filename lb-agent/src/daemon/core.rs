@@ -132,6 +132,8 @@ impl Daemon {
                     Err(e) => Reply::Error(format!("{service}: {e}")),
                 }
             }
+            // The event loop takes it (a reload replaces the health channel it owns).
+            Request::Reload => Reply::Error("reload: not through this path".into()),
         })
     }
 

@@ -276,17 +276,18 @@ async fn event_loop(d: &mut Daemon, inputs: &mut Inputs) -> Result<()> {
             Some(report) = inputs.quorum.recv() => d.on_quorum_report(report).await?,
             _ = sleep_until(quorum_deadline) => d.on_quorum_deadline().await?,
             Some((request, reply)) = inputs.control.recv() => {
-                let _ = reply.send(d.on_control(request).await?);
+                let answer = match request {
+                    // A reload replaces the health tasks' channel, which the loop owns.
+                    control::Request::Reload => reload(d, &mut inputs.health).await?,
+                    other => d.on_control(other).await?,
+                };
+                let _ = reply.send(answer);
             }
             _ = tick_watchdog(&mut inputs.watchdog) => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
             _ = hup.recv() => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-                if let Some(rx) = d.on_reload().await? {
-                    inputs.health = rx;
-                }
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                reload(d, &mut inputs.health).await?;
             }
             Some(()) = futures_util::StreamExt::next(&mut changes) => {
                 // A burst of notifications is one look.
@@ -297,6 +298,27 @@ async fn event_loop(d: &mut Daemon, inputs: &mut Inputs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGHUP or `lb-agent reload`: the configuration file read again and applied (or refused,
+/// the running state untouched), with systemd told RELOADING=1 / READY=1 around it.
+async fn reload(
+    d: &mut Daemon,
+    health: &mut tokio::sync::mpsc::Receiver<HealthEvent>,
+) -> Result<control::Reply> {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+    let answer = match d.on_reload().await? {
+        reload::Reloaded::Applied {
+            health: rx,
+            summary,
+        } => {
+            *health = rx;
+            control::Reply::Ok(summary)
+        }
+        reload::Reloaded::Refused(why) => control::Reply::Error(format!("reload refused: {why}")),
+    };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    Ok(answer)
 }
 
 /// This agent's name in the pair's views and in etcd: its `router_id` (the recipe's LVS1 / LVS2), with

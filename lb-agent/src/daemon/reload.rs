@@ -20,13 +20,14 @@ use super::{
 impl Daemon {
     /// Reloads the configuration file. `Ok(Some(rx))`: committed, health reports now arrive
     /// on `rx`; `Ok(None)`: refused (logged), the running state is untouched.
-    pub async fn on_reload(&mut self) -> Result<Option<mpsc::Receiver<HealthEvent>>> {
+    pub async fn on_reload(&mut self) -> Result<Reloaded> {
         let now = Instant::now();
         let built = match self.build(now).await {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "reload refused, the running configuration stays");
-                return Ok(None);
+                let why = format!("{e:#}");
+                tracing::error!(error = %why, "reload refused, the running configuration stays");
+                return Ok(Reloaded::Refused(why));
             }
         };
         let Built {
@@ -61,7 +62,15 @@ impl Daemon {
             vrrp_instances = self.cfg.vrrp_instances.len(),
             "configuration reloaded"
         );
-        Ok(Some(rx))
+        let summary = format!(
+            "configuration reloaded: {} service(s), {} VRRP instance(s), {writes} map write(s)",
+            self.state.services.len(),
+            self.cfg.vrrp_instances.len()
+        );
+        Ok(Reloaded::Applied {
+            health: rx,
+            summary,
+        })
     }
 
     /// Every part of the new configuration, built beside the running one.
@@ -99,6 +108,16 @@ impl Daemon {
             vrrp,
         })
     }
+}
+
+/// How a reload ended: applied (the new checks report on `health`), or refused with the
+/// reason, the running configuration untouched.
+pub enum Reloaded {
+    Applied {
+        health: mpsc::Receiver<HealthEvent>,
+        summary: String,
+    },
+    Refused(String),
 }
 
 struct Built {
