@@ -349,6 +349,54 @@ fn svc_stats_via_bpftool(prog_id: &str) -> String {
     panic!("LB_SVC_STATS not among the program's maps");
 }
 
+/// An agent in a mount namespace of its own, where the host's bpffs is not mounted (a unit
+/// with PrivateTmp and no bpffs on the host; here a slave namespace as systemd makes one,
+/// and an unmount): a bpffs it
+/// mounted would be private and its pins would vanish with it, so it refuses to start and
+/// names the path. Nothing of the host's bpffs is touched (the unmount is the namespace's).
+#[test]
+fn a_bpffs_private_to_the_agent_is_refused() {
+    let agent = env!("CARGO_BIN_EXE_lb-agent");
+    let dir = std::env::temp_dir().join(format!("lbt{}-privbpf", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[global]\ncontrol_socket = \"{}\"\n[dataplane]\ninterface = \"lo\"\npin_dir = \"/sys/fs/bpf/lbt{}-privbpf\"\n",
+            dir.join("control.sock").display(),
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    // As systemd builds a unit's namespace: a slave of a shared root (made shared first in
+    // a namespace of the test's own, so the host's mounts are left as they are). The outer
+    // shell stays (no `exec`): it keeps the master's namespace, hence the slave, alive.
+    let inner = format!(
+        "umount /sys/fs/bpf && exec {agent} run --config {}",
+        path.display()
+    );
+    let script =
+        format!("mount --make-rshared / && unshare --mount --propagation slave sh -c '{inner}'");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/sys/fs/bpf is not on bpffs in this process's mount namespace"),
+        "{err}"
+    );
+    assert!(
+        std::fs::metadata("/sys/fs/bpf").is_ok()
+            && !std::path::Path::new(&format!("/sys/fs/bpf/lbt{}-privbpf", std::process::id()))
+                .exists(),
+        "the host's bpffs untouched"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_interface_and_bad_config_give_clear_errors() {
     let agent = env!("CARGO_BIN_EXE_lb-agent");
