@@ -520,6 +520,106 @@ mod tests {
         }
     }
 
+    /// `configs/grafana/lb-agent.json` asks only for metrics the agent exports (under the
+    /// names a scrape shows: counters with `_total`), and covers what an operator watches.
+    #[test]
+    fn grafana_dashboard_uses_exported_metrics() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../configs/grafana/lb-agent.json")).unwrap();
+        // Every family the agent registers, from a status with every part present.
+        let text = encode_status(&every_part());
+        let exported: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let (name, kind) = l.split_once(' ')?;
+                Some(if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                })
+            })
+            .collect();
+        let mut exprs = Vec::new();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v.as_str()) {
+                            ("expr" | "query", Some(e)) => out.push(e.to_string()),
+                            _ => walk(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        walk(&dashboard, &mut exprs);
+        let mut used = std::collections::BTreeSet::new();
+        for e in &exprs {
+            let mut rest = e.as_str();
+            while let Some(i) = rest.find("lb_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                used.insert(name);
+            }
+        }
+        let unknown: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(
+            unknown.is_empty(),
+            "not exported: {unknown:?}\nexported: {exported:?}"
+        );
+        for topic in [
+            "lb_service_packets_total",
+            "lb_service_sorry_server_in_use",
+            "lb_real_server_healthy",
+            "lb_vrrp_master",
+            "lb_writer_epoch",
+            "lb_writer_changes_at_risk_total",
+            "lb_service_passed_total",
+            "lb_xdp_passed_total",
+            "lb_quorum_connected",
+        ] {
+            assert!(used.contains(topic), "the dashboard does not show {topic}");
+        }
+    }
+
+    /// A status with every part present (a family without samples is not exported): a
+    /// service with a real server and a writer risk, pass reasons, a VRRP instance with a
+    /// discard, the quorum with an epoch.
+    fn every_part() -> Status {
+        serde_json::from_value(serde_json::json!({
+            "interface": "eth0",
+            "attach_mode": "skb",
+            "passes": [["not_ip", 1]],
+            "learned_peers": [],
+            "loop_stalls": 1,
+            "longest_stall_ms": 10,
+            "services": [{
+                "name": "mysql-write", "address": "10.1.1.176", "port": 3306,
+                "protocol": "tcp", "active": true, "using_sorry_server": false,
+                "writes_held": false, "held": 0, "packets": 1, "bytes": 1, "new_flows": 1,
+                "passed_local": 1, "passed_inactive": 1, "passed_peer": 1, "no_real": 1,
+                "failback": "caught-up", "writer_risks": 1,
+                "real_servers": [{
+                    "address": "10.1.1.113", "weight": 1, "state": "up", "health": "up",
+                    "mac": "02:00:00:00:00:01", "packets": 1, "bytes": 1, "new_flows": 1
+                }]
+            }],
+            "vrrp": [{
+                "addresses": [], "name": "VI_1", "state": "master", "master": null,
+                "priority": 100, "adverts_received": 1, "adverts_sent": 1,
+                "became_master": 1, "discards": [["auth_failure", 1]]
+            }],
+            "quorum": {"connected": true, "this_agent_leads": true, "epochs": [["mysql-write", 3]], "rounds": 1, "failed_rounds": 0, "self_fenced": []}
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn vrrp_figures_are_exported() {
         let s = Status {
