@@ -2,6 +2,7 @@
 
 mod daemon;
 mod import;
+mod manual;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -17,6 +18,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a manual page or shell completions (for packaging): `man` is lb-agent(8),
+    /// `config-man` lb-agent.toml(5), the others a completion script for that shell.
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: manual::Generated,
+    },
     /// Load the XDP program, fill its maps from the config, and forward until SIGINT/SIGTERM.
     Run {
         #[arg(long, short)]
@@ -147,6 +155,10 @@ fn realserver(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Generate { what } => {
+            manual::generate(what, <Cli as clap::CommandFactory>::command());
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(cfg) => {
                 for w in &cfg.warnings {
