@@ -78,9 +78,8 @@ impl Daemon {
             let Some(replica) = self
                 .health
                 .monitor
-                .checked(sorry)
-                .filter(|c| c.is_up())
-                .and_then(|c| c.mysql.as_ref()?.replica.clone())
+                .answering(sorry)
+                .and_then(|m| m.replica.clone())
             else {
                 continue;
             };
@@ -189,13 +188,7 @@ impl Daemon {
                 continue;
             };
             let using_sorry = self.uses_sorry(&vs.name);
-            let Some(sorry_state) = self
-                .health
-                .monitor
-                .checked(sorry)
-                .filter(|c| c.is_up())
-                .and_then(|c| c.mysql.clone())
-            else {
+            let Some(sorry_state) = self.health.monitor.answering(sorry).cloned() else {
                 continue;
             };
             // While it replicates from the writer, "ahead" is only replication lag.
@@ -207,13 +200,7 @@ impl Daemon {
                 continue;
             }
             for rs in &vs.reals {
-                let Some(st) = self
-                    .health
-                    .monitor
-                    .checked(rs)
-                    .filter(|c| c.is_up())
-                    .and_then(|c| c.mysql.as_ref())
-                else {
+                let Some(st) = self.health.monitor.answering(rs) else {
                     continue;
                 };
                 let Err(why) = st.errant_against(&sorry_state) else {

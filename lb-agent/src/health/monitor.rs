@@ -197,6 +197,13 @@ impl Monitor {
         self.checks.get(self.check_for(rs)?)
     }
 
+    /// The MySQL state of `rs` as its latest check read it, when that check passed.
+    pub fn answering(&self, rs: &Real) -> Option<&MysqlState> {
+        self.checked(rs)
+            .filter(|c| c.is_up())
+            .and_then(|c| c.mysql.as_ref())
+    }
+
     /// Where and as whom the MySQL check of `rs` logs in.
     pub fn mysql_target(&self, rs: &Real) -> Option<mysql::Target> {
         match &self.checked(rs)?.probe {

@@ -371,25 +371,15 @@ fn replica(r: &Row) -> Replica {
 /// database. (Transactions already open are not waited for: they may still commit after
 /// it, which the graceful handover allows for.)
 pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
-    let run = async {
-        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
-        let wait = t.timeout.as_secs().max(1);
-        let mut r = conn
-            .query_drop(format!("SET SESSION lock_wait_timeout = {wait}"))
-            .await;
-        if r.is_ok() {
-            r = conn
-                .query_drop(format!("SET GLOBAL read_only = {}", u8::from(on)))
-                .await;
-        }
-        let _ = conn.disconnect().await;
-        r.map_err(|e| e.to_string())
-    };
+    let wait = t.timeout.as_secs().max(1);
     // Longer than the server's own lock wait, so that it answers (and lets go) first.
-    let limit = t.timeout + Duration::from_secs(t.timeout.as_secs().max(1));
-    tokio::time::timeout(limit, run)
-        .await
-        .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
+    with_session(t, beyond_lock_wait(t), async |conn| {
+        conn.query_drop(format!("SET SESSION lock_wait_timeout = {wait}"))
+            .await?;
+        conn.query_drop(format!("SET GLOBAL read_only = {}", u8::from(on)))
+            .await
+    })
+    .await
 }
 
 /// Stops (`on` false) or starts replication on a server: `STOP SLAVE` / `START SLAVE` on
@@ -398,60 +388,76 @@ pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
 /// the check's timeout), then both stop — a writer that took the writes has applied all it
 /// received from the server it replaced (the drain gate) and then takes nothing more from it.
 pub async fn set_replicating(t: &Target, on: bool) -> Result<(), String> {
-    let run = async {
-        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
-        let result = async {
-            let version: String = conn.query_first("SELECT @@version").await?.unwrap_or_default();
-            let word = if version.contains("MariaDB") { "SLAVE" } else { "REPLICA" };
-            if on {
-                // Already running (a handover started it a moment ago, and the caller read
-                // an older check): left alone. A restart here would cut the new replication
-                // connection right after it began, which MariaDB's semi-sync may not survive
-                // (the replica then reconnected for 30 s without a single event).
-                let row: Option<Row> = conn.query_first(format!("SHOW {word} STATUS")).await?;
-                if row.map(|r| replica(&r)).is_some_and(|r| r.sql_running && !r.io_stopped) {
-                    return Ok(());
-                }
-                // Both threads stopped (an IO thread that failed leaves the SQL one running).
-                conn.query_drop(format!("STOP {word}")).await?;
-                if version.contains("MariaDB") {
-                    // The server took writes meanwhile: ask its source for what follows its
-                    // current position, not for its own transactions back from where it
-                    // last replicated (the source may have rotated them away — a rebuilt
-                    // server's binary log starts at the rebuild).
-                    conn.query_drop("SET GLOBAL gtid_slave_pos = @@global.gtid_current_pos")
-                        .await?;
-                }
-                conn.query_drop(format!("START {word}")).await?;
+    with_session(t, t.timeout * 2 + Duration::from_secs(1), async |conn| {
+        let version: String = conn.query_first("SELECT @@version").await?.unwrap_or_default();
+        let word = if version.contains("MariaDB") { "SLAVE" } else { "REPLICA" };
+        if on {
+            // Already running (a handover started it a moment ago, and the caller read
+            // an older check): left alone. A restart here would cut the new replication
+            // connection right after it began, which MariaDB's semi-sync may not survive
+            // (the replica then reconnected for 30 s without a single event).
+            let row: Option<Row> = conn.query_first(format!("SHOW {word} STATUS")).await?;
+            if row.map(|r| replica(&r)).is_some_and(|r| r.sql_running && !r.io_stopped) {
                 return Ok(());
             }
-            conn.query_drop(format!("STOP {word} IO_THREAD")).await?;
-            let row: Option<Row> = conn.query_first(format!("SHOW {word} STATUS")).await?;
-            if let Some(r) = row.map(|r| replica(&r)).filter(|r| !r.received.is_empty()) {
-                let wait = t.timeout.as_secs().max(1);
-                let sql = if version.contains("MariaDB") {
-                    "SELECT MASTER_GTID_WAIT(?, ?)"
-                } else {
-                    "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
-                };
-                let waited: Option<i64> = conn.exec_first(sql, (r.received.as_str(), wait)).await?;
-                if waited != Some(0) {
-                    return Err(mysql_async::Error::Other(
-                        format!("the relay log (up to {:?}) was not applied within {wait} s; replication left with its IO thread stopped", r.received).into(),
-                    ));
-                }
-            }
+            // Both threads stopped (an IO thread that failed leaves the SQL one running).
             conn.query_drop(format!("STOP {word}")).await?;
-            Ok::<(), mysql_async::Error>(())
+            if version.contains("MariaDB") {
+                // The server took writes meanwhile: ask its source for what follows its
+                // current position, not for its own transactions back from where it
+                // last replicated (the source may have rotated them away — a rebuilt
+                // server's binary log starts at the rebuild).
+                conn.query_drop("SET GLOBAL gtid_slave_pos = @@global.gtid_current_pos")
+                    .await?;
+            }
+            conn.query_drop(format!("START {word}")).await?;
+            return Ok(());
         }
-        .await;
+        conn.query_drop(format!("STOP {word} IO_THREAD")).await?;
+        let row: Option<Row> = conn.query_first(format!("SHOW {word} STATUS")).await?;
+        if let Some(r) = row.map(|r| replica(&r)).filter(|r| !r.received.is_empty()) {
+            let wait = t.timeout.as_secs().max(1);
+            let sql = if version.contains("MariaDB") {
+                "SELECT MASTER_GTID_WAIT(?, ?)"
+            } else {
+                "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+            };
+            let waited: Option<i64> = conn.exec_first(sql, (r.received.as_str(), wait)).await?;
+            if waited != Some(0) {
+                return Err(mysql_async::Error::Other(
+                    format!("the relay log (up to {:?}) was not applied within {wait} s; replication left with its IO thread stopped", r.received).into(),
+                ));
+            }
+        }
+        conn.query_drop(format!("STOP {word}")).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// One administrative session on `t`: log in, run `f`, hang up whatever `f` returned, all
+/// within `limit` (else "no answer within …"); errors as text. The fence, the handover and
+/// the replication changes all go through here.
+async fn with_session<T>(
+    t: &Target,
+    limit: Duration,
+    f: impl AsyncFnOnce(&mut Conn) -> mysql_async::Result<T>,
+) -> Result<T, String> {
+    let run = async {
+        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
+        let result = f(&mut conn).await;
         let _ = conn.disconnect().await;
         result.map_err(|e| e.to_string())
     };
-    let limit = t.timeout * 2 + Duration::from_secs(1);
     tokio::time::timeout(limit, run)
         .await
         .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
+}
+
+/// The limit of a session whose statements wait on the server up to the check's timeout
+/// (`lock_wait_timeout`, `MASTER_GTID_WAIT`): longer, so that the server answers first.
+fn beyond_lock_wait(t: &Target) -> Duration {
+    t.timeout + Duration::from_secs(t.timeout.as_secs().max(1))
 }
 
 /// `KILL CONNECTION` each of `ids`; returns how many were killed (one gone meanwhile, or
@@ -477,29 +483,20 @@ async fn kill_connections(conn: &mut Conn, ids: Vec<u64>) -> usize {
 /// (error 1205). Only transactions that locked or changed rows; replication threads and the
 /// check user's sessions are left alone. Returns how many were killed.
 pub async fn kill_orphans(t: &Target) -> Result<usize, String> {
-    let run = async {
-        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
-        let result = async {
-            let ids: Vec<u64> = conn
-                .exec(
-                    "SELECT p.ID FROM information_schema.INNODB_TRX x \
-                     JOIN information_schema.PROCESSLIST p ON p.ID = x.trx_mysql_thread_id \
-                     WHERE p.ID <> CONNECTION_ID() AND p.USER NOT IN (?, 'system user', 'event_scheduler') \
-                     AND p.COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
-                     AND (x.trx_rows_locked > 0 OR x.trx_rows_modified > 0)",
-                    (t.user.as_str(),),
-                )
-                .await?;
-            Ok::<usize, mysql_async::Error>(kill_connections(&mut conn, ids).await)
-        }
-        .await;
-        let _ = conn.disconnect().await;
-        result.map_err(|e| e.to_string())
-    };
-    let limit = t.timeout + Duration::from_secs(t.timeout.as_secs().max(1));
-    tokio::time::timeout(limit, run)
-        .await
-        .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
+    with_session(t, beyond_lock_wait(t), async |conn| {
+        let ids: Vec<u64> = conn
+            .exec(
+                "SELECT p.ID FROM information_schema.INNODB_TRX x \
+                 JOIN information_schema.PROCESSLIST p ON p.ID = x.trx_mysql_thread_id \
+                 WHERE p.ID <> CONNECTION_ID() AND p.USER NOT IN (?, 'system user', 'event_scheduler') \
+                 AND p.COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
+                 AND (x.trx_rows_locked > 0 OR x.trx_rows_modified > 0)",
+                (t.user.as_str(),),
+            )
+            .await?;
+        Ok(kill_connections(conn, ids).await)
+    })
+    .await
 }
 
 /// Ends the binary-log dump threads of this server that serve replicas at `hosts` (replicas
@@ -511,30 +508,21 @@ pub async fn kill_orphans(t: &Target) -> Result<usize, String> {
 /// thread ended during the partition). The replica, once back, just reconnects. Returns
 /// how many were ended.
 pub async fn end_dumps_to(t: &Target, hosts: &[IpAddr]) -> Result<usize, String> {
-    let run = async {
-        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
-        let result = async {
-            let rows: Vec<(u64, String)> = conn
-                .query(
-                    "SELECT ID, HOST FROM information_schema.PROCESSLIST \
-                     WHERE COMMAND IN ('Binlog Dump', 'Binlog Dump GTID')",
-                )
-                .await?;
-            let ids = rows
-                .into_iter()
-                .filter(|(_, host)| peer_ip(host).is_some_and(|ip| hosts.contains(&ip)))
-                .map(|(id, _)| id)
-                .collect();
-            Ok::<usize, mysql_async::Error>(kill_connections(&mut conn, ids).await)
-        }
-        .await;
-        let _ = conn.disconnect().await;
-        result.map_err(|e| e.to_string())
-    };
-    let limit = t.timeout + Duration::from_secs(t.timeout.as_secs().max(1));
-    tokio::time::timeout(limit, run)
-        .await
-        .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
+    with_session(t, beyond_lock_wait(t), async |conn| {
+        let rows: Vec<(u64, String)> = conn
+            .query(
+                "SELECT ID, HOST FROM information_schema.PROCESSLIST \
+                 WHERE COMMAND IN ('Binlog Dump', 'Binlog Dump GTID')",
+            )
+            .await?;
+        let ids = rows
+            .into_iter()
+            .filter(|(_, host)| peer_ip(host).is_some_and(|ip| hosts.contains(&ip)))
+            .map(|(id, _)| id)
+            .collect();
+        Ok(kill_connections(conn, ids).await)
+    })
+    .await
 }
 
 /// The address in a `PROCESSLIST.HOST` (`10.1.1.75:50432`, `[fd00::2]:50432`, or a bare
@@ -557,33 +545,24 @@ fn peer_ip(host: &str) -> Option<IpAddr> {
 /// threads and the check user's own sessions (the other agent's checks) are left alone.
 /// Returns how many connections were killed.
 pub async fn self_fence(t: &Target) -> Result<usize, String> {
-    let run = async {
-        let mut conn = Conn::new(opts(t)).await.map_err(|e| e.to_string())?;
-        let wait = t.timeout.as_secs().max(1);
-        let result = async {
-            conn.query_drop(format!("SET SESSION lock_wait_timeout = {wait}"))
-                .await?;
-            let ids: Vec<u64> = conn
-                .exec(
-                    "SELECT ID FROM information_schema.PROCESSLIST \
-                     WHERE ID <> CONNECTION_ID() AND USER NOT IN (?, 'system user', 'event_scheduler') \
-                     AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker')",
-                    (t.user.as_str(),),
-                )
-                .await?;
-            let killed = kill_connections(&mut conn, ids).await;
-            conn.query_drop("SET GLOBAL read_only = 1").await?;
-            let _ = conn.query_drop("SET GLOBAL super_read_only = 1").await;
-            Ok::<usize, mysql_async::Error>(killed)
-        }
-        .await;
-        let _ = conn.disconnect().await;
-        result.map_err(|e| e.to_string())
-    };
-    let limit = t.timeout + Duration::from_secs(t.timeout.as_secs().max(1));
-    tokio::time::timeout(limit, run)
-        .await
-        .unwrap_or_else(|_| Err(format!("{NO_ANSWER} {limit:?}")))
+    let wait = t.timeout.as_secs().max(1);
+    with_session(t, beyond_lock_wait(t), async |conn| {
+        conn.query_drop(format!("SET SESSION lock_wait_timeout = {wait}"))
+            .await?;
+        let ids: Vec<u64> = conn
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST \
+                 WHERE ID <> CONNECTION_ID() AND USER NOT IN (?, 'system user', 'event_scheduler') \
+                 AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker')",
+                (t.user.as_str(),),
+            )
+            .await?;
+        let killed = kill_connections(conn, ids).await;
+        conn.query_drop("SET GLOBAL read_only = 1").await?;
+        let _ = conn.query_drop("SET GLOBAL super_read_only = 1").await;
+        Ok(killed)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -128,9 +128,6 @@ async fn handover(sorry: Option<&Target>, writers: &[(Target, bool)]) -> Result<
             mysql::set_read_only(s, true)
                 .await
                 .map_err(|e| format!("making the sorry server {} read-only: {e}", s.addr))?;
-            // read_only stops new writes, but a transaction already open still commits
-            // (MariaDB and MySQL let it): wait for the writers to hold the position, then
-            // read it again, until it stops moving.
             // No client writes reach the writers until the flip: a session there holding row
             // locks was cut off mid-transaction, and would stall the replication that is to
             // bring them the sorry server's writes (error 1205 after
@@ -144,6 +141,9 @@ async fn handover(sorry: Option<&Target>, writers: &[(Target, bool)]) -> Result<
                     Err(e) => return Err(format!("{}: ending orphaned sessions: {e}", w.addr)),
                 }
             }
+            // read_only stops new writes, but a transaction already open still commits
+            // (MariaDB and MySQL let it): wait for the writers to hold the position, then
+            // read it again, until it stops moving.
             let deadline = Instant::now() + HANDOVER_WAIT;
             let mut at = mysql::probe(s, false).await?;
             loop {
