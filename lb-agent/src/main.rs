@@ -7,7 +7,7 @@ mod manual;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_agent::config::Config;
+use lb_agent::{config::Config, control::Request};
 
 #[derive(Parser)]
 #[command(version, about = "XDP direct-routing load balancer agent")]
@@ -24,6 +24,9 @@ enum Command {
     Generate {
         #[arg(value_enum)]
         what: manual::Generated,
+        /// With `man`: write lb-agent.8 and a page per subcommand into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Load the XDP program, fill its maps from the config, and forward until SIGINT/SIGTERM.
     Run {
@@ -60,6 +63,16 @@ enum Command {
     /// does); fails, with the reason, when the agent refuses the new file (it then keeps the
     /// running configuration). The unit's `ExecReload`.
     Reload {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Prepare a hitless restart: the agent's next stop (within a minute) leaves the data
+    /// plane forwarding, pinned, with the VIPs in place, for the next agent to adopt — instead
+    /// of resigning and detaching. `lb-agent prepare-restart && systemctl restart lb-agent`;
+    /// the package's upgrade does this.
+    PrepareRestart {
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -155,9 +168,28 @@ fn realserver(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Generate { what } => {
+        Command::Generate {
+            what: manual::Generated::Man,
+            dir: Some(dir),
+        } => match manual::write_man_pages(<Cli as clap::CommandFactory>::command(), &dir) {
+            Ok(pages) => {
+                for page in pages {
+                    println!("{}", page.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb-agent generate man: writing into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Generate { what, dir: None } => {
             manual::generate(what, <Cli as clap::CommandFactory>::command());
             ExitCode::SUCCESS
+        }
+        Command::Generate { dir: Some(_), .. } => {
+            eprintln!("lb-agent generate: --dir goes with `man` only");
+            ExitCode::from(2)
         }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(cfg) => {
@@ -181,39 +213,10 @@ fn main() -> ExitCode {
             service,
             config,
             socket,
-        } => {
-            let Some(socket) = socket_of(config, socket) else {
-                return ExitCode::FAILURE;
-            };
-            match lb_agent::control::ask(&socket, &lb_agent::control::Request::Failback { service })
-            {
-                Ok(v) => {
-                    println!("{}", v.get("ok").and_then(|o| o.as_str()).unwrap_or("done"));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Reload { config, socket } => {
-            let Some(socket) = socket_of(config, socket) else {
-                return ExitCode::FAILURE;
-            };
-            match lb_agent::control::ask(&socket, &lb_agent::control::Request::Reload) {
-                Ok(v) => {
-                    println!(
-                        "{}",
-                        v.get("ok").and_then(|o| o.as_str()).unwrap_or("reloaded")
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => ask(config, socket, Request::Failback { service }, "done"),
+        Command::Reload { config, socket } => ask(config, socket, Request::Reload, "reloaded"),
+        Command::PrepareRestart { config, socket } => {
+            ask(config, socket, Request::PrepareRestart, "prepared")
         }
         Command::Realserver {
             action,
@@ -236,6 +239,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Sends one request to the running agent and prints its answer (`ok`, or `done` when it
+/// says nothing); a refusal is printed on stderr and fails the command.
+fn ask(config: Option<PathBuf>, socket: Option<PathBuf>, request: Request, done: &str) -> ExitCode {
+    let Some(socket) = socket_of(config, socket) else {
+        return ExitCode::FAILURE;
+    };
+    match lb_agent::control::ask(&socket, &request) {
+        Ok(v) => {
+            println!("{}", v.get("ok").and_then(|o| o.as_str()).unwrap_or(done));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

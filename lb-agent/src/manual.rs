@@ -3,7 +3,10 @@
 //! the README's "Configuration" section (the one reference of the file format), completions
 //! from the same definition (clap_complete). Generated, so they cannot drift from the code.
 
-use std::io::Write;
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
 
 use clap::ValueEnum;
 
@@ -25,7 +28,7 @@ pub fn generate(what: Generated, mut cli: clap::Command) {
     let mut out = std::io::stdout().lock();
     let shell = match what {
         Generated::Man => {
-            let man = clap_mangen::Man::new(cli.name("lb-agent")).section("8");
+            let man = clap_mangen::Man::new(for_pages(cli)).section("8");
             let _ = man.render(&mut out);
             return;
         }
@@ -38,6 +41,30 @@ pub fn generate(what: Generated, mut cli: clap::Command) {
         Generated::Fish => clap_complete::Shell::Fish,
     };
     clap_complete::generate(shell, &mut cli, "lb-agent", &mut out);
+}
+
+/// The command as the pages show it: named `lb-agent` (not the test binary's name), without
+/// clap's `help` subcommand (it would be listed as a page that does not exist), built so
+/// that every subcommand carries its full name (`lb-agent-run`).
+fn for_pages(cli: clap::Command) -> clap::Command {
+    let mut cli = cli.name("lb-agent").disable_help_subcommand(true);
+    cli.build();
+    cli
+}
+
+/// lb-agent(8) and a page for each visible subcommand (`lb-agent-run.8` …), all in section
+/// 8: the main page lists them by those names. Returns the files written.
+pub fn write_man_pages(cli: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    fn write(cmd: clap::Command, dir: &Path, done: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub.clone(), dir, done)?;
+        }
+        done.push(clap_mangen::Man::new(cmd).section("8").generate_to(dir)?);
+        Ok(())
+    }
+    let mut done = Vec::new();
+    write(for_pages(cli), dir, &mut done)?;
+    Ok(done)
 }
 
 /// lb-agent.toml(5) in roff: the README's "## Configuration" section, its `###` headings as

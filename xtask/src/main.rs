@@ -4,6 +4,7 @@
 
 mod compare;
 mod deploy;
+mod package;
 mod setup;
 
 use std::{
@@ -52,6 +53,9 @@ enum Task {
         #[arg(long)]
         against: Option<String>,
     },
+    /// Build the Debian package target/debian/lb-agent_VERSION_ARCH.deb (install it with
+    /// `apt install ./target/debian/lb-agent_*.deb`) and check it with lintian.
+    Package,
     /// Build and install the agent, a configuration (kept if present), the systemd units and
     /// the README under a root directory.
     Deploy {
@@ -90,6 +94,13 @@ fn main() -> Result<()> {
         Task::Bench { against: Some(rev) } => {
             setup::require_root("the benchmark runs XDP programs in the kernel")?;
             compare::against(&root, &rev)
+        }
+        Task::Package => {
+            build(&root)?;
+            let deb = package::build(&root)?;
+            package::lint(&deb)?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Task::Deploy { root: dest } => {
             build(&root)?;
@@ -206,6 +217,11 @@ fn test(root: &Path) -> Result<()> {
         ("mariadb", "mariadb-client"),
         ("etcd", "etcd-server"),
         ("nft", "nftables"),
+        // The package (dpkg-shlibdeps, lintian) and its boot under a real systemd.
+        ("dpkg-shlibdeps", "dpkg-dev"),
+        ("lintian", "lintian"),
+        ("mmdebstrap", "mmdebstrap"),
+        ("systemd-nspawn", "systemd-container"),
     ])?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     build(root)?;
@@ -223,6 +239,9 @@ fn test(root: &Path) -> Result<()> {
         .args(["--features", "bpf-program", "-Z", "build-std=core"])
         .args(["--target", "bpfel-unknown-none", "--", "-D", "warnings"])
         .env_remove("RUSTFLAGS"))?;
+    // The package that tests/systemd_boot.rs installs and boots.
+    let deb = package::build(root)?;
+    package::lint(&deb)?;
     // Namespace tests share the host's bridge-less network state: run them one at a time.
     run(cargo()
         .args(["test", "--locked", "--release", "--workspace"])

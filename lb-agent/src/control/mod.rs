@@ -41,6 +41,10 @@ pub enum Request {
     /// Read the configuration file again and apply it (what SIGHUP does), answering whether
     /// it was applied or refused and why (`lb-agent reload`, the unit's `ExecReload`).
     Reload,
+    /// Let the next stop (within `daemon::RESTART_WINDOW`) leave the data plane forwarding,
+    /// the VIPs in place and the leases to expire, as a killed agent would, for the agent
+    /// that starts next to adopt: a hitless `systemctl restart` (the package's upgrade).
+    PrepareRestart,
 }
 
 /// The main loop's answer, typed: the socket sends it as JSON, the metrics endpoint reads the

@@ -49,6 +49,9 @@ pub struct Daemon {
     pub verdicts: Verdicts,
     /// Whether the loop stood still (`super::stall`).
     pub stall: super::stall::StallWatch,
+    /// Until when a stop leaves the data plane for the next agent (`lb-agent
+    /// prepare-restart`); afterwards a stop is for good again.
+    pub restart_prepared_until: Option<Instant>,
 }
 
 impl Daemon {
@@ -134,6 +137,17 @@ impl Daemon {
             }
             // The event loop takes it (a reload replaces the health channel it owns).
             Request::Reload => Reply::Error("reload: not through this path".into()),
+            Request::PrepareRestart => {
+                self.restart_prepared_until = Some(Instant::now() + super::RESTART_WINDOW);
+                tracing::info!(
+                    window = ?super::RESTART_WINDOW,
+                    "restart prepared: the next stop leaves the data plane forwarding"
+                );
+                Reply::Ok(format!(
+                    "a stop within {} s leaves the data plane forwarding for the next agent",
+                    super::RESTART_WINDOW.as_secs()
+                ))
+            }
         })
     }
 
@@ -250,6 +264,22 @@ impl Daemon {
     /// returns how many map writes that took (0: nothing changed, nothing reported).
     pub fn apply(&mut self, next: DesiredState) -> Result<usize> {
         apply(&mut self.dp, &mut self.state, next)
+    }
+
+    /// Whether this stop is a prepared restart (`lb-agent prepare-restart`, in time).
+    pub fn restart_prepared(&self, now: Instant) -> bool {
+        self.restart_prepared_until.is_some_and(|until| now < until)
+    }
+
+    /// A prepared restart's exit: what a killed agent leaves — the program attached and
+    /// pinned, the maps, the VIPs, the leases running out on their own — for the next agent
+    /// to adopt. Nothing is dropped: dropping the data plane's handles could detach links
+    /// they own, and the process ends right after.
+    pub fn exit_for_restart(self) {
+        tracing::info!("stopping for a restart: the data plane stays pinned and forwarding");
+        let socket = control::socket_path(self.cfg.global.control_socket.as_deref());
+        let _ = std::fs::remove_file(&socket);
+        std::mem::forget(self);
     }
 
     /// Resigns from VRRP (priority 0: the peer takes over after skew time; we keep

@@ -41,6 +41,11 @@ use self::{attach::Attached, core::Daemon, neighbours::Link};
 /// How often links and neighbours are re-read (MAC changes, late resolution).
 const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
 
+/// How long `lb-agent prepare-restart` holds: long enough for `systemctl restart` (the stop
+/// waits at most the unit's 15 s TimeoutStopSec), short enough that a forgotten preparation
+/// does not turn a later stop for good into a silent hand-over.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
 /// `lb-agent run --cleanup`: detach and unpin what an agent left pinned.
 pub fn cleanup(config_path: &Path) -> Result<()> {
     let cfg = Config::load(config_path)?;
@@ -188,6 +193,7 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         fences: Default::default(),
         verdicts,
         stall: stall::StallWatch::new(NEIGHBOUR_POLL, shortest_advert_interval),
+        restart_prepared_until: None,
     };
     d.vrrp_step().await?;
 
@@ -214,9 +220,13 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
     };
     event_loop(&mut d, &mut inputs).await?;
 
-    // 11. Clean exit: resign, detach, unpin. (A killed agent leaves the data plane running,
-    //     pinned, for the next one to adopt.)
+    // 11. Clean exit: resign, detach, unpin — unless a restart was prepared, which leaves the
+    //     data plane as a killed agent would, for the next one to adopt.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    if d.restart_prepared(std::time::Instant::now()) {
+        d.exit_for_restart();
+        return Ok(());
+    }
     d.shutdown(&mut inputs.vrrp).await
 }
 

@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod dr;
 pub mod etcd;
 pub mod faults;
 pub mod mariadb;
+pub mod nspawn;
 pub mod pair;
 pub mod sqlclient;
 
