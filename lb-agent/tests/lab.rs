@@ -35,6 +35,7 @@ use common::{
         replicating, second_writer_moments, set_up_with, start_agent, until, vip_on, write_service,
     },
     sqlclient::{self, Log, missing_on},
+    timeline,
 };
 
 /// The prefix of a kept lab (`cargo xtask lab down` removes it).
@@ -46,6 +47,31 @@ struct Row {
     happened: String,
     took: Option<Duration>,
     ok: bool,
+}
+
+/// The table's rows, each with when its step began (where the one before ended) and ended
+/// (when its row was written down): the timeline's bands.
+struct Steps {
+    rows: Vec<Row>,
+    spans: Vec<(String, Instant, Instant)>,
+    last: Instant,
+}
+
+impl Steps {
+    fn new(start: Instant) -> Steps {
+        Steps {
+            rows: Vec::new(),
+            spans: Vec::new(),
+            last: start,
+        }
+    }
+
+    fn push(&mut self, row: Row) {
+        let now = Instant::now();
+        self.spans.push((row.step.to_string(), self.last, now));
+        self.last = now;
+        self.rows.push(row);
+    }
 }
 
 /// After a fault undone at (about) now and injected at `t`: VIPs and writes back on db1,
@@ -84,8 +110,7 @@ fn back_on_db1(
 }
 
 /// With `[quorum]`: the partitions between the DB hosts, the clients reaching both.
-fn partitions(lab: &Lab, log: &Log, db1: &Host, db2: &Host) -> Vec<Row> {
-    let mut rows = Vec::new();
+fn partitions(rows: &mut Steps, lab: &Lab, log: &Log, db1: &Host, db2: &Host) {
     // db1 | db2 + witness: the majority (db2's side) takes the writes, db1 fences itself.
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
@@ -139,7 +164,6 @@ fn partitions(lab: &Lab, log: &Log, db1: &Host, db2: &Host) -> Vec<Row> {
         "no majority: writes wait everywhere, none on db2",
         Some(("no write on db2", !on_db2)),
     ));
-    rows
 }
 
 /// Also cuts `a` from `b` (on top of `partition`).
@@ -187,6 +211,49 @@ fn repair_errant(lab: &Lab, db1: &Host, db2: &Host) -> String {
     )
 }
 
+/// The run as a picture, `target/lab/timeline.svg` (`timeline-quorum.svg` with `--quorum`):
+/// which server acknowledged writes and answered reads each second, who held the write VIP,
+/// the steps as bands. Checked: both servers appear in the write lanes (the plan moves the
+/// writes to db2 and back), and every step has its band.
+fn write_timeline(
+    log: &Log,
+    vip: Vec<(Instant, u8)>,
+    steps: &Steps,
+    quorum: bool,
+) -> std::path::PathBuf {
+    let t = timeline::Timeline {
+        start: steps.spans.first().map_or_else(Instant::now, |s| s.1),
+        end: Instant::now(),
+        writes: log
+            .acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| (a.at, a.server))
+            .collect(),
+        reads: log.reads.lock().unwrap().clone(),
+        vip,
+        steps: steps.spans.clone(),
+    };
+    let svg = timeline::render(&t);
+    assert_eq!(svg.matches("class=\"step\"").count(), steps.spans.len());
+    for colour in [timeline::DB1, timeline::DB2] {
+        assert!(
+            svg.contains(&format!("fill=\"{colour}\"/>")),
+            "no cell of {colour} in the timeline"
+        );
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(if quorum {
+        "timeline-quorum.svg"
+    } else {
+        "timeline.svg"
+    });
+    std::fs::write(&path, svg).unwrap();
+    path
+}
+
 fn print_table(rows: &[Row]) {
     println!();
     println!(
@@ -225,7 +292,7 @@ fn the_recipe_test_plan() {
             "etcd did not become healthy"
         );
     }
-    let mut rows = Vec::new();
+    let mut rows = Steps::new(Instant::now());
 
     // 0. Up: db1 is master, the client's writes land on db1 and reads on both.
     let log = Arc::new(Log::default());
@@ -233,6 +300,7 @@ fn the_recipe_test_plan() {
     // A second client, writing from its own host all along.
     let writer2 = sqlclient::start_writer(&lab, "cl2", WRITE_VIP, DB1, log.clone(), 1_000_000);
     let reader = sqlclient::start_reader(&lab, "cl", READ_VIP, log.clone());
+    let vip_samples = timeline::sample_vip(lab.ns("db1"), lab.ns("db2"), WRITE_VIP, log.clone());
     let t = Instant::now();
     let took = log.wait_for(1, t, Duration::from_secs(15));
     let both_read = until(Duration::from_secs(10), || readers_since(&log, t) == [1, 2]);
@@ -446,7 +514,7 @@ fn the_recipe_test_plan() {
     ));
 
     if quorum {
-        rows.extend(partitions(&lab, &log, &db1, &db2));
+        partitions(&mut rows, &lab, &log, &db1, &db2);
     }
 
     // The end: stop the clients, let replication settle, count.
@@ -455,6 +523,7 @@ fn the_recipe_test_plan() {
     writer.join().unwrap();
     writer2.join().unwrap();
     reader.join().unwrap();
+    let svg = write_timeline(&log, vip_samples.join().unwrap(), &rows, quorum);
     let converged = mariadb::wait_converged(&db1.db, &db2.db, Duration::from_secs(40));
     let acked = log.acked.lock().unwrap().clone();
     let on_both = acked.len() - missing_on(&db1.db, &acked).max(missing_on(&db2.db, &acked));
@@ -490,8 +559,9 @@ fn the_recipe_test_plan() {
     if !twice.is_empty() {
         println!("second-writer moments: {twice:#?}");
     }
-    print_table(&rows);
-    if !rows.iter().all(|r| r.ok) {
+    print_table(&rows.rows);
+    println!("\ntimeline: {}", svg.display());
+    if !rows.rows.iter().all(|r| r.ok) {
         for d in [&db1.db, &db2.db] {
             println!(
                 "{}: gtid_current_pos {:?}, rows {:?}, replication: {:?}",
@@ -540,11 +610,61 @@ fn the_recipe_test_plan() {
             db1.socket(&lab)
         );
     }
-    let failed: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.step).collect();
+    let failed: Vec<&str> = rows.rows.iter().filter(|r| !r.ok).map(|r| r.step).collect();
     assert!(
         failed.is_empty(),
         "steps failed: {failed:?} (agent logs under {})",
         dir(&lab).display()
     );
     let _ = &db2;
+}
+
+/// The picture's logic on a made-up run: a write acknowledged by db1 in second 0 and by db2
+/// in second 2, a second in which both hosts held the VIP, two steps.
+#[test]
+fn the_timeline_colours_each_second_by_server() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let t = timeline::Timeline {
+        start: t0,
+        end: at(3_500),
+        writes: vec![(at(100), 1), (at(2_100), 2), (at(2_200), 2)],
+        reads: vec![(at(1_100), 1)],
+        vip: vec![
+            (at(0), 1),
+            (at(1_000), 1),
+            (at(1_250), 3),
+            (at(1_500), 1),
+            (at(2_000), 2),
+        ],
+        steps: vec![
+            ("up <fast>".into(), t0, at(1_000)),
+            ("move".into(), at(1_000), at(3_000)),
+        ],
+    };
+    let svg = timeline::render(&t);
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+    let cells: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.contains("class=\"cell\""))
+        .collect();
+    // Writes: db1 in second 0, db2 in second 2 (two writes, one cell); a read in second 1;
+    // the VIP on db1 in 0, both in 1 (the split wins over the samples around it), db2 in 2.
+    assert_eq!(cells.len(), 6, "{cells:#?}");
+    let fill = |c: &str| {
+        cells
+            .iter()
+            .filter(|l| l.contains(&format!("fill=\"{c}\"")))
+            .count()
+    };
+    assert_eq!(
+        (
+            fill(timeline::DB1),
+            fill(timeline::DB2),
+            fill(timeline::BOTH)
+        ),
+        (3, 2, 1)
+    );
+    assert_eq!(svg.matches("class=\"step\"").count(), 2);
+    assert!(svg.contains("1. up &lt;fast&gt; (0–1 s)"), "{svg}");
 }

@@ -10,6 +10,7 @@ pub mod mariadb;
 pub mod nspawn;
 pub mod pair;
 pub mod sqlclient;
+pub mod timeline;
 
 use std::{
     fs::File,
