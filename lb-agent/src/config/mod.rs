@@ -794,3 +794,129 @@ mod quorum_section {
         assert_eq!(q.prefix, "/lab/");
     }
 }
+
+#[cfg(test)]
+mod replicas_section {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The recipe's write and read services with two replicas serving reads.
+    fn text(write_extra: &str, replication: &str, read_reals: &[&str]) -> String {
+        let mut t = format!(
+            r#"
+[dataplane]
+interface = "eth0"
+
+[check.mysql]
+type = "mysql"
+user = "lbcheck"
+password_file = "/etc/lb-agent/mysql-check.pw"
+
+[[virtual_server]]
+name = "mysql-write"
+address = "10.1.1.176"
+port = 3306
+default_check = "mysql"
+{write_extra}
+[[virtual_server.real_server]]
+address = "10.1.1.113"
+[virtual_server.sorry_server]
+address = "10.1.1.75"
+{replication}
+
+[[virtual_server]]
+name = "mysql-read"
+address = "10.1.1.177"
+port = 3306
+default_check = "mysql"
+"#
+        );
+        for r in read_reals {
+            t += &format!("[[virtual_server.real_server]]\naddress = \"{r}\"\n");
+        }
+        t
+    }
+
+    const REPLICATION: &str = "[virtual_server.replication]\nuser = \"repl\"\n\
+                               password_file = \"/etc/lb-agent/repl.pw\"\nblock = \"5s\"\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("test.toml"), text).map_err(|e| {
+            e.0.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    #[test]
+    fn replicas_with_their_login_and_time_rules() {
+        let c = parse(&text(
+            "replicas = [\"10.1.1.121\", \"10.1.1.122\"]",
+            REPLICATION,
+            &["10.1.1.113", "10.1.1.75", "10.1.1.121", "10.1.1.122"],
+        ))
+        .unwrap();
+        let vs = c.service("mysql-write").unwrap();
+        assert_eq!(vs.replicas.len(), 2);
+        let r = vs.replication.as_ref().unwrap();
+        assert_eq!((r.user.as_str(), r.port), ("repl", 3306));
+        assert_eq!(r.timing.block, Duration::from_secs(5));
+        assert_eq!(r.timing.settle, Duration::from_secs(5));
+        assert_eq!(r.timing.start_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_rule_is_an_error_naming_the_key() {
+        let reads = ["10.1.1.113", "10.1.1.75", "10.1.1.121"];
+        for (extra, replication, reals, says) in [
+            (
+                "replicas = [\"10.1.1.121\"]",
+                "",
+                &reads[..],
+                "needs [virtual_server.replication]",
+            ),
+            (
+                "",
+                REPLICATION,
+                &reads[..],
+                "only meaningful with `replicas`",
+            ),
+            (
+                "replicas = [\"10.1.1.121\"]",
+                REPLICATION,
+                &reads[..2],
+                "no real server with a `mysql` check",
+            ),
+            (
+                "replicas = [\"10.1.1.75\"]",
+                REPLICATION,
+                &reads[..],
+                "this service's real or sorry server",
+            ),
+            (
+                "replicas = [\"10.1.1.121\", \"10.1.1.121\"]",
+                REPLICATION,
+                &reads[..],
+                "listed twice",
+            ),
+            (
+                "replicas = [\"10.1.1.121\"]",
+                "[virtual_server.replication]\nuser = \"\"\npassword_file = \"/p\"\n",
+                &reads[..],
+                "1 to 80 characters",
+            ),
+            (
+                "replicas = [\"10.1.1.121\"]",
+                "[virtual_server.replication]\nuser = \"r\"\npassword_file = \"/p\"\n\
+                 start_timeout = \"0s\"\n",
+                &reads[..],
+                "replication.start_timeout",
+            ),
+        ] {
+            let e = parse(&text(extra, replication, reals)).unwrap_err();
+            assert!(e.contains(says), "{extra} / {replication}: {e}");
+        }
+    }
+}

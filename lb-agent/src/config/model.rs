@@ -220,6 +220,18 @@ pub struct Service {
     pub quorum_down: Option<String>,
     pub notify_writer_risk: Option<String>,
     pub smtp_alert: bool,
+    /// The replicas that follow the writer, and how they log in to it.
+    pub replicas: Vec<IpAddr>,
+    pub replication: Option<ReplicationSpec>,
+}
+
+/// `[virtual_server.replication]` with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationSpec {
+    pub user: String,
+    pub password_file: PathBuf,
+    pub port: u16,
+    pub timing: crate::health::follow::Timing,
 }
 
 /// A real server or the sorry server of a service.
@@ -605,6 +617,20 @@ fn service(f: &File, vs: &schema::VirtualServer) -> Service {
         quorum_down: vs.quorum_down.clone(),
         notify_writer_risk: vs.notify_writer_risk.clone(),
         smtp_alert: vs.smtp_alert,
+        replicas: vs.replicas.clone(),
+        replication: vs.replication.as_ref().map(|r| {
+            let defaults = crate::health::follow::Timing::default();
+            ReplicationSpec {
+                user: r.user.clone(),
+                password_file: r.password_file.clone(),
+                port: r.port.unwrap_or(vs.port),
+                timing: crate::health::follow::Timing {
+                    start_timeout: r.start_timeout.map_or(defaults.start_timeout, |d| d.0),
+                    block: r.block.map_or(defaults.block, |d| d.0),
+                    settle: r.block.map_or(defaults.settle, |d| d.0),
+                },
+            }
+        }),
     }
 }
 

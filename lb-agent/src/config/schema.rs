@@ -507,6 +507,36 @@ pub struct VirtualServer {
     /// E-mail real-server and quorum changes to `global.notification_email`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub smtp_alert: bool,
+    /// Replicas that follow whichever server has this service's writes: re-pointed to it
+    /// after every writer change, when it has everything they have (see README: Replicas).
+    /// Each must be a real server of some service with a `mysql` check (its state is read
+    /// there); needs a sorry server and `[virtual_server.replication]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<IpAddr>,
+    /// How the replicas log in to the writer when re-pointed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
+}
+
+/// `[virtual_server.replication]`: the replicas' login to the writer
+/// (`CHANGE MASTER TO MASTER_USER=…`) and the re-pointing's time rules.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    pub user: String,
+    /// A file holding the password: owned by root (or the agent's user), mode 0600 or 0400.
+    pub password_file: PathBuf,
+    /// The writer's MySQL port; the service port when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// A re-pointed replica must run both replication threads within this; 10 s when
+    /// omitted. Otherwise it leaves the read pool and automation stops for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<DurationStr>,
+    /// The block period: no re-pointing until the writes have stayed on one server this
+    /// long, and no second re-pointing of one replica within it; 10 s when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<DurationStr>,
 }
 
 fn one() -> u32 {

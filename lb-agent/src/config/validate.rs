@@ -555,11 +555,90 @@ fn virtual_server(c: &File, vs: &VirtualServer, t: &mut Table) {
     if vs.max_lag.is_some() && vs.role != Role::Replica {
         t.err("max_lag", "only meaningful with `role = \"replica\"`");
     }
+    replicas(c, vs, t);
     if vs.failback == Failback::CaughtUp && !all_mysql(true) {
         t.err(
             "failback",
             "`caught-up` compares GTIDs: the real servers and the sorry server need `mysql` checks",
         );
+    }
+}
+
+/// `replicas` and `[virtual_server.replication]`: both or neither, on a service with a sorry
+/// server; every replica a real server with a `mysql` check somewhere (its state is read
+/// there), neither this service's writer nor its sorry server, listed once.
+fn replicas(c: &File, vs: &VirtualServer, t: &mut Table) {
+    match (vs.replicas.is_empty(), &vs.replication) {
+        (true, Some(_)) => t.err("replication", "only meaningful with `replicas`"),
+        (false, None) => t.err(
+            "replicas",
+            "needs [virtual_server.replication] (the replicas' user and password_file)",
+        ),
+        _ => {}
+    }
+    if let Some(r) = &vs.replication {
+        if r.user.is_empty() || r.user.len() > 80 {
+            t.err("replication.user", "must be 1 to 80 characters");
+        }
+        if r.password_file.as_os_str().is_empty() {
+            t.err("replication.password_file", "must name a file");
+        }
+        if r.port == Some(0) {
+            t.err("replication.port", "must be 1 to 65535");
+        }
+        t.positive("replication.start_timeout", r.start_timeout);
+        t.positive("replication.block", r.block);
+    }
+    if vs.replicas.is_empty() {
+        return;
+    }
+    if vs.sorry_server.is_none() || vs.real_servers.len() != 1 {
+        t.err(
+            "replicas",
+            "replicas follow the writer: the service needs one real_server (the writer) and a \
+             sorry_server",
+        );
+    }
+    let mut seen = HashSet::new();
+    for addr in &vs.replicas {
+        if !seen.insert(*addr) {
+            t.err("replicas", format!("{addr} is listed twice"));
+        }
+        let own = vs
+            .real_servers
+            .iter()
+            .chain(vs.sorry_server.iter())
+            .any(|r| r.get_ref().address == *addr);
+        if own {
+            t.err(
+                "replicas",
+                format!("{addr} is this service's real or sorry server, not a replica"),
+            );
+            continue;
+        }
+        let checked = c.virtual_servers.iter().any(|other| {
+            let other = other.get_ref();
+            other.real_servers.iter().any(|r| {
+                let r = r.get_ref();
+                r.address == *addr
+                    && matches!(
+                        r.check
+                            .as_ref()
+                            .or(other.default_check.as_ref())
+                            .and_then(|ch| c.check_of(ch)),
+                        Some(Check::Mysql { .. })
+                    )
+            })
+        });
+        if !checked {
+            t.err(
+                "replicas",
+                format!(
+                    "{addr} is no real server with a `mysql` check in any virtual_server \
+                     (list it in the read VIP's, whose check reads its replication)"
+                ),
+            );
+        }
     }
 }
 

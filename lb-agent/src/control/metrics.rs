@@ -113,6 +113,11 @@ fn services(reg: &mut Registry, s: &Status) {
         "writer_changes_at_risk",
         "Writer changes that may have lost transactions (asynchronous replication, an old writer that does not answer, a failback without caught-up)",
     );
+    let replica_following = gauge(
+        reg,
+        "replica_following",
+        "A replica of the service: 1 replicates from the server that has the writes, 0 on its way (re-pointed, waiting), -1 cannot follow (out of the read pool, automation stopped for it)",
+    );
     let semisync_active = gauge(
         reg,
         "mysql_semisync_active",
@@ -157,6 +162,18 @@ fn services(reg: &mut Registry, s: &Status) {
         at_risk
             .get_or_create(&vec![("service".into(), svc.name.clone())])
             .inc_by(svc.writer_risks);
+        for r in &svc.replicas {
+            replica_following
+                .get_or_create(&vec![
+                    ("service".into(), svc.name.clone()),
+                    ("replica".into(), r.address.to_string()),
+                ])
+                .set(match r.phase.as_str() {
+                    "following" => 1,
+                    "cannot-follow" => -1,
+                    _ => 0,
+                });
+        }
         for r in &svc.real_servers {
             let lr: Labels = vec![
                 ("service".into(), svc.name.clone()),

@@ -131,6 +131,24 @@ pub struct ServiceStatus {
     /// Writer changes that may have lost transactions since the agent started.
     #[serde(default)]
     pub writer_risks: u64,
+    /// The replicas that follow this service's writer (`replicas`), as the deciding agent
+    /// sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// A replica that follows a service's writer (see `health::follow`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaStatus {
+    pub address: IpAddr,
+    /// following | repointing | waiting | cannot-follow | unknown.
+    pub phase: String,
+    /// Whom it replicates from, as its check read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Why it waits or cannot follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,6 +254,7 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             decision: None,
             writer_risk: None,
             writer_risks: 0,
+            replicas: vec![],
         });
     }
     Status {
@@ -423,6 +442,22 @@ fn render_service(out: &mut String, svc: &ServiceStatus) {
             out,
             "  TRANSACTIONS MAY BE LOST ({} writer change(s) at risk), last: {r}",
             svc.writer_risks
+        );
+    }
+    for r in &svc.replicas {
+        let _ = writeln!(
+            out,
+            "  replica {}: {}{}{}",
+            r.address,
+            r.phase,
+            r.source
+                .as_ref()
+                .map(|s| format!(", replicates from {s}"))
+                .unwrap_or_default(),
+            r.why
+                .as_ref()
+                .map(|w| format!(" — {w}"))
+                .unwrap_or_default()
         );
     }
 }

@@ -163,6 +163,7 @@ impl Daemon {
         control::status::add_health(&mut s, &self.health.eval.reports);
         for svc in &mut s.services {
             svc.decision = self.decision_text(&svc.name);
+            svc.replicas = self.replica_status(&svc.name);
         }
         s.quorum = self.quorum_status();
         Ok(s)
@@ -224,6 +225,7 @@ impl Daemon {
         }
         let mut actions = actions;
         self.ensure_replication(decided, &mut actions);
+        self.follow_writer(decided, &mut actions);
         self.end_dumps_to_lost_replicas(decided, &mut actions);
         self.report_errant(decided);
         self.run(actions);

@@ -5,7 +5,10 @@
 
 use std::{net::IpAddr, time::Instant};
 
-use lb_agent::health::state::Action;
+use lb_agent::health::{
+    follow::{Phase, Seen},
+    state::Action,
+};
 
 use super::{core::Daemon, writer::shared_services, writer_quorum::RETRY_WRITABLE};
 
@@ -119,6 +122,128 @@ impl Daemon {
             self.fences.replication_changed.insert(vs.name.clone(), now);
             actions.push(Action::SetReplicating { target, on });
         }
+    }
+
+    /// The deciding agent re-points each service's replicas to the server that has its
+    /// writes (see `health::follow` for when it may): the sorry server while this data plane
+    /// sends the writes there, the writer otherwise. The writer's position counts only from
+    /// a check that started after the replica's last one ended.
+    pub(super) fn follow_writer(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if !self.decides_writer(now) {
+            return;
+        }
+        for vs in self
+            .cfg
+            .services
+            .iter()
+            .filter(|vs| !vs.replicas.is_empty())
+        {
+            let (Some(spec), Some(login)) = (&vs.replication, self.health.logins.get(&vs.name))
+            else {
+                continue;
+            };
+            // One writer (validation asks for exactly one real server).
+            let writer = match (self.uses_sorry(&vs.name), &vs.sorry, vs.reals.first()) {
+                (true, Some(sorry), _) => sorry,
+                (false, _, Some(real)) => real,
+                _ => continue,
+            };
+            let monitor = &self.health.monitor;
+            let writer_seen = monitor
+                .checked(writer)
+                .filter(|c| c.is_up())
+                .and_then(|c| c.mysql.as_ref().zip(c.started_at()))
+                .map(|(state, read_at)| Seen { state, read_at });
+            let replicas: Vec<(IpAddr, Option<Seen>)> = vs
+                .replicas
+                .iter()
+                .map(|addr| {
+                    let seen = self
+                        .cfg
+                        .services
+                        .iter()
+                        .flat_map(|s| s.reals.iter())
+                        .filter(|r| r.address == *addr)
+                        .filter_map(|r| monitor.checked(r))
+                        .find(|c| c.is_up() && c.mysql.is_some())
+                        .and_then(|c| c.mysql.as_ref().zip(c.up_at))
+                        .map(|(state, read_at)| Seen { state, read_at });
+                    (*addr, seen)
+                })
+                .collect();
+            let followers = self.health.followers.entry(vs.name.clone()).or_default();
+            let (repoint, failed) =
+                followers.step(now, spec.timing, writer.address, writer_seen, &replicas);
+            for (replica, why) in failed {
+                self.health
+                    .new_follow_failures
+                    .push((vs.name.clone(), format!("replica {replica}: {why}")));
+            }
+            for r in repoint {
+                let target = self
+                    .cfg
+                    .services
+                    .iter()
+                    .flat_map(|s| s.reals.iter())
+                    .filter(|rs| rs.address == r.replica)
+                    .find_map(|rs| self.health.monitor.mysql_target(rs));
+                let Some(target) = target else { continue };
+                actions.push(Action::Repoint {
+                    service: vs.name.clone(),
+                    target,
+                    source: std::net::SocketAddr::new(r.source, spec.port),
+                    login: login.clone(),
+                });
+            }
+        }
+        for (service, why) in self.health.take_follow_failures() {
+            if let Some(vs) = self.cfg.service(&service) {
+                self.notifier.replica_cannot_follow(vs, &why);
+            }
+        }
+    }
+
+    /// `status`'s view of `service`'s replicas.
+    pub(super) fn replica_status(
+        &self,
+        service: &str,
+    ) -> Vec<lb_agent::control::status::ReplicaStatus> {
+        let Some(vs) = self.cfg.service(service) else {
+            return vec![];
+        };
+        let followers = self.health.followers.get(service);
+        vs.replicas
+            .iter()
+            .map(|addr| {
+                let phase = followers.map_or(&Phase::Unknown, |f| f.phase(*addr));
+                let source = self
+                    .cfg
+                    .services
+                    .iter()
+                    .flat_map(|s| s.reals.iter())
+                    .filter(|r| r.address == *addr)
+                    .find_map(|r| self.health.monitor.answering(r))
+                    .and_then(|m| m.replica.as_ref())
+                    .map(|r| {
+                        format!(
+                            "{} (IO {}, SQL {})",
+                            r.source_host,
+                            if r.io_running { "yes" } else { "no" },
+                            if r.sql_running { "yes" } else { "no" }
+                        )
+                    });
+                let why = match phase {
+                    Phase::Waiting(w) | Phase::CannotFollow(w) => Some(w.clone()),
+                    _ => None,
+                };
+                lb_agent::control::status::ReplicaStatus {
+                    address: *addr,
+                    phase: phase.word().into(),
+                    source,
+                    why,
+                }
+            })
+            .collect()
     }
 
     /// Every agent, for the servers on its own host: binary-log dumps to configured servers

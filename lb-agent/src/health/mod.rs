@@ -5,6 +5,8 @@
 //!   agent's own;
 //! - `gtid`: MariaDB and MySQL GTID positions, for the `caught-up` failback;
 //! - `monitor`: the table of distinct checks, results through the trackers, without I/O;
+//! - `follow`: replicas re-pointed to the server that has the writes, when safe, without
+//!   I/O;
 //! - `risk`: whether a writer change may lose transactions, without I/O;
 //! - `verdict`: what the checks, roles and failback gates make of each service, without I/O;
 //! - `state`: the daemon's view of all that, fed with reports and time, returning the MySQL
@@ -13,6 +15,7 @@
 
 pub mod exec;
 pub mod failure;
+pub mod follow;
 pub mod gtid;
 pub mod monitor;
 pub mod mysql;

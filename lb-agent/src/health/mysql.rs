@@ -382,6 +382,82 @@ pub async fn set_read_only(t: &Target, on: bool) -> Result<(), String> {
     .await
 }
 
+/// How a replica logs in to the server it replicates from (`[virtual_server.replication]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceLogin {
+    pub user: String,
+    pub password: String,
+}
+
+impl SourceLogin {
+    /// Refuses what cannot go into a quoted SQL string the same way under every `sql_mode`
+    /// (a quote, a backslash, a control character): a clear error at start or reload, never
+    /// a statement that means something else.
+    pub fn new(user: &str, password: &str) -> Result<SourceLogin, String> {
+        for (what, s) in [("user", user), ("password", password)] {
+            if s.chars().any(|c| c == '\'' || c == '\\' || c.is_control()) {
+                return Err(format!(
+                    "the replication {what} holds a quote, a backslash or a control character"
+                ));
+            }
+        }
+        Ok(SourceLogin {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
+    }
+}
+
+/// The statements that point a replica at `source` (see `repoint`); they hold the password:
+/// never logged.
+pub fn repoint_statements(mariadb: bool, source: SocketAddr, login: &SourceLogin) -> Vec<String> {
+    let (host, port) = (source.ip(), source.port());
+    let (user, password) = (&login.user, &login.password);
+    if mariadb {
+        // slave_pos: go on from what this replica has applied, whoever wrote it.
+        vec![
+            "STOP SLAVE".into(),
+            format!(
+                "CHANGE MASTER TO MASTER_HOST='{host}', MASTER_PORT={port}, MASTER_USER='{user}', \
+                 MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos"
+            ),
+            "START SLAVE".into(),
+        ]
+    } else {
+        vec![
+            "STOP REPLICA".into(),
+            format!(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST='{host}', SOURCE_PORT={port}, \
+                 SOURCE_USER='{user}', SOURCE_PASSWORD='{password}', SOURCE_AUTO_POSITION=1"
+            ),
+            "START REPLICA".into(),
+        ]
+    }
+}
+
+/// Re-points a replica to `source` (see `health::follow` for when): its replication
+/// stopped, its source changed (GTID auto-positioning), started again. The caller checks
+/// afterwards that both threads run. Needs `REPLICATION SLAVE ADMIN` (MariaDB) or
+/// `REPLICATION_SLAVE_ADMIN` (MySQL) for the check user on the replica.
+pub async fn repoint(t: &Target, source: SocketAddr, login: &SourceLogin) -> Result<(), String> {
+    let result = with_session(t, t.timeout * 3 + Duration::from_secs(2), async |conn| {
+        let version: String = conn
+            .query_first("SELECT @@version")
+            .await?
+            .unwrap_or_default();
+        for sql in repoint_statements(version.contains("MariaDB"), source, login) {
+            conn.query_drop(sql).await?;
+        }
+        Ok(())
+    })
+    .await;
+    // A server's error may quote the statement: never the password.
+    result.map_err(|e| match login.password.is_empty() {
+        true => e,
+        false => e.replace(&login.password, "***"),
+    })
+}
+
 /// Stops (`on` false) or starts replication on a server: `STOP SLAVE` / `START SLAVE` on
 /// MariaDB, `STOP REPLICA` / `START REPLICA` on MySQL. Stopping lets the relay log be
 /// applied first: the IO thread stops, the SQL thread applies what was received (bounded by
@@ -628,6 +704,35 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    /// The exact SQL the agent runs to re-point a replica (the README quotes it).
+    #[test]
+    fn repointing_statements_for_mariadb_and_mysql() {
+        let login = SourceLogin::new("repl", "s3cret pw").unwrap();
+        let source: SocketAddr = "10.1.1.75:3306".parse().unwrap();
+        assert_eq!(
+            repoint_statements(true, source, &login),
+            [
+                "STOP SLAVE",
+                "CHANGE MASTER TO MASTER_HOST='10.1.1.75', MASTER_PORT=3306, MASTER_USER='repl', \
+                 MASTER_PASSWORD='s3cret pw', MASTER_USE_GTID=slave_pos",
+                "START SLAVE",
+            ]
+        );
+        assert_eq!(
+            repoint_statements(false, source, &login),
+            [
+                "STOP REPLICA",
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST='10.1.1.75', SOURCE_PORT=3306, \
+                 SOURCE_USER='repl', SOURCE_PASSWORD='s3cret pw', SOURCE_AUTO_POSITION=1",
+                "START REPLICA",
+            ]
+        );
+        for bad in ["a'b", "a\\b", "a\nb"] {
+            assert!(SourceLogin::new("repl", bad).is_err(), "{bad:?}");
+            assert!(SourceLogin::new(bad, "pw").is_err(), "{bad:?}");
+        }
+    }
 
     fn state(io: bool, sql: bool, behind: Option<u64>, executed: &str) -> MysqlState {
         MysqlState {

@@ -108,6 +108,18 @@ pub fn spawn(action: Action, tx: &mpsc::Sender<Event>) {
                     tracing::debug!(server = %target.addr, error = %e, "could not look for binary-log dumps to unreachable replicas")
                 }
             },
+            Action::Repoint {
+                service,
+                target,
+                source,
+                login,
+            } => {
+                tracing::warn!(service, replica = %target.addr, source = %source, "re-pointing the replica to the server that has the writes");
+                let result = mysql::repoint(&target, source, &login).await;
+                let _ = tx
+                    .send(Event::Repointed(service, target.addr.ip(), result))
+                    .await;
+            }
             Action::MakeWritable { target } => match mysql::set_read_only(&target, false).await {
                 Ok(()) => tracing::info!(server = %target.addr, "writable again (read_only=0)"),
                 Err(e) => {

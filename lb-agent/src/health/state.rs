@@ -16,8 +16,9 @@ use std::{
 use anyhow::Result;
 
 use super::{
+    follow::Followers,
     monitor::{Change, Monitor, Report},
-    mysql::Target,
+    mysql::{SourceLogin, Target},
     verdict::{self, AdoptedSorry, Evaluation, Fenced, Gates, ServiceMode},
 };
 use crate::{
@@ -47,6 +48,8 @@ pub enum Event {
     Handover(String, u64, Result<(), String>),
     /// Fencing of a server ended.
     Fence(IpAddr, Result<(), String>),
+    /// A replica's re-pointing (service, replica) ended.
+    Repointed(String, IpAddr, Result<(), String>),
 }
 
 /// A side effect for the daemon to run; its result comes back as an `Event`.
@@ -79,6 +82,14 @@ pub enum Action {
     /// This host's server: end its binary-log dump threads to replicas at `to`, which this
     /// agent cannot reach (see `mysql::end_dumps_to`).
     EndDumps { target: Target, to: Vec<IpAddr> },
+    /// A replica of `service` to replicate from `source` (see `health::follow`,
+    /// `mysql::repoint`).
+    Repoint {
+        service: String,
+        target: Target,
+        source: std::net::SocketAddr,
+        login: super::mysql::SourceLogin,
+    },
 }
 
 /// A service's handover back from its sorry server (with `graceful` or `fence`).
@@ -112,6 +123,13 @@ pub struct HealthState {
     /// Services whose writer the pair decides: their changes at risk are the decision's
     /// (`note_risk`), not their gates'.
     shared: HashSet<String>,
+    /// Per service with replicas: where each stands (see `follow`), kept across a reload.
+    pub followers: HashMap<String, Followers>,
+    /// Per service with replicas: how they log in to the writer (password file read at
+    /// start and reload, like the checks').
+    pub logins: HashMap<String, SourceLogin>,
+    /// Replicas that found they cannot follow, not yet taken by the daemon (to alert).
+    pub new_follow_failures: Vec<(String, String)>,
 }
 
 /// A real server whose check flipped: for notify_up / notify_down.
@@ -141,8 +159,9 @@ impl HealthState {
         now: Instant,
     ) -> Result<HealthState> {
         let monitor = Monitor::new(cfg)?;
+        let logins = replication_logins(cfg)?;
         let mut gates = verdict::gates(cfg, prior, adopted_sorry);
-        let eval = verdict::evaluate(cfg, &monitor, &mut gates, &fenced, now);
+        let eval = verdict::evaluate(cfg, &monitor, &mut gates, &fenced, &HashMap::new(), now);
         Ok(HealthState {
             monitor,
             gates,
@@ -156,6 +175,9 @@ impl HealthState {
             risks: HashMap::new(),
             new_risks: Vec::new(),
             shared: HashSet::new(),
+            followers: HashMap::new(),
+            logins,
+            new_follow_failures: Vec::new(),
         })
     }
 
@@ -163,7 +185,15 @@ impl HealthState {
     /// reading the checks again.
     pub fn set_adopted(&mut self, cfg: &Config, adopted_sorry: &AdoptedSorry, now: Instant) {
         self.gates = verdict::gates(cfg, &Gates::new(), adopted_sorry);
-        self.eval = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
+        let cannot_follow = self.cannot_follow();
+        self.eval = verdict::evaluate(
+            cfg,
+            &self.monitor,
+            &mut self.gates,
+            &self.fenced,
+            &cannot_follow,
+            now,
+        );
     }
 
     /// The state for a reloaded `cfg`: new checks (password files read again), gates kept
@@ -179,8 +209,15 @@ impl HealthState {
             now,
         )
         .map(|mut h| {
-            // What was at risk stays reported.
+            // What was at risk stays reported; replicas keep where they stand (a replica
+            // that could not follow stays out until it is seen following).
             h.risks = self.risks.clone();
+            h.followers = cfg
+                .services
+                .iter()
+                .filter(|vs| !vs.replicas.is_empty())
+                .filter_map(|vs| Some((vs.name.clone(), self.followers.get(&vs.name)?.clone())))
+                .collect();
             h
         })
     }
@@ -277,6 +314,22 @@ impl HealthState {
                 };
                 (None, true)
             }
+            Event::Repointed(service, replica, result) => {
+                let Some(f) = self.followers.get_mut(&service) else {
+                    return (None, false);
+                };
+                match f.repointed(replica, result) {
+                    Some(why) => {
+                        tracing::error!(service, replica = %replica, "{why}; it leaves the read pool and is not touched again until it replicates from the writer");
+                        self.new_follow_failures
+                            .push((service, format!("replica {replica}: {why}")));
+                    }
+                    None => {
+                        tracing::info!(service, replica = %replica, "re-pointed; waiting for its replication threads")
+                    }
+                }
+                (None, true)
+            }
             Event::Fence(addr, result) => {
                 self.fencing.remove(&addr);
                 match result {
@@ -318,7 +371,15 @@ impl HealthState {
     /// Evaluates again; returns the previous verdicts when they changed, and the side
     /// effects to run.
     pub fn evaluate(&mut self, cfg: &Config, now: Instant) -> Vec<Action> {
-        let mut next = verdict::evaluate(cfg, &self.monitor, &mut self.gates, &self.fenced, now);
+        let cannot_follow = self.cannot_follow();
+        let mut next = verdict::evaluate(
+            cfg,
+            &self.monitor,
+            &mut self.gates,
+            &self.fenced,
+            &cannot_follow,
+            now,
+        );
         self.record_risks(&mut next);
         let mut actions = Vec::new();
         for vs in &cfg.services {
@@ -348,6 +409,21 @@ impl HealthState {
         }
         self.eval = next;
         actions
+    }
+
+    /// Every replica that cannot follow its service's writer, with why: out of every read
+    /// pool.
+    pub fn cannot_follow(&self) -> HashMap<IpAddr, String> {
+        self.followers
+            .values()
+            .flat_map(|f| f.cannot_follow())
+            .map(|(a, why)| (a, why.to_string()))
+            .collect()
+    }
+
+    /// Replicas that just found they cannot follow (to alert once): taken.
+    pub fn take_follow_failures(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.new_follow_failures)
     }
 
     /// The services whose writer the pair decides (see `shared`).
@@ -568,6 +644,21 @@ fn utc(t: std::time::SystemTime) -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+/// The replication logins of the services with replicas, their password files read now
+/// (the same rules as a check's: see `crate::secret`); a refusal stops the start or reload.
+fn replication_logins(cfg: &Config) -> Result<HashMap<String, SourceLogin>> {
+    let mut out = HashMap::new();
+    for vs in &cfg.services {
+        let Some(r) = &vs.replication else { continue };
+        let password = super::mysql::read_password(&r.password_file)
+            .map_err(|e| anyhow::anyhow!("{} replication: {e}", vs.name))?;
+        let login = SourceLogin::new(&r.user, &password)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", vs.name))?;
+        out.insert(vs.name.clone(), login);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

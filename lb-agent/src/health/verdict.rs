@@ -286,6 +286,7 @@ pub fn evaluate(
     m: &Monitor,
     gates: &mut Gates,
     fenced: &Fenced,
+    cannot_follow: &HashMap<IpAddr, String>,
     now: Instant,
 ) -> Evaluation {
     let mut out = Evaluation::default();
@@ -297,7 +298,12 @@ pub fn evaluate(
         let mut reals = Vec::new();
         let mut usable = Vec::new();
         for rs in &vs.reals {
-            let (h, weight) = judge(m, vs, rs, fenced);
+            let (mut h, weight) = judge(m, vs, rs, fenced);
+            // A replica that cannot follow the writer (see `follow`) serves no reads.
+            if let Some(why) = cannot_follow.get(&rs.address) {
+                h.usable = false;
+                h.reason = Some(format!("cannot follow the writer: {why}"));
+            }
             if h.usable {
                 usable.push(rs);
             } else {
@@ -460,7 +466,14 @@ address = "10.0.0.2"
                 started: at,
                 at,
             });
-            evaluate(&self.cfg, &self.m, &mut self.gates, &Fenced::new(), at)
+            evaluate(
+                &self.cfg,
+                &self.m,
+                &mut self.gates,
+                &Fenced::new(),
+                &HashMap::new(),
+                at,
+            )
         }
     }
 
@@ -480,7 +493,14 @@ address = "10.0.0.2"
     #[test]
     fn caught_up_failback_waits_for_the_sorry_servers_position() {
         let mut r = run("caught-up");
-        let e = evaluate(&r.cfg, &r.m, &mut r.gates, &Fenced::new(), r.t0);
+        let e = evaluate(
+            &r.cfg,
+            &r.m,
+            &mut r.gates,
+            &Fenced::new(),
+            &HashMap::new(),
+            r.t0,
+        );
         assert!(
             !e.verdicts["write"].hold_sorry,
             "unchecked servers start up"

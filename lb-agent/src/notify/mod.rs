@@ -133,6 +133,32 @@ impl Notifier {
     /// A writer change that may have lost transactions (see `health::risk`): a warning in
     /// the log, the service's `notify_writer_risk` (with `LB_SERVICE`, `LB_REASON`), and an
     /// e-mail with `smtp_alert`.
+    /// A replica of `vs` cannot follow its writer (see `health::follow`): out of the read
+    /// pool, automation stopped for it. Logged, and through the same hooks as a writer
+    /// change at risk (`notify_writer_risk` with `LB_REASON`, e-mail with `smtp_alert`): an
+    /// operator must look.
+    pub fn replica_cannot_follow(&self, vs: &Service, why: &str) {
+        tracing::error!(service = %vs.name, "REPLICA CANNOT FOLLOW THE WRITER: {why}");
+        if let Some(command) = &vs.notify_writer_risk {
+            spawn_script_with(
+                "notify_writer_risk",
+                command.clone(),
+                vec![
+                    ("LB_SERVICE".into(), vs.name.clone()),
+                    ("LB_REASON".into(), format!("replica cannot follow: {why}")),
+                ],
+            );
+        }
+        if vs.smtp_alert
+            && let Some(m) = &self.mailer
+        {
+            m.send(
+                format!("=> {} REPLICA CANNOT FOLLOW THE WRITER <=", vs.name),
+                why.to_string(),
+            );
+        }
+    }
+
     pub fn writer_risk(&self, vs: &Service, why: &str) {
         tracing::error!(service = %vs.name, "TRANSACTIONS MAY BE LOST: {why}");
         if let Some(command) = &vs.notify_writer_risk {

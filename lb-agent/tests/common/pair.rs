@@ -74,6 +74,27 @@ pub fn set_up(lab: &mut Lab) -> (Host, Host) {
 /// cluster (db1, db2 and a witness host `wit`), which is returned not yet started (the
 /// agents start without it: "no quorum").
 pub fn set_up_with(lab: &mut Lab, quorum: bool) -> (Host, Host, Option<etcd::Cluster>) {
+    let (db1, db2, cluster, _) = build(lab, quorum, &[]);
+    (db1, db2, cluster)
+}
+
+/// Replica hosts of `set_up_with_replicas`: (name, address, server id).
+pub const REPLICAS: [(&str, &str, u32); 2] = [("rp1", "10.1.1.121", 3), ("rp2", "10.1.1.122", 4)];
+
+/// The two hosts plus `n` replica hosts (`REPLICAS`): MariaDB read-only replicas of db1 that
+/// do not acknowledge semi-sync (only the sorry server's acknowledgement may release a
+/// commit), DR real servers of the read VIP, listed in the write service's `replicas` with
+/// `[virtual_server.replication]` (user `repl`).
+pub fn set_up_with_replicas(lab: &mut Lab, n: usize) -> (Host, Host, Vec<Db>) {
+    let (db1, db2, _, replicas) = build(lab, false, &REPLICAS[..n]);
+    (db1, db2, replicas)
+}
+
+fn build(
+    lab: &mut Lab,
+    quorum: bool,
+    replica_hosts: &[(&'static str, &'static str, u32)],
+) -> (Host, Host, Option<etcd::Cluster>, Vec<Db>) {
     std::fs::create_dir_all(dir(lab)).unwrap();
     lab.bridge();
     lab.host("cl", "10.1.1.10/24");
@@ -84,6 +105,7 @@ pub fn set_up_with(lab: &mut Lab, quorum: bool) -> (Host, Host, Option<etcd::Clu
         lab.host("wit", &format!("{WITNESS}/24"));
         etcd::Cluster::new(lab, &[("db1", DB1), ("db2", DB2), ("wit", WITNESS)])
     });
+    let replica_addrs: Vec<&str> = replica_hosts.iter().map(|(_, a, _)| *a).collect();
     let timeout = format!("--rpl-semi-sync-master-timeout={QUORUM_SEMISYNC_TIMEOUT_MS}");
     // A replication connection left half-open by a cut is given up after 4 s (heartbeats
     // every 2 s) instead of MariaDB's 60 s default, so the servers converge soon after a
@@ -95,7 +117,12 @@ pub fn set_up_with(lab: &mut Lab, quorum: bool) -> (Host, Host, Option<etcd::Clu
     };
     let mut hosts = Vec::new();
     for (name, addr, id) in [("db1", DB1, 1), ("db2", DB2, 2)] {
-        let config = lab_config(lab, name, cluster.as_ref().map(|c| c.endpoints()));
+        let config = lab_config(
+            lab,
+            name,
+            cluster.as_ref().map(|c| c.endpoints()),
+            &replica_addrs,
+        );
         // The real-server side, as the lb-agent-realserver unit does at boot.
         agent_in(
             lab,
@@ -111,22 +138,45 @@ pub fn set_up_with(lab: &mut Lab, quorum: bool) -> (Host, Host, Option<etcd::Clu
         });
     }
     mariadb::replicate_both_ways(&hosts[0].db, &hosts[1].db);
+    let mut replicas = Vec::new();
+    for (name, addr, id) in replica_hosts {
+        lab.host(name, &format!("{addr}/24"));
+        agent_in(lab, name, &["realserver", "up", "--vip", READ_VIP]);
+        let db = lab.mariadb_with(
+            name,
+            addr,
+            *id,
+            &["--rpl-semi-sync-slave-enabled=OFF", "--read-only=ON"],
+        );
+        db.sql(&format!(
+            "CHANGE MASTER TO MASTER_HOST='{DB1}', MASTER_USER='repl', MASTER_PASSWORD='repl-pw',
+             MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE;"
+        ));
+        replicas.push(db);
+    }
     sqlclient::create_schema(&hosts[0].db);
     assert!(mariadb::wait_converged(
         &hosts[0].db,
         &hosts[1].db,
         Duration::from_secs(10)
     ));
+    for r in &replicas {
+        assert!(mariadb::wait_converged(
+            &hosts[0].db,
+            r,
+            Duration::from_secs(10)
+        ));
+    }
     let mut db2 = hosts.pop().unwrap();
     let mut db1 = hosts.pop().unwrap();
     start_agent(lab, &mut db1);
     start_agent(lab, &mut db2);
-    (db1, db2, cluster)
+    (db1, db2, cluster, replicas)
 }
 
 /// `configs/<name>.toml`, adapted to the lab's host-specific paths; with `quorum` (etcd
 /// endpoints), `[quorum]` in place of `[pair]`.
-fn lab_config(lab: &Lab, name: &str, quorum: Option<Vec<String>>) -> PathBuf {
+fn lab_config(lab: &Lab, name: &str, quorum: Option<Vec<String>>, replicas: &[&str]) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../configs")
         .join(format!("{name}.toml"));
@@ -165,6 +215,30 @@ fn lab_config(lab: &Lab, name: &str, quorum: Option<Vec<String>>) -> PathBuf {
     if let Some(pair) = &mut cfg.pair {
         pair.key_file = pair_key(lab);
     }
+    // Replicas: the write service's followers, the read service's real servers.
+    if !replicas.is_empty() {
+        let addrs: Vec<std::net::IpAddr> = replicas.iter().map(|a| a.parse().unwrap()).collect();
+        for vs in &mut cfg.virtual_servers {
+            let vs = vs.get_mut();
+            if vs.sorry_server.is_some() {
+                vs.replicas = addrs.clone();
+                vs.replication = Some(lb_agent::config::schema::Replication {
+                    user: "repl".into(),
+                    password_file: repl_password_file(lab),
+                    port: None,
+                    start_timeout: None,
+                    block: Some(lb_agent::config::DurationStr(Duration::from_secs(2))),
+                });
+            } else {
+                let template = vs.real_servers[0].get_ref().clone();
+                for a in &addrs {
+                    let mut r = template.clone();
+                    r.address = *a;
+                    vs.real_servers.push(toml::Spanned::new(0..0, r));
+                }
+            }
+        }
+    }
     if let Some(endpoints) = quorum {
         cfg.pair = None;
         cfg.quorum = Some(toml::Spanned::new(
@@ -181,6 +255,17 @@ fn lab_config(lab: &Lab, name: &str, quorum: Option<Vec<String>>) -> PathBuf {
     }
     let path = dir(lab).join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+/// The replication user's password (0600), as `mariadb_with` creates the user.
+fn repl_password_file(lab: &Lab) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir(lab).join("repl.pw");
+    if !path.exists() {
+        std::fs::write(&path, "repl-pw\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     path
 }
 

@@ -61,6 +61,8 @@ pub(super) fn virtual_server(cv: &mut Converter, n: &Node) -> Option<VirtualServ
         quorum_down: None,
         notify_writer_risk: None,
         smtp_alert: false,
+        replicas: vec![],
+        replication: None,
     };
     for c in n.children() {
         match c.keyword.as_str() {

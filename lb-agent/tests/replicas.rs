@@ -1,0 +1,289 @@
+//! Replicas follow the writer (issue 13): the recipe's two hosts (`common::pair`) plus two
+//! MariaDB replicas of db1 (rp1, rp2), which serve the read VIP and are the write service's
+//! `replicas`. Two clients write through the write VIP (a row and a counter increment per
+//! transaction) and one reads through the read VIP, throughout:
+//!
+//! 1. db1's MariaDB SIGKILLed: the writes go to db2 and both replicas are re-pointed to db2;
+//! 2. db1 back: caught-up failback, and the replicas are re-pointed to db1 again;
+//! 3. a write of its own on rp2 (errant), then db1 killed again: rp1 follows db2, rp2 cannot
+//!    follow (it has what db2 lacks) — out of the read pool, `status` and the metric say why,
+//!    nobody touches it;
+//! 4. db1 back: rp1 follows db1 again, rp2 stays out.
+//!
+//! After each: who replicates from whom (asked of the servers themselves), what `status`
+//! says. At the end, with the writers stopped and replication settled: every acknowledged
+//! id on every server that can follow, the counter equal to the rows on each, checksums
+//! equal, no moment with two writers; each step's outage is printed.
+
+mod common;
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use common::{
+    Lab,
+    mariadb::{self, Db},
+    pair::{
+        DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, readers_since, second_writer_moments,
+        set_up_with_replicas, status, until,
+    },
+    sqlclient::{self, Log, missing_on},
+};
+
+/// (source host, IO running, SQL running) as the replica itself says.
+fn source_of(db: &Db) -> (String, bool, bool) {
+    // With the column names (`Db::sql` leaves them out).
+    let out = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "-uroot", "-S"])
+        .arg(db.socket())
+        .args(["-e", "SHOW SLAVE STATUS\\G"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    (
+        field("Master_Host"),
+        field("Slave_IO_Running") == "Yes",
+        field("Slave_SQL_Running") == "Yes",
+    )
+}
+
+fn follows(db: &Db, writer: &str) -> bool {
+    source_of(db) == (writer.to_string(), true, true)
+}
+
+/// The agent's view of a replica: (phase, why).
+fn phase(lab: &Lab, h: &Host, replica: &str) -> (String, String) {
+    let s = status(lab, h);
+    let r = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|svc| svc["replicas"].as_array().cloned().unwrap_or_default())
+        .find(|r| r["address"] == replica)
+        .unwrap_or_default();
+    (
+        r["phase"].as_str().unwrap_or_default().to_string(),
+        r["why"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// The read service's view of a real server: its reason for serving no reads, if any.
+fn read_pool_reason(lab: &Lab, h: &Host, addr: &str) -> Option<String> {
+    let s = status(lab, h);
+    s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|svc| svc["name"] == "mysql-read")
+        .and_then(|svc| {
+            svc["real_servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["address"] == addr)
+                .and_then(|r| r["reason"].as_str().map(str::to_string))
+        })
+}
+
+/// The writes' outage around `t`: the longest gap between two acknowledged writes from `t`
+/// to now.
+fn outage(log: &Log, t: Instant) -> Duration {
+    let acked = log.acked.lock().unwrap();
+    let mut last = t;
+    let mut gap = Duration::ZERO;
+    for a in acked.iter().filter(|a| a.at > t) {
+        gap = gap.max(a.at - last);
+        last = a.at;
+    }
+    gap
+}
+
+#[test]
+fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
+    let started = Instant::now();
+    let mut lab = Lab::new("rep");
+    let (mut db1, db2, replicas) = set_up_with_replicas(&mut lab, 2);
+    let (rp1, rp2) = (&replicas[0], &replicas[1]);
+    let log = Arc::new(Log::default());
+    let writer = sqlclient::start_writer(&lab, "cl", WRITE_VIP, DB1, log.clone(), 1);
+    let writer2 = sqlclient::start_writer(&lab, "cl2", WRITE_VIP, DB1, log.clone(), 1_000_000);
+    let reader = sqlclient::start_reader(&lab, "cl", READ_VIP, log.clone());
+    let mut figures = Vec::new();
+
+    // 0. Up: writes on db1, reads from all four, both replicas following db1.
+    let t = Instant::now();
+    assert!(
+        log.wait_for(1, t, Duration::from_secs(15)).is_some(),
+        "no write on db1"
+    );
+    assert!(
+        until(Duration::from_secs(15), || readers_since(&log, t)
+            == [1, 2, 3, 4])
+        .is_some(),
+        "reads from {:?}",
+        readers_since(&log, t)
+    );
+    assert!(
+        until(Duration::from_secs(10), || {
+            phase(&lab, &db1, rp1.addr.as_str()).0 == "following"
+                && phase(&lab, &db1, rp2.addr.as_str()).0 == "following"
+        })
+        .is_some(),
+        "the replicas are not seen following db1"
+    );
+
+    // 1. The writer's MariaDB killed: writes on db2, replicas re-pointed to db2.
+    let t = Instant::now();
+    lab.kill(db1.db.pid);
+    assert!(
+        log.wait_for(2, t, Duration::from_secs(15)).is_some(),
+        "no write on db2"
+    );
+    let moved = until(Duration::from_secs(20), || {
+        follows(rp1, DB2) && follows(rp2, DB2)
+    });
+    assert!(
+        moved.is_some(),
+        "replicas after the failover: rp1 {:?} ({:?}), rp2 {:?} ({:?})",
+        source_of(rp1),
+        phase(&lab, &db1, rp1.addr.as_str()),
+        source_of(rp2),
+        phase(&lab, &db1, rp2.addr.as_str())
+    );
+    figures.push(format!(
+        "writer killed: replicas follow db2 {:.2} s after the writes moved; writes' outage {:.2} s",
+        moved.unwrap().as_secs_f64(),
+        outage(&log, t).as_secs_f64()
+    ));
+
+    // 2. db1 back: it catches up, gets the writes back, the replicas follow it again.
+    let t = Instant::now();
+    lab.mariadb_start(&mut db1.db, &[]);
+    assert!(
+        log.wait_for(1, t, Duration::from_secs(30)).is_some(),
+        "the writes did not come back to db1"
+    );
+    let back = until(Duration::from_secs(25), || {
+        follows(rp1, DB1) && follows(rp2, DB1)
+    });
+    assert!(
+        back.is_some(),
+        "replicas after the failback: rp1 {:?}, rp2 {:?} ({:?})",
+        source_of(rp1),
+        source_of(rp2),
+        phase(&lab, &db1, rp2.addr.as_str())
+    );
+    figures.push(format!(
+        "failback: replicas follow db1 {:.2} s after the writes came back",
+        back.unwrap().as_secs_f64()
+    ));
+
+    // 3. An errant write on rp2 (a write of its own, as an operator's or a misrouted
+    //    client's would be), then the writer killed again.
+    rp2.sql(
+        "SET GLOBAL read_only = 0; INSERT INTO app.w (id, server) VALUES (999999999, 4); \
+         SET GLOBAL read_only = 1;",
+    );
+    let quarantined = until(Duration::from_secs(10), || {
+        phase(&lab, &db1, rp2.addr.as_str()).0 == "cannot-follow"
+    });
+    assert!(
+        quarantined.is_some(),
+        "an errant replica still serves: {:?}",
+        phase(&lab, &db1, rp2.addr.as_str())
+    );
+    figures.push(format!(
+        "errant write on rp2: out of the read pool after {:.2} s",
+        quarantined.unwrap().as_secs_f64()
+    ));
+    let t = Instant::now();
+    lab.kill(db1.db.pid);
+    assert!(
+        log.wait_for(2, t, Duration::from_secs(15)).is_some(),
+        "no write on db2"
+    );
+    assert!(
+        until(Duration::from_secs(20), || follows(rp1, DB2)).is_some(),
+        "rp1 does not follow db2: {:?}",
+        source_of(rp1)
+    );
+    let kept_out = until(Duration::from_secs(10), || {
+        phase(&lab, &db1, rp2.addr.as_str()).0 == "cannot-follow"
+            && read_pool_reason(&lab, &db1, rp2.addr.as_str()).is_some()
+    });
+    let (word, why) = phase(&lab, &db1, rp2.addr.as_str());
+    assert!(kept_out.is_some(), "rp2: {word} {why}");
+    assert!(why.contains("4-4-1"), "the errant GTID is not named: {why}");
+    assert_eq!(source_of(rp2).0, DB1, "rp2 was touched");
+    let t_reads = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !readers_since(&log, t_reads).contains(&4),
+        "rp2 still serves reads"
+    );
+    figures.push(format!("errant replica: kept out ({why})"));
+
+    // 4. db1 back: rp1 follows it, rp2 stays out, untouched.
+    let t = Instant::now();
+    lab.mariadb_start(&mut db1.db, &[]);
+    assert!(log.wait_for(1, t, Duration::from_secs(30)).is_some());
+    assert!(
+        until(Duration::from_secs(25), || follows(rp1, DB1)).is_some(),
+        "rp1 after the second failback: {:?}",
+        source_of(rp1)
+    );
+    assert_eq!(phase(&lab, &db1, rp2.addr.as_str()).0, "cannot-follow");
+
+    // The end: every acknowledged write on db1, db2 and rp1; counter = rows; checksums.
+    log.stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    writer2.join().unwrap();
+    reader.join().unwrap();
+    assert!(mariadb::wait_converged(
+        &db1.db,
+        &db2.db,
+        Duration::from_secs(30)
+    ));
+    assert!(mariadb::wait_converged(
+        &db1.db,
+        rp1,
+        Duration::from_secs(30)
+    ));
+    let acked = log.acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    for db in [&db1.db, &db2.db, rp1] {
+        assert_eq!(
+            missing_on(db, &acked),
+            0,
+            "acknowledged writes missing on {}",
+            db.host
+        );
+        let (counter, rows) = counted(db);
+        assert_eq!(counter, rows, "counter != rows on {}", db.host);
+    }
+    let sum = |d: &Db| d.sql("CHECKSUM TABLE app.w, app.c");
+    assert_eq!(sum(&db1.db), sum(&db2.db));
+    assert_eq!(sum(&db1.db), sum(rp1));
+    let twice = second_writer_moments(&log, started);
+    assert!(twice.is_empty(), "second-writer moments: {twice:?}");
+    for f in &figures {
+        println!("{f}");
+    }
+    println!(
+        "{} writes acknowledged, all on db1, db2 and rp1; rp2 quarantined; {:.1} s in all",
+        acked.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
