@@ -606,7 +606,7 @@ mod tests {
     }
 
     /// A status with every part present (a family without samples is not exported): a
-    /// service with a real server and a writer risk, pass reasons, a VRRP instance with a
+    /// service with a real server, a replica and a writer risk, pass reasons, a VRRP instance with a
     /// discard, the quorum with an epoch.
     fn every_part() -> Status {
         serde_json::from_value(serde_json::json!({
@@ -622,6 +622,7 @@ mod tests {
                 "writes_held": false, "held": 0, "packets": 1, "bytes": 1, "new_flows": 1,
                 "passed_local": 1, "passed_inactive": 1, "passed_peer": 1, "no_real": 1,
                 "failback": "caught-up", "writer_risks": 1,
+                "replicas": [{"address": "10.1.1.121", "phase": "following"}],
                 "real_servers": [{
                     "address": "10.1.1.113", "weight": 1, "state": "up", "health": "up",
                     "mac": "02:00:00:00:00:01", "packets": 1, "bytes": 1, "new_flows": 1
