@@ -16,6 +16,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Print a manual page or shell completions (for packaging): `man` is lb-agent(8),
@@ -73,6 +79,19 @@ enum Command {
     /// of resigning and detaching. `lb-agent prepare-restart && systemctl restart lb-agent`;
     /// the package's upgrade does this.
     PrepareRestart {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Drain a server for maintenance (`on`: out of writer pools, weight 0 in the others so
+    /// established connections go on; a replica is not re-pointed meanwhile) or end it
+    /// (`off`: back once it replicates with both threads running and no lag). Refused for
+    /// the server that has a service's writes. Applies to this agent: run it on both.
+    Maintenance {
+        server: std::net::IpAddr,
+        #[arg(value_enum)]
+        state: OnOff,
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -215,6 +234,20 @@ fn main() -> ExitCode {
             socket,
         } => ask(config, socket, Request::Failback { service }, "done"),
         Command::Reload { config, socket } => ask(config, socket, Request::Reload, "reloaded"),
+        Command::Maintenance {
+            server,
+            state,
+            config,
+            socket,
+        } => ask(
+            config,
+            socket,
+            Request::Maintenance {
+                server,
+                on: matches!(state, OnOff::On),
+            },
+            "done",
+        ),
         Command::PrepareRestart { config, socket } => {
             ask(config, socket, Request::PrepareRestart, "prepared")
         }

@@ -93,6 +93,15 @@ fn read_pool_reason(lab: &Lab, h: &Host, addr: &str) -> Option<String> {
         })
 }
 
+/// `lb-agent maintenance SERVER on|off` against host `h`'s agent.
+fn maintenance(h: &Host, server: &str, state: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(["maintenance", server, state, "--config"])
+        .arg(&h.config)
+        .output()
+        .unwrap()
+}
+
 /// The writes' outage around `t`: the longest gap between two acknowledged writes from `t`
 /// to now.
 fn outage(log: &Log, t: Instant) -> Duration {
@@ -184,6 +193,54 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     figures.push(format!(
         "failback: replicas follow db1 {:.2} s after the writes came back",
         back.unwrap().as_secs_f64()
+    ));
+
+    // 2b. Maintenance (the recipe's "change a big table on one server at a time"): rp1
+    //     drained on both agents, its replication stopped as a long ALTER would hold it,
+    //     started again, maintenance off: back only once it has caught up. The writer's
+    //     maintenance is refused.
+    let refused = maintenance(&db1, "10.1.1.113", "on");
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("has the writes"),
+        "maintenance of the writer: {refused:?}"
+    );
+    for h in [&db1, &db2] {
+        let on = maintenance(h, rp1.addr.as_str(), "on");
+        assert!(on.status.success(), "{on:?}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let t_drained = Instant::now();
+    rp1.sql("STOP SLAVE SQL_THREAD");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !readers_since(&log, t_drained).contains(&3),
+        "rp1 serves reads in maintenance: {:?}",
+        readers_since(&log, t_drained)
+    );
+    assert!(
+        read_pool_reason(&lab, &db1, rp1.addr.as_str()).is_some_and(|r| r.contains("maintenance"))
+    );
+    rp1.sql("START SLAVE SQL_THREAD");
+    let t_off = Instant::now();
+    for h in [&db1, &db2] {
+        let off = maintenance(h, rp1.addr.as_str(), "off");
+        assert!(off.status.success(), "{off:?}");
+    }
+    let back_in = until(Duration::from_secs(15), || {
+        readers_since(&log, t_off).contains(&3)
+    });
+    assert!(
+        back_in.is_some(),
+        "rp1 did not come back after its maintenance"
+    );
+    assert!(
+        follows(rp1, DB1),
+        "rp1 was re-pointed during its maintenance"
+    );
+    figures.push(format!(
+        "maintenance of rp1: no read from it for 3 s; back {:.2} s after `off`",
+        back_in.unwrap().as_secs_f64()
     ));
 
     // 3. An errant write on rp2 (a write of its own, as an operator's or a misrouted

@@ -45,6 +45,11 @@ pub enum Request {
     /// the VIPs in place and the leases to expire, as a killed agent would, for the agent
     /// that starts next to adopt: a hitless `systemctl restart` (the package's upgrade).
     PrepareRestart,
+    /// Drain a server (`on`) or bring it back once caught up (`lb-agent maintenance`).
+    Maintenance {
+        server: std::net::IpAddr,
+        on: bool,
+    },
 }
 
 /// The main loop's answer, typed: the socket sends it as JSON, the metrics endpoint reads the

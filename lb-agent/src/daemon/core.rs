@@ -137,6 +137,26 @@ impl Daemon {
             }
             // The event loop takes it (a reload replaces the health channel it owns).
             Request::Reload => Reply::Error("reload: not through this path".into()),
+            Request::Maintenance { server, on } => {
+                let on_sorry: HashSet<String> = self
+                    .state
+                    .services
+                    .iter()
+                    .filter(|s| s.using_sorry)
+                    .map(|s| s.name.clone())
+                    .collect();
+                match self
+                    .health
+                    .set_maintenance(&self.cfg, &on_sorry, server, on)
+                {
+                    Ok(said) => {
+                        tracing::warn!(server = %server, on, "{said}");
+                        self.health_step().await?;
+                        Reply::Ok(said)
+                    }
+                    Err(e) => Reply::Error(e),
+                }
+            }
             Request::PrepareRestart => {
                 self.restart_prepared_until = Some(Instant::now() + super::RESTART_WINDOW);
                 tracing::info!(

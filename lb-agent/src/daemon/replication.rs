@@ -154,9 +154,12 @@ impl Daemon {
                 .filter(|c| c.is_up())
                 .and_then(|c| c.mysql.as_ref().zip(c.started_at()))
                 .map(|(state, read_at)| Seen { state, read_at });
+            // A replica in maintenance is left alone (the operator may have stopped its
+            // replication on purpose); it is judged again once back.
             let replicas: Vec<(IpAddr, Option<Seen>)> = vs
                 .replicas
                 .iter()
+                .filter(|addr| !self.health.in_maintenance(**addr))
                 .map(|addr| {
                     let seen = self
                         .cfg

@@ -19,7 +19,7 @@ use super::{
     follow::Followers,
     monitor::{Change, Monitor, Report},
     mysql::{SourceLogin, Target},
-    verdict::{self, AdoptedSorry, Evaluation, Fenced, Gates, ServiceMode},
+    verdict::{self, AdoptedSorry, Evaluation, Fenced, Gates, Held, Maintenance, ServiceMode},
 };
 use crate::{
     balancer::desired::Verdicts,
@@ -130,6 +130,9 @@ pub struct HealthState {
     pub logins: HashMap<String, SourceLogin>,
     /// Replicas that found they cannot follow, not yet taken by the daemon (to alert).
     pub new_follow_failures: Vec<(String, String)>,
+    /// Servers in maintenance (`lb-agent maintenance`), kept across a reload (not across a
+    /// restart of the agent).
+    pub maintenance: HashMap<IpAddr, Maintenance>,
 }
 
 /// A real server whose check flipped: for notify_up / notify_down.
@@ -161,7 +164,7 @@ impl HealthState {
         let monitor = Monitor::new(cfg)?;
         let logins = replication_logins(cfg)?;
         let mut gates = verdict::gates(cfg, prior, adopted_sorry);
-        let eval = verdict::evaluate(cfg, &monitor, &mut gates, &fenced, &HashMap::new(), now);
+        let eval = verdict::evaluate(cfg, &monitor, &mut gates, &fenced, &Held::default(), now);
         Ok(HealthState {
             monitor,
             gates,
@@ -178,6 +181,7 @@ impl HealthState {
             followers: HashMap::new(),
             logins,
             new_follow_failures: Vec::new(),
+            maintenance: HashMap::new(),
         })
     }
 
@@ -185,13 +189,13 @@ impl HealthState {
     /// reading the checks again.
     pub fn set_adopted(&mut self, cfg: &Config, adopted_sorry: &AdoptedSorry, now: Instant) {
         self.gates = verdict::gates(cfg, &Gates::new(), adopted_sorry);
-        let cannot_follow = self.cannot_follow();
+        let held = self.held(cfg);
         self.eval = verdict::evaluate(
             cfg,
             &self.monitor,
             &mut self.gates,
             &self.fenced,
-            &cannot_follow,
+            &held,
             now,
         );
     }
@@ -212,6 +216,7 @@ impl HealthState {
             // What was at risk stays reported; replicas keep where they stand (a replica
             // that could not follow stays out until it is seen following).
             h.risks = self.risks.clone();
+            h.maintenance = self.maintenance.clone();
             h.followers = cfg
                 .services
                 .iter()
@@ -371,13 +376,13 @@ impl HealthState {
     /// Evaluates again; returns the previous verdicts when they changed, and the side
     /// effects to run.
     pub fn evaluate(&mut self, cfg: &Config, now: Instant) -> Vec<Action> {
-        let cannot_follow = self.cannot_follow();
+        let held = self.held(cfg);
         let mut next = verdict::evaluate(
             cfg,
             &self.monitor,
             &mut self.gates,
             &self.fenced,
-            &cannot_follow,
+            &held,
             now,
         );
         self.record_risks(&mut next);
@@ -409,6 +414,89 @@ impl HealthState {
         }
         self.eval = next;
         actions
+    }
+
+    /// What keeps servers out besides their checks; a server whose maintenance ended is
+    /// back (and forgotten here) once it has caught up.
+    fn held(&mut self, cfg: &Config) -> Held {
+        let monitor = &self.monitor;
+        self.maintenance.retain(|addr, mt| {
+            *mt == Maintenance::On || {
+                let state = cfg
+                    .services
+                    .iter()
+                    .flat_map(|vs| vs.members().map(|(_, r)| r))
+                    .filter(|r| r.address == *addr)
+                    .find_map(|r| monitor.checked(r).filter(|c| c.is_up()));
+                let caught_up = state.is_some_and(|c| Maintenance::caught_up(c.mysql.as_ref()));
+                if caught_up {
+                    tracing::info!(server = %addr, "maintenance over: caught up, back in its pools");
+                }
+                !caught_up
+            }
+        });
+        Held {
+            cannot_follow: self.cannot_follow(),
+            maintenance: self.maintenance.clone(),
+        }
+    }
+
+    /// `lb-agent maintenance SERVER on|off`: refused for a server that has the writes of a
+    /// service (it would move them unplanned: a switchover is the way, and there is none yet)
+    /// and for one this configuration does not know.
+    /// `on_sorry`: the services whose writes the data plane sends to their sorry server.
+    pub fn set_maintenance(
+        &mut self,
+        cfg: &Config,
+        on_sorry: &HashSet<String>,
+        server: IpAddr,
+        on: bool,
+    ) -> Result<String, String> {
+        let known = cfg.services.iter().any(|vs| {
+            vs.members().any(|(_, r)| r.address == server) || vs.replicas.contains(&server)
+        });
+        if !known {
+            return Err(format!("{server} is no server of this configuration"));
+        }
+        if !on {
+            return Ok(match self.maintenance.get_mut(&server) {
+                Some(mt) => {
+                    *mt = Maintenance::Returning;
+                    format!("{server}: maintenance ended; back once it replicates with no lag")
+                }
+                None => format!("{server} is not in maintenance"),
+            });
+        }
+        for vs in cfg.services.iter().filter(|vs| vs.sorry.is_some()) {
+            if vs.reals.iter().any(|r| r.address == server) && !on_sorry.contains(&vs.name) {
+                return Err(format!(
+                    "{server} has the writes of {}: maintenance would move them unplanned \
+                     (a switchover first; `lb-agent switchover` does not exist yet)",
+                    vs.name
+                ));
+            }
+        }
+        self.maintenance.insert(server, Maintenance::On);
+        let sorry_of: Vec<&str> = cfg
+            .services
+            .iter()
+            .filter(|vs| vs.sorry.as_ref().is_some_and(|s| s.address == server))
+            .map(|vs| vs.name.as_str())
+            .collect();
+        Ok(if sorry_of.is_empty() {
+            format!("{server}: in maintenance (drained; established connections go on)")
+        } else {
+            format!(
+                "{server}: in maintenance (drained); still the sorry server of {}: a writer \
+                 failure sends the writes here",
+                sorry_of.join(", ")
+            )
+        })
+    }
+
+    /// Whether `server` is in maintenance (its re-pointing waits).
+    pub fn in_maintenance(&self, server: IpAddr) -> bool {
+        self.maintenance.contains_key(&server)
     }
 
     /// Every replica that cannot follow its service's writer, with why: out of every read

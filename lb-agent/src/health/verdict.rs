@@ -5,14 +5,14 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
 
 use super::{
     monitor::{Checked, Monitor},
-    mysql::SemiSync,
+    mysql::{MysqlState, SemiSync},
     risk,
 };
 use crate::{
@@ -51,6 +51,37 @@ pub enum ServiceMode {
     Pool,
     /// Its sorry server.
     Sorry,
+}
+
+/// What keeps a server out besides its check and role.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Replicas that cannot follow the writer (see `follow`), with why.
+    pub cannot_follow: HashMap<IpAddr, String>,
+    /// Servers an operator put in maintenance (`lb-agent maintenance`).
+    pub maintenance: HashMap<IpAddr, Maintenance>,
+}
+
+/// A server's maintenance, as `lb-agent maintenance SERVER on|off` set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Maintenance {
+    /// Drained: no new connections in read pools (established ones go on), out of writer
+    /// pools.
+    On,
+    /// Ended: back once it replicates with both threads running and no lag (or at once
+    /// when it replicates from nobody).
+    Returning,
+}
+
+impl Maintenance {
+    /// Whether a server ending its maintenance may take traffic again.
+    pub fn caught_up(state: Option<&MysqlState>) -> bool {
+        match state {
+            Some(s) if s.replica.is_some() => s.replica_within(Duration::ZERO).is_ok(),
+            // Replicates from nobody (a writer) or no MySQL check: nothing to catch up.
+            Some(_) | None => true,
+        }
+    }
 }
 
 /// The failback gate of each service, by name.
@@ -286,7 +317,7 @@ pub fn evaluate(
     m: &Monitor,
     gates: &mut Gates,
     fenced: &Fenced,
-    cannot_follow: &HashMap<IpAddr, String>,
+    held: &Held,
     now: Instant,
 ) -> Evaluation {
     let mut out = Evaluation::default();
@@ -298,11 +329,27 @@ pub fn evaluate(
         let mut reals = Vec::new();
         let mut usable = Vec::new();
         for rs in &vs.reals {
-            let (mut h, weight) = judge(m, vs, rs, fenced);
+            let (mut h, mut weight) = judge(m, vs, rs, fenced);
             // A replica that cannot follow the writer (see `follow`) serves no reads.
-            if let Some(why) = cannot_follow.get(&rs.address) {
+            if let Some(why) = held.cannot_follow.get(&rs.address) {
                 h.usable = false;
                 h.reason = Some(format!("cannot follow the writer: {why}"));
+            }
+            // Maintenance: out of a writer service (its writes must not come back to it),
+            // drained in the others (weight 0: established connections go on).
+            if let Some(mt) = held.maintenance.get(&rs.address) {
+                let why = match mt {
+                    Maintenance::On => "maintenance".to_string(),
+                    Maintenance::Returning => {
+                        "maintenance ended: back once it replicates with no lag".to_string()
+                    }
+                };
+                if vs.sorry.is_some() {
+                    h.usable = false;
+                } else {
+                    weight = Some(0);
+                }
+                h.reason = Some(h.reason.map_or(why.clone(), |r| format!("{why}; {r}")));
             }
             if h.usable {
                 usable.push(rs);
@@ -389,6 +436,27 @@ pub(crate) mod tests {
         mysql::{MysqlState, Replica},
     };
 
+    /// A server ending its maintenance is back only once it replicates with no lag; one
+    /// that replicates from nobody (or has no MySQL check) is back at once.
+    #[test]
+    fn maintenance_ends_once_caught_up() {
+        let replica = |io, sql, behind| MysqlState {
+            replica: Some(Replica {
+                source_host: "10.1.1.113".into(),
+                io_running: io,
+                sql_running: sql,
+                seconds_behind: behind,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(Maintenance::caught_up(Some(&replica(true, true, Some(0)))));
+        assert!(!Maintenance::caught_up(Some(&replica(true, true, Some(3)))));
+        assert!(!Maintenance::caught_up(Some(&replica(true, false, None))));
+        assert!(Maintenance::caught_up(Some(&MysqlState::default())));
+        assert!(Maintenance::caught_up(None));
+    }
+
     /// A write VIP as the recipe has it: db1 the writer, db2 the sorry server, both checked
     /// with MySQL, failback `caught-up`, fall 2 and rise 2.
     pub(crate) fn setup(failback: &str) -> (Config, Monitor, Gates) {
@@ -471,7 +539,7 @@ address = "10.0.0.2"
                 &self.m,
                 &mut self.gates,
                 &Fenced::new(),
-                &HashMap::new(),
+                &Held::default(),
                 at,
             )
         }
@@ -498,7 +566,7 @@ address = "10.0.0.2"
             &r.m,
             &mut r.gates,
             &Fenced::new(),
-            &HashMap::new(),
+            &Held::default(),
             r.t0,
         );
         assert!(
