@@ -18,7 +18,9 @@
 //! each DB host and one on a witness host — and adds the partitions between the DB hosts:
 //! the witness on db2's side (the writes move to db2; db1 fences itself; an errant commit
 //! db1 kept is rebuilt away as the README says), on db1's side (nothing moves) and all three
-//! apart (nothing moves anywhere).
+//! apart (nothing moves anywhere). `cargo xtask lab --replicas 2` (`LB_LAB_REPLICAS=2`) adds
+//! two MariaDB replicas of the writer behind the read VIP, which follow every writer change
+//! (rows "replicas follow …"), and counts the writes on them too.
 
 mod common;
 
@@ -30,9 +32,9 @@ use std::{
 use common::{
     Lab, mariadb,
     pair::{
-        DB1, Host, READ_VIP, WRITE_VIP, adverts_lost_for, agent, agent_in, agent_stopped_for,
+        DB1, DB2, Host, READ_VIP, WRITE_VIP, adverts_lost_for, agent, agent_in, agent_stopped_for,
         counted, decision, dir, heal, link_down_for, partition, readers_since, real_state,
-        replicating, second_writer_moments, set_up_with, start_agent, until, vip_on, write_service,
+        follows, replicating, second_writer_moments, set_up_full, source_of, start_agent, until, vip_on, write_service,
     },
     sqlclient::{self, Log, missing_on},
     timeline,
@@ -211,7 +213,35 @@ fn repair_errant(lab: &Lab, db1: &Host, db2: &Host) -> String {
     )
 }
 
-/// The run as a picture, `target/lab/timeline.svg` (`timeline-quorum.svg` with `--quorum`):
+/// A row: every replica replicates from `writer` with both threads running (bounded: 25 s;
+/// the block period of the lab's replicas is 2 s).
+fn replicas_follow(
+    replicas: &[mariadb::Db],
+    writer: &str,
+    step: &'static str,
+    expected: &'static str,
+) -> Row {
+    let took = until(Duration::from_secs(25), || {
+        replicas.iter().all(|r| follows(r, writer))
+    });
+    let sources: Vec<String> = replicas
+        .iter()
+        .map(|r| {
+            let (source, io, sql) = source_of(r);
+            format!("{} from {source} (IO {io}, SQL {sql})", r.host)
+        })
+        .collect();
+    Row {
+        step,
+        expected,
+        happened: sources.join("; "),
+        took,
+        ok: took.is_some(),
+    }
+}
+
+/// The run as a picture, `target/lab/timeline.svg` (`timeline-quorum.svg` with `--quorum`,
+/// `timeline-replicas.svg` with `--replicas`):
 /// which server acknowledged writes and answered reads each second, who held the write VIP,
 /// the steps as bands. Checked: both servers appear in the write lanes (the plan moves the
 /// writes to db2 and back), and every step has its band.
@@ -219,7 +249,7 @@ fn write_timeline(
     log: &Log,
     vip: Vec<(Instant, u8)>,
     steps: &Steps,
-    quorum: bool,
+    name: &str,
 ) -> std::path::PathBuf {
     let t = timeline::Timeline {
         start: steps.spans.first().map_or_else(Instant::now, |s| s.1),
@@ -245,11 +275,7 @@ fn write_timeline(
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(if quorum {
-        "timeline-quorum.svg"
-    } else {
-        "timeline.svg"
-    });
+    let path = dir.join(name);
     std::fs::write(&path, svg).unwrap();
     path
 }
@@ -284,7 +310,15 @@ fn the_recipe_test_plan() {
         Lab::new("lab")
     };
     let quorum = std::env::var_os("LB_LAB_QUORUM").is_some();
-    let (mut db1, db2, mut etcd) = set_up_with(&mut lab, quorum);
+    // `--replicas N`: MariaDB replicas of the writer behind the read VIP, following it.
+    let n_replicas: usize = std::env::var("LB_LAB_REPLICAS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let (mut db1, db2, mut etcd, replicas) = set_up_full(&mut lab, quorum, n_replicas);
+    let replica_ids: Vec<u32> = replicas.iter().map(|r| r.server_id).collect();
+    // Who answers reads: both hosts and the replicas.
+    let all_readers: Vec<u32> = [1, 2].into_iter().chain(replica_ids.clone()).collect();
     if let Some(cluster) = etcd.as_mut() {
         cluster.start_all(&mut lab);
         assert!(
@@ -303,7 +337,7 @@ fn the_recipe_test_plan() {
     let vip_samples = timeline::sample_vip(lab.ns("db1"), lab.ns("db2"), WRITE_VIP, log.clone());
     let t = Instant::now();
     let took = log.wait_for(1, t, Duration::from_secs(15));
-    let both_read = until(Duration::from_secs(10), || readers_since(&log, t) == [1, 2]);
+    let both_read = until(Duration::from_secs(10), || readers_since(&log, t) == all_readers);
     rows.push(Row {
         step: "start both hosts",
         expected: "db1 master: VIPs on db1, writes on db1, reads on both",
@@ -352,8 +386,20 @@ fn the_recipe_test_plan() {
         expected: "write VIP -> sorry server db2; read VIP drops db1",
         happened: format!("writes on db2, reads from {reads:?}, db1 in read VIP: failed"),
         took,
-        ok: took.is_some() && dropped.is_some() && reads == [2],
+        ok: took.is_some()
+            && dropped.is_some()
+            && reads.contains(&2)
+            && !reads.contains(&1)
+            && reads.iter().all(|s| *s == 2 || replica_ids.contains(s)),
     });
+    if !replicas.is_empty() {
+        rows.push(replicas_follow(
+            &replicas,
+            DB2,
+            "replicas follow the sorry server",
+            "every replica re-pointed to db2, both threads running",
+        ));
+    }
 
     // 2. Stop lb-agent on the master.
     let t = Instant::now();
@@ -391,6 +437,14 @@ fn the_recipe_test_plan() {
         took,
         ok: took.is_some() && violations == 0,
     });
+    if !replicas.is_empty() {
+        rows.push(replicas_follow(
+            &replicas,
+            DB1,
+            "replicas follow the writer again",
+            "every replica re-pointed to db1 after the failback",
+        ));
+    }
 
     // 4. Start lb-agent on the master again: it takes the VIPs back (priority 180 > 150).
     let t = Instant::now();
@@ -523,23 +577,46 @@ fn the_recipe_test_plan() {
     writer.join().unwrap();
     writer2.join().unwrap();
     reader.join().unwrap();
-    let svg = write_timeline(&log, vip_samples.join().unwrap(), &rows, quorum);
-    let converged = mariadb::wait_converged(&db1.db, &db2.db, Duration::from_secs(40));
+    let name = match (quorum, replicas.is_empty()) {
+        (true, _) => "timeline-quorum.svg",
+        (false, false) => "timeline-replicas.svg",
+        (false, true) => "timeline.svg",
+    };
+    let svg = write_timeline(&log, vip_samples.join().unwrap(), &rows, name);
+    let converged = mariadb::wait_converged(&db1.db, &db2.db, Duration::from_secs(40))
+        && replicas
+            .iter()
+            .all(|r| mariadb::wait_converged(&db1.db, r, Duration::from_secs(40)));
     let acked = log.acked.lock().unwrap().clone();
-    let on_both = acked.len() - missing_on(&db1.db, &acked).max(missing_on(&db2.db, &acked));
-    let same =
-        db1.db.sql("CHECKSUM TABLE app.w, app.c") == db2.db.sql("CHECKSUM TABLE app.w, app.c");
+    let servers: Vec<&mariadb::Db> = [&db1.db, &db2.db].into_iter().chain(&replicas).collect();
+    let on_both = acked.len()
+        - servers
+            .iter()
+            .map(|d| missing_on(d, &acked))
+            .max()
+            .unwrap_or(0);
+    let sum = |d: &mariadb::Db| d.sql("CHECKSUM TABLE app.w, app.c");
+    let same = servers.iter().all(|d| sum(d) == sum(&db1.db));
+    let counters_ok = replicas.iter().all(|r| {
+        let (c, n) = counted(r);
+        c == n
+    });
     // Every transaction inserted a row and incremented the counter: a lost update shows
     // here even when every row and both checksums agree.
     let (c1, c2) = (counted(&db1.db), counted(&db2.db));
-    let replication = replicating(&db1.db) && replicating(&db2.db);
+    let replication = servers.iter().all(|d| replicating(d));
     let twice = second_writer_moments(&log, started);
     rows.push(Row {
         step: "acknowledged writes",
         expected: "all on both servers, identical tables, counter = rows, one writer at a time, replication running",
         happened: format!(
-            "{} acknowledged, {on_both} on both servers, checksums {}, counter {} for {} rows, {} second-writer moment(s), replication {}",
+            "{} acknowledged, {on_both} on {}, checksums {}, counter {} for {} rows, {} second-writer moment(s), replication {}",
             acked.len(),
+            if servers.len() == 2 {
+                "both servers".to_string()
+            } else {
+                format!("all {} servers", servers.len())
+            },
             if same { "equal" } else { "DIFFER" },
             c1.0,
             c1.1,
@@ -553,6 +630,7 @@ fn the_recipe_test_plan() {
             && acked.len() > 100
             && c1.0 == c1.1
             && c2.0 == c2.1
+            && counters_ok
             && twice.is_empty()
             && replication,
     });

@@ -26,38 +26,11 @@ use common::{
     Lab,
     mariadb::{self, Db},
     pair::{
-        DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, readers_since, second_writer_moments,
-        set_up_with_replicas, status, until,
+        DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, follows, readers_since,
+        second_writer_moments, set_up_with_replicas, source_of, status, until,
     },
     sqlclient::{self, Log, missing_on},
 };
-
-/// (source host, IO running, SQL running) as the replica itself says.
-fn source_of(db: &Db) -> (String, bool, bool) {
-    // With the column names (`Db::sql` leaves them out).
-    let out = std::process::Command::new("mariadb")
-        .args(["--no-defaults", "-uroot", "-S"])
-        .arg(db.socket())
-        .args(["-e", "SHOW SLAVE STATUS\\G"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
-            .unwrap_or_default()
-            .to_string()
-    };
-    (
-        field("Master_Host"),
-        field("Slave_IO_Running") == "Yes",
-        field("Slave_SQL_Running") == "Yes",
-    )
-}
-
-fn follows(db: &Db, writer: &str) -> bool {
-    source_of(db) == (writer.to_string(), true, true)
-}
 
 /// The agent's view of a replica: (phase, why).
 fn phase(lab: &Lab, h: &Host, replica: &str) -> (String, String) {

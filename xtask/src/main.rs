@@ -41,6 +41,10 @@ enum Task {
         /// witness host) decides the writer; the partitions between the hosts are added.
         #[arg(long)]
         quorum: bool,
+        /// MariaDB replicas of the writer behind the read VIP (at most 2), re-pointed at
+        /// every writer change: rows "replicas follow …" are added.
+        #[arg(long, default_value_t = 0)]
+        replicas: usize,
         /// `down`: remove a lab left running by `--keep`.
         #[arg(value_enum)]
         action: Option<LabAction>,
@@ -88,8 +92,9 @@ fn main() -> Result<()> {
         Task::Lab {
             keep,
             quorum,
+            replicas,
             action: None,
-        } => lab(&root, keep, quorum),
+        } => lab(&root, keep, quorum, replicas),
         Task::Bench { against: None } => bench(&root),
         Task::Bench { against: Some(rev) } => {
             setup::require_root("the benchmark runs XDP programs in the kernel")?;
@@ -276,7 +281,10 @@ fn run_bin(pkg: &str, bin: &str) -> Command {
     c
 }
 
-fn lab(root: &Path, keep: bool, quorum: bool) -> Result<()> {
+fn lab(root: &Path, keep: bool, quorum: bool, replicas: usize) -> Result<()> {
+    if replicas > 2 {
+        bail!("--replicas: at most 2 (the lab's replica hosts rp1, rp2)");
+    }
     setup::require_root("the lab creates network namespaces and attaches XDP")?;
     setup::apt(&[
         ("ip", "iproute2"),
@@ -293,6 +301,9 @@ fn lab(root: &Path, keep: bool, quorum: bool) -> Result<()> {
     }
     if quorum {
         cmd.env("LB_LAB_QUORUM", "1");
+    }
+    if replicas > 0 {
+        cmd.env("LB_LAB_REPLICAS", replicas.to_string());
     }
     run(&mut cmd)
 }

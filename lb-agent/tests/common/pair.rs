@@ -90,6 +90,43 @@ pub fn set_up_with_replicas(lab: &mut Lab, n: usize) -> (Host, Host, Vec<Db>) {
     (db1, db2, replicas)
 }
 
+/// `set_up_with` plus `n` replicas (`cargo xtask lab --replicas N`).
+pub fn set_up_full(
+    lab: &mut Lab,
+    quorum: bool,
+    n: usize,
+) -> (Host, Host, Option<etcd::Cluster>, Vec<Db>) {
+    build(lab, quorum, &REPLICAS[..n.min(REPLICAS.len())])
+}
+
+/// (source host, IO running, SQL running) as a replica itself says (`SHOW SLAVE STATUS`,
+/// with the column names `Db::sql` leaves out).
+pub fn source_of(db: &Db) -> (String, bool, bool) {
+    let out = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "-uroot", "-S"])
+        .arg(db.socket())
+        .args(["-e", "SHOW SLAVE STATUS\\G"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    (
+        field("Master_Host"),
+        field("Slave_IO_Running") == "Yes",
+        field("Slave_SQL_Running") == "Yes",
+    )
+}
+
+/// Whether `db` replicates from `writer` with both threads running.
+pub fn follows(db: &Db, writer: &str) -> bool {
+    source_of(db) == (writer.to_string(), true, true)
+}
+
 fn build(
     lab: &mut Lab,
     quorum: bool,

@@ -32,6 +32,7 @@ const TOP: usize = 30;
 pub const DB1: &str = "#1f77b4";
 pub const DB2: &str = "#ff7f0e";
 pub const BOTH: &str = "#d62728";
+pub const REPLICA: &str = "#2ca02c";
 
 /// The lanes, top to bottom: (label, what fills a second's cell).
 fn lanes(t: &Timeline) -> Vec<(&'static str, Vec<Option<&'static str>>)> {
@@ -62,13 +63,26 @@ fn lanes(t: &Timeline) -> Vec<(&'static str, Vec<Option<&'static str>>)> {
             }
         }
     }
-    vec![
+    let mut lanes = vec![
         ("writes acked by db1", per_second(&t.writes, 1)),
         ("writes acked by db2", per_second(&t.writes, 2)),
         ("reads answered by db1", per_second(&t.reads, 1)),
         ("reads answered by db2", per_second(&t.reads, 2)),
-        ("write VIP (VRRP master)", vip),
-    ]
+    ];
+    // Replicas (server ids above 2), when the run has them.
+    if t.reads.iter().any(|(_, s)| *s > 2) {
+        let mut cells = vec![None; secs];
+        for (at, s) in &t.reads {
+            if *s > 2
+                && let Some(c) = cells.get_mut(index(t, *at))
+            {
+                *c = Some(REPLICA);
+            }
+        }
+        lanes.push(("reads answered by replicas", cells));
+    }
+    lanes.push(("write VIP (VRRP master)", vip));
+    lanes
 }
 
 fn seconds(t: &Timeline) -> usize {
