@@ -33,8 +33,9 @@ use common::{
     Lab, mariadb,
     pair::{
         DB1, DB2, Host, READ_VIP, WRITE_VIP, adverts_lost_for, agent, agent_in, agent_stopped_for,
-        counted, decision, dir, heal, link_down_for, partition, readers_since, real_state,
-        follows, replicating, second_writer_moments, set_up_full, source_of, start_agent, until, vip_on, write_service,
+        counted, decision, dir, follows, heal, link_down_for, partition, readers_since, real_state,
+        replicating, second_writer_moments, set_up_full, source_of, start_agent, until, vip_on,
+        write_service,
     },
     sqlclient::{self, Log, missing_on},
     timeline,
@@ -337,7 +338,9 @@ fn the_recipe_test_plan() {
     let vip_samples = timeline::sample_vip(lab.ns("db1"), lab.ns("db2"), WRITE_VIP, log.clone());
     let t = Instant::now();
     let took = log.wait_for(1, t, Duration::from_secs(15));
-    let both_read = until(Duration::from_secs(10), || readers_since(&log, t) == all_readers);
+    let both_read = until(Duration::from_secs(10), || {
+        readers_since(&log, t) == all_readers
+    });
     rows.push(Row {
         step: "start both hosts",
         expected: "db1 master: VIPs on db1, writes on db1, reads on both",
