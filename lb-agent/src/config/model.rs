@@ -307,6 +307,15 @@ impl Service {
 }
 
 impl Config {
+    /// Every real or sorry server entry at `addr`, over all services (one server may be in
+    /// several, with different checks).
+    pub fn servers_at(&self, addr: IpAddr) -> impl Iterator<Item = &Real> {
+        self.services
+            .iter()
+            .flat_map(|vs| vs.members().map(|(_, r)| r))
+            .filter(move |r| r.address == addr)
+    }
+
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.get(*self.index.get(name)?)
     }

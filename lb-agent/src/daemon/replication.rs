@@ -163,10 +163,7 @@ impl Daemon {
                 .map(|addr| {
                     let seen = self
                         .cfg
-                        .services
-                        .iter()
-                        .flat_map(|s| s.reals.iter())
-                        .filter(|r| r.address == *addr)
+                        .servers_at(*addr)
                         .filter_map(|r| monitor.checked(r))
                         .find(|c| c.is_up() && c.mysql.is_some())
                         .and_then(|c| c.mysql.as_ref().zip(c.up_at))
@@ -185,10 +182,7 @@ impl Daemon {
             for r in repoint {
                 let target = self
                     .cfg
-                    .services
-                    .iter()
-                    .flat_map(|s| s.reals.iter())
-                    .filter(|rs| rs.address == r.replica)
+                    .servers_at(r.replica)
                     .find_map(|rs| self.health.monitor.mysql_target(rs));
                 let Some(target) = target else { continue };
                 actions.push(Action::Repoint {
@@ -221,10 +215,7 @@ impl Daemon {
                 let phase = followers.map_or(&Phase::Unknown, |f| f.phase(*addr));
                 let source = self
                     .cfg
-                    .services
-                    .iter()
-                    .flat_map(|s| s.reals.iter())
-                    .filter(|r| r.address == *addr)
+                    .servers_at(*addr)
                     .find_map(|r| self.health.monitor.answering(r))
                     .and_then(|m| m.replica.as_ref())
                     .map(|r| {

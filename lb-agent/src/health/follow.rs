@@ -366,10 +366,33 @@ mod tests {
             writer_state: Option<&MysqlState>,
             replica: Option<&MysqlState>,
         ) -> (Vec<Repoint>, Vec<(IpAddr, String)>) {
+            self.step_read(secs, writer, writer_state, 0, replica)
+        }
+
+        /// The same with the writer read 0.3 s before `secs`, before the replica: a read
+        /// of the writer that proves nothing about the replica's.
+        fn step_stale(
+            &mut self,
+            secs: f64,
+            writer: &str,
+            writer_state: &MysqlState,
+            replica: &MysqlState,
+        ) -> (Vec<Repoint>, Vec<(IpAddr, String)>) {
+            self.step_read(secs, writer, Some(writer_state), 300, Some(replica))
+        }
+
+        fn step_read(
+            &mut self,
+            secs: f64,
+            writer: &str,
+            writer_state: Option<&MysqlState>,
+            writer_ago_ms: u64,
+            replica: Option<&MysqlState>,
+        ) -> (Vec<Repoint>, Vec<(IpAddr, String)>) {
             let now = self.t0 + Duration::from_secs_f64(secs);
             let w = writer_state.map(|state| Seen {
                 state,
-                read_at: now,
+                read_at: now - Duration::from_millis(writer_ago_ms),
             });
             let r = replica.map(|state| Seen {
                 state,
@@ -454,43 +477,11 @@ mod tests {
         assert!(repoint.is_empty());
         assert!(failed[0].1.contains("0-5-1") && failed[0].1.contains("errant"));
         // Still following, the writer's next read older than the replica's: it stays out.
-        let now = run.t0 + Duration::from_secs(3);
-        run.f.step(
-            now,
-            run.timing,
-            ip(W1),
-            Some(Seen {
-                state: &writer,
-                read_at: now - Duration::from_millis(300),
-            }),
-            &[(
-                ip(R),
-                Some(Seen {
-                    state: &errant,
-                    read_at: now - Duration::from_millis(100),
-                }),
-            )],
-        );
+        run.step_stale(3.0, W1, &writer, &errant);
         assert_eq!(run.f.phase(ip(R)).word(), "cannot-follow");
         // A writer read older than the replica's proves nothing either way.
         let mut fresh = Run::new();
-        let now = fresh.t0;
-        fresh.f.step(
-            now,
-            fresh.timing,
-            ip(W1),
-            Some(Seen {
-                state: &writer,
-                read_at: now - Duration::from_millis(300),
-            }),
-            &[(
-                ip(R),
-                Some(Seen {
-                    state: &state("1-1-101", Some((W1, true))),
-                    read_at: now - Duration::from_millis(100),
-                }),
-            )],
-        );
+        fresh.step_stale(1.0, W1, &writer, &state("1-1-101", Some((W1, true))));
         assert_eq!(*fresh.f.phase(ip(R)), Phase::Following);
     }
 
@@ -503,24 +494,8 @@ mod tests {
         assert!(matches!(run.f.phase(ip(R)), Phase::Waiting(w) if w.contains("unknown")));
         // A writer read older than the replica's read: wait for a newer one, even when the
         // replica looks ahead of it (the writer may be applying the same transactions).
-        let now = run.t0 + Duration::from_secs(1);
         let writer = state("1-1-99", None);
-        let (repoint, failed) = run.f.step(
-            now,
-            run.timing,
-            ip(W2),
-            Some(Seen {
-                state: &writer,
-                read_at: now - Duration::from_millis(300),
-            }),
-            &[(
-                ip(R),
-                Some(Seen {
-                    state: &old,
-                    read_at: now - Duration::from_millis(100),
-                }),
-            )],
-        );
+        let (repoint, failed) = run.step_stale(1.0, W2, &writer, &old);
         assert!(repoint.is_empty() && failed.is_empty());
         assert!(matches!(run.f.phase(ip(R)), Phase::Waiting(w) if w.contains("newer")));
     }

@@ -189,15 +189,21 @@ impl HealthState {
     /// reading the checks again.
     pub fn set_adopted(&mut self, cfg: &Config, adopted_sorry: &AdoptedSorry, now: Instant) {
         self.gates = verdict::gates(cfg, &Gates::new(), adopted_sorry);
+        self.eval = self.evaluation(cfg, now);
+    }
+
+    /// The verdicts of the checks as they stand, through the gates, with what keeps
+    /// servers out (`held`).
+    fn evaluation(&mut self, cfg: &Config, now: Instant) -> Evaluation {
         let held = self.held(cfg);
-        self.eval = verdict::evaluate(
+        verdict::evaluate(
             cfg,
             &self.monitor,
             &mut self.gates,
             &self.fenced,
             &held,
             now,
-        );
+        )
     }
 
     /// The state for a reloaded `cfg`: new checks (password files read again), gates kept
@@ -376,15 +382,7 @@ impl HealthState {
     /// Evaluates again; returns the previous verdicts when they changed, and the side
     /// effects to run.
     pub fn evaluate(&mut self, cfg: &Config, now: Instant) -> Vec<Action> {
-        let held = self.held(cfg);
-        let mut next = verdict::evaluate(
-            cfg,
-            &self.monitor,
-            &mut self.gates,
-            &self.fenced,
-            &held,
-            now,
-        );
+        let mut next = self.evaluation(cfg, now);
         self.record_risks(&mut next);
         let mut actions = Vec::new();
         for vs in &cfg.services {
@@ -423,10 +421,7 @@ impl HealthState {
         self.maintenance.retain(|addr, mt| {
             *mt == Maintenance::On || {
                 let state = cfg
-                    .services
-                    .iter()
-                    .flat_map(|vs| vs.members().map(|(_, r)| r))
-                    .filter(|r| r.address == *addr)
+                    .servers_at(*addr)
                     .find_map(|r| monitor.checked(r).filter(|c| c.is_up()));
                 let caught_up = state.is_some_and(|c| Maintenance::caught_up(c.mysql.as_ref()));
                 if caught_up {

@@ -133,51 +133,46 @@ impl Notifier {
     /// A writer change that may have lost transactions (see `health::risk`): a warning in
     /// the log, the service's `notify_writer_risk` (with `LB_SERVICE`, `LB_REASON`), and an
     /// e-mail with `smtp_alert`.
-    /// A replica of `vs` cannot follow its writer (see `health::follow`): out of the read
-    /// pool, automation stopped for it. Logged, and through the same hooks as a writer
-    /// change at risk (`notify_writer_risk` with `LB_REASON`, e-mail with `smtp_alert`): an
-    /// operator must look.
-    pub fn replica_cannot_follow(&self, vs: &Service, why: &str) {
-        tracing::error!(service = %vs.name, "REPLICA CANNOT FOLLOW THE WRITER: {why}");
-        if let Some(command) = &vs.notify_writer_risk {
-            spawn_script_with(
-                "notify_writer_risk",
-                command.clone(),
-                vec![
-                    ("LB_SERVICE".into(), vs.name.clone()),
-                    ("LB_REASON".into(), format!("replica cannot follow: {why}")),
-                ],
-            );
-        }
-        if vs.smtp_alert
-            && let Some(m) = &self.mailer
-        {
-            m.send(
-                format!("=> {} REPLICA CANNOT FOLLOW THE WRITER <=", vs.name),
-                why.to_string(),
-            );
-        }
-    }
-
     pub fn writer_risk(&self, vs: &Service, why: &str) {
         tracing::error!(service = %vs.name, "TRANSACTIONS MAY BE LOST: {why}");
+        self.alert_operator(
+            vs,
+            why.to_string(),
+            "WRITER CHANGE: TRANSACTIONS MAY BE LOST",
+            why,
+        );
+    }
+
+    /// A replica of `vs` cannot follow its writer (see `health::follow`): out of the read
+    /// pool, automation stopped for it. Logged, and through the same hooks as a writer
+    /// change at risk: an operator must look.
+    pub fn replica_cannot_follow(&self, vs: &Service, why: &str) {
+        tracing::error!(service = %vs.name, "REPLICA CANNOT FOLLOW THE WRITER: {why}");
+        self.alert_operator(
+            vs,
+            format!("replica cannot follow: {why}"),
+            "REPLICA CANNOT FOLLOW THE WRITER",
+            why,
+        );
+    }
+
+    /// The service's `notify_writer_risk` (`LB_SERVICE`, `LB_REASON` = `reason`) and, with
+    /// `smtp_alert`, an e-mail "=> SERVICE SUBJECT <=" with `body`.
+    fn alert_operator(&self, vs: &Service, reason: String, subject: &str, body: &str) {
         if let Some(command) = &vs.notify_writer_risk {
             spawn_script_with(
                 "notify_writer_risk",
                 command.clone(),
                 vec![
                     ("LB_SERVICE".into(), vs.name.clone()),
-                    ("LB_REASON".into(), why.to_string()),
+                    ("LB_REASON".into(), reason),
                 ],
             );
         }
         if vs.smtp_alert
             && let Some(m) = &self.mailer
         {
-            m.send(
-                format!("=> {} WRITER CHANGE: TRANSACTIONS MAY BE LOST <=", vs.name),
-                why.to_string(),
-            );
+            m.send(format!("=> {} {subject} <=", vs.name), body.to_string());
         }
     }
 }
