@@ -344,8 +344,10 @@ fn a_bpffs_private_to_the_agent_is_refused() {
     // As systemd builds a unit's namespace: a slave of a shared root (made shared first in
     // a namespace of the test's own, so the host's mounts are left as they are). The outer
     // shell stays (no `exec`): it keeps the master's namespace, hence the slave, alive.
+    // A fresh host may have no bpffs mounted yet (the first agent mounts it): then there is
+    // nothing to unmount.
     let inner = format!(
-        "umount /sys/fs/bpf && exec {agent} run --config {}",
+        "{{ ! mountpoint -q /sys/fs/bpf || umount /sys/fs/bpf; }} && exec {agent} run --config {}",
         path.display()
     );
     let script =

@@ -94,6 +94,8 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     let mut lab = Lab::new("rep");
     let (mut db1, db2, replicas) = set_up_with_replicas(&mut lab, 2);
     let (rp1, rp2) = (&replicas[0], &replicas[1]);
+    // When each step began, for the second-writer check's message.
+    let mut marks = vec![("set up", Instant::now())];
     let log = Arc::new(Log::default());
     let writer = sqlclient::start_writer(&lab, "cl", WRITE_VIP, DB1, log.clone(), 1);
     let writer2 = sqlclient::start_writer(&lab, "cl2", WRITE_VIP, DB1, log.clone(), 1_000_000);
@@ -124,6 +126,7 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
 
     // 1. The writer's MariaDB killed: writes on db2, replicas re-pointed to db2.
     let t = Instant::now();
+    marks.push(("db1 killed", t));
     lab.kill(db1.db.pid);
     assert!(
         log.wait_for(2, t, Duration::from_secs(15)).is_some(),
@@ -148,6 +151,7 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
 
     // 2. db1 back: it catches up, gets the writes back, the replicas follow it again.
     let t = Instant::now();
+    marks.push(("db1 started", t));
     lab.mariadb_start(&mut db1.db, &[]);
     assert!(
         log.wait_for(1, t, Duration::from_secs(30)).is_some(),
@@ -172,6 +176,7 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     //     drained on both agents, its replication stopped as a long ALTER would hold it,
     //     started again, maintenance off: back only once it has caught up. The writer's
     //     maintenance is refused.
+    marks.push(("maintenance", Instant::now()));
     let refused = maintenance(&db1, "10.1.1.113", "on");
     assert!(
         !refused.status.success()
@@ -235,6 +240,7 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
         quarantined.unwrap().as_secs_f64()
     ));
     let t = Instant::now();
+    marks.push(("db1 killed again", t));
     lab.kill(db1.db.pid);
     assert!(
         log.wait_for(2, t, Duration::from_secs(15)).is_some(),
@@ -263,6 +269,7 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
 
     // 4. db1 back: rp1 follows it, rp2 stays out, untouched.
     let t = Instant::now();
+    marks.push(("db1 started again", t));
     lab.mariadb_start(&mut db1.db, &[]);
     assert!(log.wait_for(1, t, Duration::from_secs(30)).is_some());
     assert!(
@@ -307,7 +314,15 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     assert_eq!(sum(&db1.db), sum(&db2.db));
     assert_eq!(sum(&db1.db), sum(rp1));
     let twice = second_writer_moments(&log, started);
-    assert!(twice.is_empty(), "second-writer moments: {twice:?}");
+    let marks: Vec<String> = marks
+        .iter()
+        .map(|(what, at)| format!("{what} +{:.3} s", at.duration_since(started).as_secs_f64()))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "second-writer moments: {twice:?}; steps: {marks:?}"
+    );
+    println!("steps: {marks:?}");
     for f in &figures {
         println!("{f}");
     }

@@ -199,8 +199,16 @@ fn build_ebpf(root: &Path) -> Result<()> {
 }
 
 fn build(root: &Path) -> Result<()> {
-    // etcd-client's build script compiles etcd's protobuf definitions with protoc.
-    setup::apt(&[("protoc", "protobuf-compiler")])?;
+    // etcd-client's build script compiles etcd's protobuf definitions with protoc, which
+    // imports Google's well-known types (`descriptor.proto`, ...) from libprotobuf-dev: a
+    // recommendation of protobuf-compiler that `--no-install-recommends` leaves out.
+    setup::apt(&[
+        ("protoc", "protobuf-compiler"),
+        (
+            "/usr/include/google/protobuf/descriptor.proto",
+            "libprotobuf-dev",
+        ),
+    ])?;
     build_ebpf(root)?;
     run(cargo().args([
         "build",

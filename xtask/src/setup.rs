@@ -60,11 +60,16 @@ pub fn bpf_linker() -> Result<()> {
     ]))
 }
 
-/// Installs the Debian packages whose commands are missing: `(command, package)` pairs.
+/// Installs the Debian packages whose commands are missing: `(command, package)` pairs; a
+/// "command" that is an absolute path is a file the package installs (for packages without a
+/// command, such as headers and data).
 pub fn apt(needs: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = needs
         .iter()
         .filter(|(cmd, _)| {
+            if cmd.starts_with('/') {
+                return !std::path::Path::new(cmd).exists();
+            }
             !Command::new("sh")
                 .args(["-c", &format!("command -v {cmd} >/dev/null")])
                 .status()

@@ -152,7 +152,7 @@ impl Daemon {
             let writer_seen = monitor
                 .checked(writer)
                 .filter(|c| c.is_up())
-                .and_then(|c| c.mysql.as_ref().zip(c.started_at()))
+                .and_then(|c| c.mysql.as_ref().zip(c.read_started()))
                 .map(|(state, read_at)| Seen { state, read_at });
             // A replica in maintenance is left alone (the operator may have stopped its
             // replication on purpose); it is judged again once back.

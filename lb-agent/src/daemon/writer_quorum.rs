@@ -48,6 +48,9 @@ pub struct Fences {
     /// Writers reported with errant transactions, by the binary log position they had
     /// (a new position is reported again).
     pub errant_reported: std::collections::HashSet<(IpAddr, String)>,
+    /// Per service, why the leader holds back a move to the sorry server its checks ask for
+    /// (logged when it changes).
+    pub held_moves: HashMap<String, String>,
     /// Per server of this host, when its dumps to unreachable replicas were last ended.
     pub dumps_ended: HashMap<IpAddr, Instant>,
 }
@@ -338,21 +341,40 @@ impl Daemon {
     /// The leader's proposals (rule 3), and the changes it made reported when they may
     /// lose transactions.
     pub(super) fn decide_in_quorum(&mut self, now: Instant, proposals: Vec<(String, bool)>) {
-        let held: Vec<String> = proposals
-            .iter()
-            .filter(|(service, sorry)| *sorry && self.no_move_to_sorry(service).is_some())
-            .map(|(service, _)| service.clone())
-            .collect();
         let Some(q) = &mut self.quorum else {
             return;
         };
         log_current(q, now);
+        let held: HashMap<String, String> = proposals
+            .iter()
+            .filter(|(_, sorry)| *sorry)
+            .filter_map(|(service, _)| {
+                Some((service.clone(), self.no_move_to_sorry(now, service)?))
+            })
+            .collect();
+        let Some(q) = &mut self.quorum else {
+            return;
+        };
         let mut moved = Vec::new();
         for (service, sorry) in proposals {
             let before = q.state.committed(&service).map(|c| c.stored.sorry);
             // A new move to the sorry server that cannot help (see `no_move_to_sorry`):
             // the committed decision stands. A change under way goes on.
-            if before == Some(false) && held.contains(&service) {
+            let why = held.get(&service).filter(|_| before == Some(false));
+            if self.fences.held_moves.get(&service) != why {
+                if let Some(why) = why {
+                    tracing::warn!(
+                        service,
+                        why,
+                        "writer decision: the writes stay where they are"
+                    );
+                }
+                match why {
+                    Some(w) => self.fences.held_moves.insert(service.clone(), w.clone()),
+                    None => self.fences.held_moves.remove(&service),
+                };
+            }
+            if why.is_some() {
                 continue;
             }
             let Some(p) = q.state.propose(now, &service, sorry) else {
@@ -384,8 +406,10 @@ impl Daemon {
     /// only fail, and a server cut off from the leader may be cut off from the clients'
     /// side too), or one of its writers is this host's, fenced for want of a quorum a
     /// moment ago — its checks read it read-only or not answering because of our own
-    /// fence, not because it failed; or a writer answers writable now.
-    fn no_move_to_sorry(&self, service: &str) -> Option<String> {
+    /// fence, not because it failed; or a writer answers writable now; or a writer reads
+    /// read-only just after an outage of etcd that every agent saw — its own agent's fence,
+    /// lifted in a moment (rule 5 of `decision::quorum`).
+    fn no_move_to_sorry(&self, now: Instant, service: &str) -> Option<String> {
         let vs = self.cfg.service(service)?;
         let sorry = vs.sorry.as_ref()?;
         if !self
@@ -402,6 +426,21 @@ impl Daemon {
             .find(|r| self.fences.self_fenced.contains_key(&r.address))
         {
             return Some(format!("{} is this host's, self-fenced", r.address));
+        }
+        if let Some(q) = &self.quorum
+            && let Some(regained) = q.state.current_for(now)
+            && regained < q.state.lift_grace()
+            && let Some(r) = vs
+                .reals
+                .iter()
+                .find(|r| self.reads_writable(r.address) == Some(false))
+        {
+            return Some(format!(
+                "{} reads read-only {:.1} s after the quorum came back: its agent's fence for the same outage, lifted once it is current (until {:.0?})",
+                r.address,
+                regained.as_secs_f64(),
+                q.state.lift_grace()
+            ));
         }
         // The local failback gate remembers a failure (e.g. of our own fence, or while the
         // sorry server was away) until its writer has caught up; but the committed

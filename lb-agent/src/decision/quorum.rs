@@ -29,6 +29,13 @@
 //!    its own, or acknowledged by another agent. A committed decision below that (etcd
 //!    restarted with its data lost) is stale: nobody follows it, and the leader commits its
 //!    decision again above every epoch known.
+//! 5. **One outage, one fence**: an outage of etcd itself (its leader killed, a re-election)
+//!    makes every agent non-current at once, so the writer's own agent fences it (rule 1)
+//!    while the leader is also cut off. When the leader is current again, a writer that
+//!    reads read-only is most likely that fence, lifted by its agent as soon as it is current
+//!    again too: for `lift_grace` after regaining, the leader does not move the writes away
+//!    from a writer for being read-only (the daemon's `no_move_to_sorry`). A writer down, or
+//!    read-only for longer (its agent still cut off, an operator), moves as before.
 
 use std::{
     collections::BTreeMap,
@@ -96,6 +103,8 @@ pub struct Quorum {
     ttl: Duration,
     /// When the last successful round was sent.
     renewed: Option<Instant>,
+    /// When the first good round of the current run of currency was sent (rule 5).
+    current_since: Option<Instant>,
     seen: Observation,
     /// The highest epoch seen per service: committed, proposed or acknowledged by anyone.
     highest: BTreeMap<String, u64>,
@@ -113,6 +122,7 @@ impl Quorum {
             me: me.into(),
             ttl,
             renewed: None,
+            current_since: None,
             seen: Observation::default(),
             highest: BTreeMap::new(),
             following: BTreeMap::new(),
@@ -143,6 +153,19 @@ impl Quorum {
     /// Until when the decisions are current (the data plane's lease ends there too).
     pub fn current_until(&self) -> Option<Instant> {
         Some(self.renewed? + self.fence_after())
+    }
+
+    /// Rule 5: how long after regaining currency a read-only writer is taken for the fence of
+    /// the same outage. Two TTLs: by then its agent has had rounds enough to be current again
+    /// and lift it, or it is still cut off (its lease expired) and its fence stays.
+    pub fn lift_grace(&self) -> Duration {
+        self.ttl * 2
+    }
+
+    /// For how long the decisions have been current without a break; `None` when not current.
+    pub fn current_for(&self, now: Instant) -> Option<Duration> {
+        let since = self.current_since.filter(|_| self.current(now))?;
+        Some(now.saturating_duration_since(since))
     }
 
     /// When the last good round was sent.
@@ -203,6 +226,9 @@ impl Quorum {
             Round::Seen { sent, seen } => (sent, seen),
         };
         self.last_error = None;
+        if !self.current(sent) {
+            self.current_since = Some(sent);
+        }
         self.renewed = Some(self.renewed.map_or(sent, |r| r.max(sent)));
         // Rule 4: every epoch anyone acknowledged counts.
         for acks in seen.agents.values() {
@@ -628,5 +654,47 @@ mod tests {
         assert_eq!(q.period(), Duration::from_secs(2));
         assert_eq!(q.fence_after(), Duration::from_secs(4));
         assert!(!q.current(Instant::now()), "never renewed: not current");
+    }
+
+    #[test]
+    fn currency_is_timed_from_the_round_that_regained_it() {
+        let mut c = Cluster::new();
+        c.settle(0, false, false);
+        // Good rounds every second: current since the first.
+        for ms in [1_000, 2_000, 3_000] {
+            let t = c.at(ms);
+            c.etcd.round(&mut c.a, t);
+        }
+        assert_eq!(
+            c.a.current_for(c.at(3_500)),
+            Some(Duration::from_millis(3_500))
+        );
+        // etcd's leader killed: no good round for 2.5 s (fence_after is 2 s) ...
+        assert_eq!(c.a.current_for(c.at(5_100)), None, "not current");
+        // ... then good rounds again: the run of currency starts over.
+        let t = c.at(5_500);
+        c.etcd.round(&mut c.a, t);
+        assert_eq!(
+            c.a.current_for(c.at(5_600)),
+            Some(Duration::from_millis(100))
+        );
+        assert!(c.a.current_for(c.at(5_600)).unwrap() < c.a.lift_grace());
+        // A late round, sent before one already seen, changes nothing.
+        c.a.on_round(Round::Seen {
+            sent: c.at(5_400),
+            seen: c.etcd.observe(),
+        });
+        assert_eq!(
+            c.a.current_for(c.at(5_600)),
+            Some(Duration::from_millis(100))
+        );
+        // One lost round (less than fence_after without a good one) is no break.
+        let t = c.at(7_000);
+        c.etcd.round(&mut c.a, t);
+        assert_eq!(
+            c.a.current_for(c.at(7_000)),
+            Some(Duration::from_millis(1_500))
+        );
+        assert_eq!(c.a.lift_grace(), Duration::from_secs(6));
     }
 }

@@ -123,8 +123,10 @@ pub struct Checked {
     pub mysql: Option<MysqlState>,
     /// When the last successful run ended (for ordering GTID reads of two servers).
     pub up_at: Option<Instant>,
-    /// When the last applied run started.
+    /// When the last applied run started (older results are stale).
     last_started: Option<Instant>,
+    /// When the run that read `mysql` started.
+    read_started: Option<Instant>,
     /// The agent could not run the last attempt (see `failure`), and why; cleared by the
     /// next result.
     pub local_error: Option<String>,
@@ -135,9 +137,11 @@ impl Checked {
         self.tracker.is_up()
     }
 
-    /// When the run whose result is applied started.
-    pub fn started_at(&self) -> Option<Instant> {
-        self.last_started
+    /// When the run that read `mysql` started: what it read is at least that recent. Not the
+    /// latest run's start: a failed run (still up, within `fall`) keeps the older state, and
+    /// dating that state by the failed run would make it look newer than it is.
+    pub fn read_started(&self) -> Option<Instant> {
+        self.read_started
     }
 }
 
@@ -180,6 +184,7 @@ impl Monitor {
                     mysql: None,
                     up_at: None,
                     last_started: None,
+                    read_started: None,
                     local_error: None,
                 });
             }
@@ -252,6 +257,7 @@ impl Monitor {
                 c.mysql = mysql;
                 c.weight = weight;
                 c.up_at = Some(r.at);
+                c.read_started = Some(r.started);
             }
             Outcome::Down(why) => {
                 changed |= c.reason.as_ref() != Some(&why) && !c.tracker.is_up();

@@ -39,9 +39,13 @@ mod tests {
         let open = l.local_addr().unwrap();
         let t = Duration::from_secs(1);
         assert!(check(open, t, 1, t).await.is_ok());
-        drop(l);
+        // A port bound but not listening refuses, and stays ours: a port freed by dropping
+        // the listener could be taken by a parallel test (or connect to itself) meanwhile.
+        let bound = tokio::net::TcpSocket::new_v4().unwrap();
+        bound.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed = bound.local_addr().unwrap();
         let started = std::time::Instant::now();
-        let e = check(open, t, 3, Duration::from_millis(50))
+        let e = check(closed, t, 3, Duration::from_millis(50))
             .await
             .unwrap_err();
         assert!(e.to_string().contains("refused"), "{e}");

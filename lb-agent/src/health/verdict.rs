@@ -307,7 +307,7 @@ fn sorry_drain(m: &Monitor, vs: &Service) -> (bool, Option<Instant>, Option<Stri
         return (false, None, None);
     }
     match st.drained() {
-        Ok(()) => (true, c.started_at(), None),
+        Ok(()) => (true, c.read_started(), None),
         Err(why) => (true, None, Some(why)),
     }
 }
@@ -557,6 +557,28 @@ address = "10.0.0.2"
 
     const DB1: usize = 0;
     const DB2: usize = 1;
+
+    /// A failed run within `fall` leaves the check up with the state the last good run read;
+    /// that state stays dated by the good run (a GTID position read before a kill must not
+    /// pass for one read after it: a replica would look ahead of its writer).
+    #[test]
+    fn a_failed_run_does_not_redate_the_state_it_keeps() {
+        let mut r = run("caught-up");
+        r.feed(0, DB1, mysql("0-1-10", false, false));
+        r.feed(300, DB1, Outcome::Down("connection refused".into()));
+        let db1 = &r.cfg.services[0].reals[0].clone();
+        let c = r.m.checked(db1).unwrap();
+        assert!(c.is_up(), "one failure of two (fall 2)");
+        assert_eq!(c.mysql.as_ref().unwrap().executed, "0-1-10");
+        assert_eq!(
+            c.read_started(),
+            Some(r.t0),
+            "dated by the run that read it"
+        );
+        r.feed(500, DB1, mysql("0-1-12", false, false));
+        let c = r.m.checked(db1).unwrap();
+        assert_eq!(c.read_started(), Some(r.t0 + Duration::from_millis(500)));
+    }
 
     #[test]
     fn caught_up_failback_waits_for_the_sorry_servers_position() {

@@ -406,22 +406,36 @@ pub fn second_writer_moments(log: &Log, since: Instant) -> Vec<String> {
         .copied()
         .collect();
     acked.sort_by_key(|a| a.at);
-    let mut runs: Vec<(u32, usize, Instant)> = Vec::new();
+    // (server, acks, first, last, ids of the first few)
+    let mut runs: Vec<(u32, usize, Instant, Instant, Vec<u64>)> = Vec::new();
     for a in &acked {
         match runs.last_mut() {
-            Some((server, n, _)) if *server == a.server => *n += 1,
-            _ => runs.push((a.server, 1, a.at)),
+            Some((server, n, _, last, ids)) if *server == a.server => {
+                *n += 1;
+                *last = a.at;
+                if ids.len() < 4 {
+                    ids.push(a.id);
+                }
+            }
+            _ => runs.push((a.server, 1, a.at, a.at, vec![a.id])),
         }
     }
+    let secs = |t: Instant| t.duration_since(since).as_secs_f64();
     runs.windows(3)
         .filter(|w| w[0].0 == w[2].0 && w[1].1 < 5)
         .map(|w| {
             format!(
-                "{} ack(s) by db{} amid db{}'s at +{:.2} s",
+                "{} ack(s) by db{} (ids {:?}, +{:.3}..+{:.3} s) amid db{}'s ({} up to +{:.3} s, {} from +{:.3} s)",
                 w[1].1,
                 w[1].0,
+                w[1].4,
+                secs(w[1].2),
+                secs(w[1].3),
                 w[0].0,
-                w[1].2.duration_since(since).as_secs_f64()
+                w[0].1,
+                secs(w[0].3),
+                w[2].1,
+                secs(w[2].2),
             )
         })
         .collect()

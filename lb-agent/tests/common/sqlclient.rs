@@ -92,9 +92,14 @@ pub fn opts(addr: &str, user: &str, password: &str) -> mysql_async::OptsBuilder 
         .prefer_socket(false)
 }
 
-/// One write through `vip`: (the server that took it) when acknowledged. Every server the
-/// attempt reached goes to `log.reached`.
-async fn write(vip: &str, id: u64, log: &Log) -> Result<u32, String> {
+/// One write through `vip`: (the server that took it, when its COMMIT returned) when
+/// acknowledged. Every server the attempt reached goes to `log.reached`.
+///
+/// The moment is the COMMIT's answer, not the end of the call: the disconnect after it can
+/// take as long as a killed server takes to close its sockets (a thread finishing an fsync
+/// holds them open), which would date a write acknowledged before a kill after the first
+/// writes elsewhere. A COMMIT answered OK is acknowledged whatever the disconnect does.
+async fn write(vip: &str, id: u64, log: &Log) -> Result<(u32, Instant), String> {
     let run = async {
         let mut c = mysql_async::Conn::new(opts(vip, APP_USER, APP_PASSWORD)).await?;
         let server: Option<u32> = c.query_first("SELECT @@server_id").await?;
@@ -109,13 +114,14 @@ async fn write(vip: &str, id: u64, log: &Log) -> Result<u32, String> {
         .await?;
         c.query_drop("UPDATE c SET n = n + 1 WHERE k = 1").await?;
         c.query_drop("COMMIT").await?;
-        c.disconnect().await?;
-        Ok::<_, mysql_async::Error>(server.unwrap_or(0))
+        Ok::<_, mysql_async::Error>((c, server.unwrap_or(0), Instant::now()))
     };
-    match tokio::time::timeout(Duration::from_secs(1), run).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("timed out".into()),
-    }
+    let (c, server, at) = match tokio::time::timeout(Duration::from_secs(1), run).await {
+        Ok(r) => r.map_err(|e| e.to_string())?,
+        Err(_) => return Err("timed out".into()),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
+    Ok((server, at))
 }
 
 /// How many of server 2's writes server 1 (at `db1`) holds (asked directly, not through the
@@ -167,14 +173,10 @@ pub fn start_writer(
                     }
                     log.paused.fetch_sub(1, Ordering::SeqCst);
                 }
-                if let Ok(server) = write(vip, id, &log).await {
+                if let Ok((server, at)) = write(vip, id, &log).await {
                     let acked_on_db2 = {
                         let mut a = log.acked.lock().unwrap();
-                        a.push(Acked {
-                            id,
-                            server,
-                            at: Instant::now(),
-                        });
+                        a.push(Acked { id, server, at });
                         a.iter().filter(|w| w.server == 2).count()
                     };
                     if server == 1 && last_server == 2 {
