@@ -84,6 +84,21 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Move a service's writes to its sorry server by plan (the writer fenced, its clients
+    /// disconnected; the flip once the sorry server has everything the writer committed;
+    /// replicas re-pointed), or back to its writer with `--to WRITER` (the graceful
+    /// handover). Waits until it is done or failed. Run it on the agent that decides the
+    /// writer (the VRRP master of the service's address, or the quorum's leader).
+    Switchover {
+        service: String,
+        /// The server to take the writes: the sorry server (the default) or the writer.
+        #[arg(long)]
+        to: Option<std::net::IpAddr>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Drain a server for maintenance (`on`: out of writer pools, weight 0 in the others so
     /// established connections go on; a replica is not re-pointed meanwhile) or end it
     /// (`off`: back once it replicates with both threads running and no lag). Refused for
@@ -248,6 +263,12 @@ fn main() -> ExitCode {
             },
             "done",
         ),
+        Command::Switchover {
+            service,
+            to,
+            config,
+            socket,
+        } => switchover(service, to, config, socket),
         Command::PrepareRestart { config, socket } => {
             ask(config, socket, Request::PrepareRestart, "prepared")
         }
@@ -291,6 +312,68 @@ fn ask(config: Option<PathBuf>, socket: Option<PathBuf>, request: Request, done:
             ExitCode::FAILURE
         }
     }
+}
+
+/// `lb-agent switchover`: the request, then `status` until the switch is done or failed
+/// (bounded: the agent gives up after `switchover::TIMEOUT`; the way back, a handover, is
+/// followed as long).
+fn switchover(
+    service: String,
+    to: Option<std::net::IpAddr>,
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+) -> ExitCode {
+    let Some(socket) = socket_of(config, socket) else {
+        return ExitCode::FAILURE;
+    };
+    let request = Request::Switchover {
+        service: service.clone(),
+        to,
+    };
+    match lb_agent::control::ask(&socket, &request) {
+        Ok(v) => println!("{}", v.get("ok").and_then(|o| o.as_str()).unwrap_or("")),
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let deadline = std::time::Instant::now()
+        + lb_agent::health::switchover::TIMEOUT
+        + std::time::Duration::from_secs(20);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let Ok(s) = lb_agent::control::ask(&socket, &Request::Status) else {
+            continue;
+        };
+        let Some(svc) = s["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|svc| svc["name"] == service.as_str()))
+        else {
+            continue;
+        };
+        let state = svc["switchover"].as_str().unwrap_or_default().to_string();
+        let on_sorry = svc["using_sorry_server"] == true;
+        if state != last && !state.is_empty() {
+            println!("{state}");
+            last = state.clone();
+        }
+        if state.starts_with("failed") {
+            return ExitCode::FAILURE;
+        }
+        let done = match to {
+            // Back on the writer: no longer switched, out of the sorry server.
+            Some(_) if !state.starts_with("switched") => !on_sorry,
+            Some(_) => false,
+            None => state.starts_with("switched"),
+        };
+        if done {
+            println!("done");
+            return ExitCode::SUCCESS;
+        }
+    }
+    eprintln!("{service}: not done in time; see `lb-agent status`");
+    ExitCode::FAILURE
 }
 
 /// The control socket: given, from the configuration, or the default.

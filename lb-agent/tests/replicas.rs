@@ -5,6 +5,9 @@
 //!
 //! 1. db1's MariaDB SIGKILLed: the writes go to db2 and both replicas are re-pointed to db2;
 //! 2. db1 back: caught-up failback, and the replicas are re-pointed to db1 again;
+//! 2b. maintenance of rp1 (drained, back once caught up); of the writer, refused;
+//! 2c. a planned switchover to db2 under load (the replicas follow db2), maintenance of db1
+//!    while db2 has the writes, and the switch back to db1 (the replicas follow db1);
 //! 3. a write of its own on rp2 (errant), then db1 killed again: rp1 follows db2, rp2 cannot
 //!    follow (it has what db2 lacks) — out of the read pool, `status` and the metric say why,
 //!    nobody touches it;
@@ -73,6 +76,33 @@ fn maintenance(h: &Host, server: &str, state: &str) -> std::process::Output {
         .arg(&h.config)
         .output()
         .unwrap()
+}
+
+/// `lb-agent switchover mysql-write [--to SERVER]` on the agent that decides the writer
+/// (either may; the other refuses and says so).
+fn switchover(db1: &Host, db2: &Host, to: Option<&str>) -> (bool, String) {
+    let mut said = String::new();
+    for h in [db1, db2] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"));
+        cmd.args(["switchover", "mysql-write", "--config"]).arg(&h.config);
+        if let Some(to) = to {
+            cmd.args(["--to", to]);
+        }
+        let out = cmd.output().unwrap();
+        said += &format!(
+            "{}: {}{}",
+            h.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            return (true, said);
+        }
+        if !String::from_utf8_lossy(&out.stderr).contains("does not decide") {
+            return (false, said);
+        }
+    }
+    (false, said)
 }
 
 /// The writes' outage around `t`: the longest gap between two acknowledged writes from `t`
@@ -219,6 +249,62 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     figures.push(format!(
         "maintenance of rp1: no read from it for 3 s; back {:.2} s after `off`",
         back_in.unwrap().as_secs_f64()
+    ));
+
+    // 2c. A planned switchover to db2 under load: db1 fenced, the flip once db2 has all of
+    //     db1's writes, the replicas follow db2. db1 may then go into maintenance (it has no
+    //     writes); back, the switch back hands the writes to db1 once it has db2's.
+    let t = Instant::now();
+    marks.push(("switchover", t));
+    let (ok, said) = switchover(&db1, &db2, None);
+    assert!(ok, "switchover: {said}");
+    assert!(
+        log.wait_for(2, t, Duration::from_secs(5)).is_some(),
+        "no write on db2 after the switchover: {said}"
+    );
+    let switched_out = outage(&log, t);
+    assert!(
+        until(Duration::from_secs(20), || follows(rp1, DB2) && follows(rp2, DB2)).is_some(),
+        "replicas after the switchover: rp1 {:?}, rp2 {:?}",
+        source_of(rp1),
+        source_of(rp2)
+    );
+    let refused = switchover(&db1, &db2, None);
+    assert!(
+        !refused.0 && refused.1.contains("on the sorry server already"),
+        "a second switchover: {}",
+        refused.1
+    );
+    for h in [&db1, &db2] {
+        let on = maintenance(h, DB1, "on");
+        assert!(on.status.success(), "maintenance of db1 after the switchover: {on:?}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for h in [&db1, &db2] {
+        let off = maintenance(h, DB1, "off");
+        assert!(off.status.success(), "{off:?}");
+    }
+    let t = Instant::now();
+    marks.push(("switch back", t));
+    let back = until(Duration::from_secs(15), || {
+        switchover(&db1, &db2, Some(DB1)).0
+    });
+    assert!(back.is_some(), "switch back: {}", switchover(&db1, &db2, Some(DB1)).1);
+    assert!(
+        log.wait_for(1, t, Duration::from_secs(15)).is_some(),
+        "no write on db1 after the switch back"
+    );
+    let switched_back = outage(&log, t);
+    assert!(
+        until(Duration::from_secs(20), || follows(rp1, DB1) && follows(rp2, DB1)).is_some(),
+        "replicas after the switch back: rp1 {:?}, rp2 {:?}",
+        source_of(rp1),
+        source_of(rp2)
+    );
+    figures.push(format!(
+        "switchover to db2 under load: writes' outage {:.2} s; back to db1: {:.2} s",
+        switched_out.as_secs_f64(),
+        switched_back.as_secs_f64()
     ));
 
     // 3. An errant write on rp2 (a write of its own, as an operator's or a misrouted

@@ -12,6 +12,12 @@
 //! - `manual`: when an operator asks (`lb-agent failback SERVICE`) and the quorum holds;
 //! - `caught-up`: when the health checks say every recovered server has replicated what the
 //!   sorry server holds (see `health::mysql`).
+//!
+//! A planned switchover (`lb-agent switchover`) moves a healthy service to its sorry server
+//! on an operator's word: the gate only records it (`begin_switchover`, then `switch_now`
+//! once `health::switchover` has fenced the writer and seen the sorry server catch up, or
+//! `abort_switchover`); a service switched over stays on the sorry server whatever the
+//! policy until the operator switches it back (`request_switch_back`).
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +44,12 @@ pub struct Gate {
     waiting: Option<String>,
     /// Since when the quorum is lost while still in the pool (the sorry server drains).
     lost_at: Option<Instant>,
+    /// A switchover under way (in the pool), since when.
+    switching: Option<Instant>,
+    /// The switchover is ready: the next step moves to the sorry server.
+    switch_go: bool,
+    /// On the sorry server by a switchover: stays there until switched back.
+    switched: bool,
 }
 
 /// What the health checks say of a service now.
@@ -78,6 +90,9 @@ impl Gate {
             requested: false,
             waiting: None,
             lost_at: None,
+            switching: None,
+            switch_go: false,
+            switched: false,
         }
     }
 
@@ -116,6 +131,60 @@ impl Gate {
         }
     }
 
+    /// Since when a switchover is under way, if one is.
+    pub fn switching(&self) -> Option<Instant> {
+        self.switching
+    }
+
+    /// On the sorry server by a switchover (until switched back).
+    pub fn switched(&self) -> bool {
+        self.switched
+    }
+
+    /// `lb-agent switchover SERVICE`: from the pool, while it is not already moving.
+    pub fn begin_switchover(&mut self, now: Instant) -> Result<(), String> {
+        if self.mode == Mode::Sorry {
+            return Err("the service is on its sorry server already".into());
+        }
+        if self.lost_at.is_some() {
+            return Err("the service is failing over already".into());
+        }
+        if self.switching.is_some() {
+            return Err("a switchover is under way".into());
+        }
+        self.switching = Some(now);
+        Ok(())
+    }
+
+    /// The writer is fenced and the sorry server has all it committed: the next step moves.
+    pub fn switch_now(&mut self) {
+        if self.switching.is_some() {
+            self.switch_go = true;
+        }
+    }
+
+    /// The switchover failed (it ran out of time): the service stays in the pool.
+    pub fn abort_switchover(&mut self) {
+        self.switching = None;
+        self.switch_go = false;
+    }
+
+    /// `lb-agent switchover SERVICE --to WRITER` on a service switched over: back to the
+    /// real servers (through the graceful handover), whatever the policy.
+    pub fn request_switch_back(&mut self, h: Health) -> Result<(), String> {
+        if !self.switched {
+            return Err("the service was not switched over to its sorry server".into());
+        }
+        if h.usable < h.quorum {
+            return Err(format!(
+                "only {} of the {} real server(s) the quorum needs pass their checks",
+                h.usable, h.quorum
+            ));
+        }
+        self.requested = true;
+        Ok(())
+    }
+
     /// `lb-agent failback SERVICE`.
     pub fn request_failback(&mut self, h: Health) -> Result<(), String> {
         if self.mode == Mode::Pool {
@@ -135,7 +204,17 @@ impl Gate {
     pub fn step(&mut self, now: Instant, h: Health) -> Mode {
         let quorum = h.usable >= h.quorum;
         match self.mode {
+            Mode::Pool if self.switch_go => {
+                self.mode = Mode::Sorry;
+                self.switched = true;
+                self.abort_switchover();
+                self.lost_at = None;
+                self.quorum_since = None;
+                self.requested = false;
+            }
             Mode::Pool if !quorum => {
+                // A failure while switching over: a failover (the sorry server drains first).
+                self.switching = None;
                 let lost = *self.lost_at.get_or_insert(now);
                 if !h.drain_needed || h.sorry_drained.is_some_and(|t| t > lost) {
                     self.mode = Mode::Sorry;
@@ -152,6 +231,7 @@ impl Gate {
             Mode::Sorry => {
                 let since = *self.quorum_since.get_or_insert(now);
                 let back = match self.policy {
+                    _ if self.switched => self.requested,
                     Failback::Immediate => true,
                     Failback::Delay => now.duration_since(since) >= self.delay,
                     Failback::Manual => self.requested,
@@ -161,6 +241,7 @@ impl Gate {
                     self.mode = Mode::Pool;
                     self.quorum_since = None;
                     self.requested = false;
+                    self.switched = false;
                 }
             }
         }
@@ -168,7 +249,14 @@ impl Gate {
             (Mode::Pool, _) if self.draining() => Some(
                 "writes wait: the sorry server is applying what it received (relay log)".into(),
             ),
+            (Mode::Pool, _) if self.switching.is_some() => Some(
+                "switching over: the writer fenced, the writes wait until the sorry server has all it committed".into(),
+            ),
             (Mode::Pool, _) => None,
+            (Mode::Sorry, _) if self.switched => Some(
+                "switched over by an operator: back with `lb-agent switchover SERVICE --to WRITER`"
+                    .into(),
+            ),
             (Mode::Sorry, false) => Some(format!(
                 "{} of {} real server(s) usable",
                 h.usable, h.quorum
@@ -255,6 +343,42 @@ mod tests {
             let mut g = Gate::new(policy, d);
             assert_eq!(run(&mut g, &steps), want, "{policy:?}");
         }
+    }
+
+    /// A switchover: recorded, moved on `switch_now`, kept on the sorry server whatever the
+    /// policy (caught-up would come straight back) until switched back; a failure of the
+    /// writer while switching is a failover; an abort leaves it in the pool.
+    #[test]
+    fn a_switchover_holds_the_sorry_server_until_switched_back() {
+        let now = Instant::now();
+        let mut g = Gate::new(Failback::CaughtUp, Duration::ZERO);
+        assert!(g.request_switch_back(h(1, true)).is_err(), "not switched");
+        g.begin_switchover(now).unwrap();
+        assert!(g.begin_switchover(now).is_err(), "one at a time");
+        assert_eq!(g.step(now, h(1, true)), Mode::Pool, "not ready yet");
+        assert!(g.waiting().unwrap().contains("switching over"));
+        g.switch_now();
+        assert_eq!(g.step(now, h(1, true)), Mode::Sorry);
+        assert!(g.switched() && g.switching().is_none());
+        for _ in 0..3 {
+            assert_eq!(g.step(now, h(1, true)), Mode::Sorry, "caught up, still held");
+        }
+        assert!(g.waiting().unwrap().contains("switched over"));
+        assert!(g.begin_switchover(now).is_err(), "already there");
+        assert!(g.request_switch_back(h(0, true)).is_err(), "the writer is down");
+        g.request_switch_back(h(1, true)).unwrap();
+        assert_eq!(g.step(now, h(1, true)), Mode::Pool);
+        assert!(!g.switched());
+        // Aborted: stays in the pool, and may be asked again.
+        g.begin_switchover(now).unwrap();
+        g.abort_switchover();
+        assert_eq!(g.step(now, h(1, true)), Mode::Pool);
+        assert_eq!(g.waiting(), None);
+        // The writer fails while switching: an ordinary failover, not held afterwards.
+        g.begin_switchover(now).unwrap();
+        assert_eq!(g.step(now, h(0, false)), Mode::Sorry);
+        assert!(!g.switched() && g.switching().is_none());
+        assert_eq!(g.step(now, h(1, true)), Mode::Pool, "caught-up fails back");
     }
 
     #[test]

@@ -45,6 +45,13 @@ pub enum Request {
     /// the VIPs in place and the leases to expire, as a killed agent would, for the agent
     /// that starts next to adopt: a hitless `systemctl restart` (the package's upgrade).
     PrepareRestart,
+    /// Move a service's writes to its sorry server by plan, or back to its writer (`to`)
+    /// (`lb-agent switchover`).
+    Switchover {
+        service: String,
+        #[serde(default)]
+        to: Option<std::net::IpAddr>,
+    },
     /// Drain a server (`on`) or bring it back once caught up (`lb-agent maintenance`).
     Maintenance {
         server: std::net::IpAddr,

@@ -135,6 +135,10 @@ pub struct ServiceStatus {
     /// sees them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaStatus>,
+    /// A planned switchover (`lb-agent switchover`): `under way: ...`, `switched over`, or
+    /// `failed: ...` (the last one, until the next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<String>,
 }
 
 /// A replica that follows a service's writer (see `health::follow`).
@@ -255,6 +259,7 @@ pub fn build(cfg: &Config, state: &DesiredState, counters: &Counters, attach_mod
             writer_risk: None,
             writer_risks: 0,
             replicas: vec![],
+            switchover: None,
         });
     }
     Status {

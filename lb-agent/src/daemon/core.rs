@@ -135,6 +135,26 @@ impl Daemon {
                     Err(e) => Reply::Error(format!("{service}: {e}")),
                 }
             }
+            Request::Switchover { service, to } => {
+                let name = control::limits::short(&service);
+                if self.cfg.service(&service).is_none() {
+                    return Ok(Reply::Error(format!("no virtual server named {name:?}")));
+                }
+                match self
+                    .health
+                    .request_switchover(&self.cfg, &service, to, Instant::now())
+                {
+                    Ok(said) => {
+                        tracing::warn!(service, to = ?to, "{said}");
+                        self.health_step().await?;
+                        Reply::Ok(said)
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = name, error = %e, "switchover refused");
+                        Reply::Error(e)
+                    }
+                }
+            }
             // The event loop takes it (a reload replaces the health channel it owns).
             Request::Reload => Reply::Error("reload: not through this path".into()),
             Request::Maintenance { server, on } => {
@@ -184,6 +204,7 @@ impl Daemon {
         for svc in &mut s.services {
             svc.decision = self.decision_text(&svc.name);
             svc.replicas = self.replica_status(&svc.name);
+            svc.switchover = self.health.switchover_status(&svc.name);
         }
         s.quorum = self.quorum_status();
         Ok(s)

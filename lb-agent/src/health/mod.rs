@@ -8,6 +8,7 @@
 //! - `follow`: replicas re-pointed to the server that has the writes, when safe, without
 //!   I/O;
 //! - `risk`: whether a writer change may lose transactions, without I/O;
+//! - `switchover`: a planned move of the writes to the sorry server, without I/O;
 //! - `verdict`: what the checks, roles and failback gates make of each service, without I/O;
 //! - `state`: the daemon's view of all that, fed with reports and time, returning the MySQL
 //!   side effects (fence, handover) as actions, without I/O;
@@ -22,6 +23,7 @@ pub mod mysql;
 pub mod risk;
 pub mod runner;
 pub mod state;
+pub mod switchover;
 pub mod tcp;
 pub mod tracker;
 pub mod verdict;

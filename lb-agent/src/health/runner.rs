@@ -77,6 +77,10 @@ pub fn spawn(action: Action, tx: &mpsc::Sender<Event>) {
                     tracing::error!(server = %target.addr, error = %e, "could not fence this host's server after losing the quorum (the data plane holds its writes)")
                 }
             },
+            Action::SwitchFence { service, target } => {
+                let r = mysql::self_fence(&target).await;
+                let _ = tx.send(Event::SwitchFenced(service, r)).await;
+            }
             Action::SetReplicating { target, on } => {
                 match mysql::set_replicating(&target, on).await {
                     Ok(()) if on => {

@@ -18,6 +18,7 @@ use anyhow::Result;
 use super::{
     follow::Followers,
     monitor::{Change, Monitor, Report},
+    switchover::{self, Switch},
     mysql::{SourceLogin, Target},
     verdict::{self, AdoptedSorry, Evaluation, Fenced, Gates, Held, Maintenance, ServiceMode},
 };
@@ -50,6 +51,8 @@ pub enum Event {
     Fence(IpAddr, Result<(), String>),
     /// A replica's re-pointing (service, replica) ended.
     Repointed(String, IpAddr, Result<(), String>),
+    /// A switchover's fence of the writer (service) ended: client sessions killed, how many.
+    SwitchFenced(String, Result<usize, String>),
 }
 
 /// A side effect for the daemon to run; its result comes back as an `Event`.
@@ -72,6 +75,9 @@ pub enum Action {
     /// This host's server, while the agent cannot reach the quorum: its clients killed, then
     /// `read_only` (see `mysql::self_fence`).
     SelfFence { target: Target },
+    /// A switchover's fence of `service`'s writer: its clients killed, then `read_only`
+    /// (the same statements as `SelfFence`); the result comes back as `SwitchFenced`.
+    SwitchFence { service: String, target: Target },
     /// With `[quorum]`: stop (`on` false: the server took the writes from the one it
     /// replicates) or start (the writes went back) a sorry server's replication from its
     /// service's writer (see `mysql::set_replicating`).
@@ -133,6 +139,10 @@ pub struct HealthState {
     /// Servers in maintenance (`lb-agent maintenance`), kept across a reload (not across a
     /// restart of the agent).
     pub maintenance: HashMap<IpAddr, Maintenance>,
+    /// Switchovers under way (`lb-agent switchover`), by service.
+    switches: HashMap<String, Switch>,
+    /// Per service: why the last switchover failed, for `status` (cleared by the next).
+    pub switch_failures: HashMap<String, String>,
 }
 
 /// A real server whose check flipped: for notify_up / notify_down.
@@ -182,6 +192,8 @@ impl HealthState {
             logins,
             new_follow_failures: Vec::new(),
             maintenance: HashMap::new(),
+            switches: HashMap::new(),
+            switch_failures: HashMap::new(),
         })
     }
 
@@ -341,6 +353,20 @@ impl HealthState {
                 }
                 (None, true)
             }
+            Event::SwitchFenced(service, result) => {
+                let Some(sw) = self.switches.get_mut(&service) else {
+                    return (None, false);
+                };
+                sw.fencing = false;
+                match result {
+                    Ok(killed) => {
+                        tracing::warn!(service, killed, "switchover: the writer is fenced (clients disconnected, read_only=1); waiting for the sorry server to have all it committed");
+                        sw.fenced_at = Some(now);
+                    }
+                    Err(e) => sw.failed = Some(format!("could not fence the writer: {e}")),
+                }
+                (None, true)
+            }
             Event::Fence(addr, result) => {
                 self.fencing.remove(&addr);
                 match result {
@@ -382,9 +408,11 @@ impl HealthState {
     /// Evaluates again; returns the previous verdicts when they changed, and the side
     /// effects to run.
     pub fn evaluate(&mut self, cfg: &Config, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.switch_step(cfg, now, &mut actions);
         let mut next = self.evaluation(cfg, now);
         self.record_risks(&mut next);
-        let mut actions = Vec::new();
+        self.hold_switching(&mut next);
         for vs in &cfg.services {
             // Fence first, and never while a handover runs: a fence landing after the
             // handover would make the writer read-only under the writes.
@@ -466,7 +494,8 @@ impl HealthState {
             if vs.reals.iter().any(|r| r.address == server) && !on_sorry.contains(&vs.name) {
                 return Err(format!(
                     "{server} has the writes of {}: maintenance would move them unplanned \
-                     (a switchover first; `lb-agent switchover` does not exist yet)",
+                     (switch them over first: `lb-agent switchover {}`)",
+                    vs.name,
                     vs.name
                 ));
             }
@@ -687,6 +716,191 @@ impl HealthState {
             .filter_map(|g| g.poll_timeout())
             .chain(retries)
             .min()
+    }
+
+    /// `lb-agent switchover SERVICE [--to SERVER]`: to the sorry server (the default), or
+    /// back to the writer from a switchover. Refused, with the reason, for a service this
+    /// agent does not decide now, without `graceful` (the way back needs it), with more
+    /// than one writer, or when `switchover::refusal` finds the sorry server unfit.
+    pub fn request_switchover(
+        &mut self,
+        cfg: &Config,
+        service: &str,
+        to: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<String, String> {
+        let Some(vs) = cfg.service(service) else {
+            return Err(format!("no virtual server named {service:?}"));
+        };
+        let Some(sorry) = vs.sorry.as_ref() else {
+            return Err(format!("{service} has no sorry server to switch over to"));
+        };
+        let [writer] = vs.reals.as_slice() else {
+            return Err(format!(
+                "{service} has {} real servers: a switchover needs exactly one writer",
+                vs.reals.len()
+            ));
+        };
+        if !vs.graceful {
+            return Err(format!(
+                "{service}: a switchover needs `graceful = true` (the way back makes the sorry \
+                 server read-only until the writer has everything)"
+            ));
+        }
+        if self.paused.contains(service) {
+            return Err(format!(
+                "this agent does not decide the writer of {service} now: run it on the agent \
+                 that does (the VRRP master of {}, or the quorum's leader)",
+                vs.address
+            ));
+        }
+        let usable = self
+            .eval
+            .reports
+            .iter()
+            .find(|r| r.name == service)
+            .map_or(0, |r| r.reals.iter().filter(|r| r.usable).count() as u32);
+        let gate = self.gates.get_mut(service).ok_or("no failback gate")?;
+        match to {
+            Some(addr) if addr == writer.address => {
+                gate.request_switch_back(crate::balancer::failback::Health::new(
+                    usable, vs.quorum, true,
+                ))?;
+                Ok(format!(
+                    "{service}: switching back to {addr}: the sorry server read-only until \
+                     {addr} has all it took, then the writes go to {addr}"
+                ))
+            }
+            Some(addr) if addr != sorry.address => Err(format!(
+                "{addr} is neither the writer ({}) nor the sorry server ({}) of {service}",
+                writer.address, sorry.address
+            )),
+            _ => {
+                if gate.mode() == crate::balancer::failback::Mode::Sorry {
+                    return Err(format!(
+                        "{service}: the writes are on the sorry server already"
+                    ));
+                }
+                if let Some(why) = switchover::refusal(
+                    self.monitor.checked(writer),
+                    self.monitor.checked(sorry),
+                    writer.address,
+                ) {
+                    return Err(format!("{service}: refused: {why}"));
+                }
+                gate.begin_switchover(now)
+                    .map_err(|e| format!("{service}: {e}"))?;
+                self.switch_failures.remove(service);
+                self.switches.insert(service.to_string(), Switch::new(now));
+                Ok(format!(
+                    "{service}: switching over to {}: the writer {} fenced, the writes wait \
+                     until {} has all it committed (at most {:?})",
+                    sorry.address,
+                    writer.address,
+                    sorry.address,
+                    switchover::TIMEOUT
+                ))
+            }
+        }
+    }
+
+    /// The switchovers under way, one step each: fence the writer once, flip when ready,
+    /// or give up (out of time, or a failed step) and lift the writer's fence.
+    fn switch_step(&mut self, cfg: &Config, now: Instant, actions: &mut Vec<Action>) {
+        let services: Vec<String> = self.switches.keys().cloned().collect();
+        for service in services {
+            let (Some(vs), Some(gate)) = (cfg.service(&service), self.gates.get_mut(&service))
+            else {
+                self.switches.remove(&service);
+                continue;
+            };
+            let (Some(writer), Some(sorry)) = (vs.reals.first(), vs.sorry.as_ref()) else {
+                self.switches.remove(&service);
+                continue;
+            };
+            // Done (the gate flipped) or overtaken by a failover.
+            if gate.switching().is_none() {
+                if gate.switched() {
+                    tracing::warn!(service, sorry = %sorry.address, "switchover done: the sorry server has the writes");
+                }
+                self.switches.remove(&service);
+                continue;
+            }
+            let sw = self.switches.get_mut(&service).expect("listed above");
+            let failure = sw.failed.clone().or_else(|| {
+                sw.timed_out(now).then(|| {
+                    format!(
+                        "not done within {:?} ({})",
+                        switchover::TIMEOUT,
+                        sw.waiting
+                    )
+                })
+            });
+            if let Some(why) = failure {
+                gate.abort_switchover();
+                let fence_sent = sw.fenced_at.is_some() || sw.fencing || sw.failed.is_some();
+                self.switches.remove(&service);
+                tracing::error!(service, error = %why, "switchover failed: the writes stay on the writer (its fence lifted)");
+                self.switch_failures.insert(service.clone(), why);
+                if fence_sent && let Some(target) = self.monitor.mysql_target(writer) {
+                    self.fenced.remove(&writer.address);
+                    actions.push(Action::MakeWritable { target });
+                }
+                continue;
+            }
+            if sw.fenced_at.is_none() {
+                if !sw.fencing
+                    && let Some(target) = self.monitor.mysql_target(writer)
+                {
+                    sw.fencing = true;
+                    actions.push(Action::SwitchFence {
+                        service: service.clone(),
+                        target,
+                    });
+                }
+                continue;
+            }
+            // The handover back lifts the fence of a writer it knows fenced.
+            self.fenced.insert(writer.address);
+            match switchover::ready(
+                sw,
+                self.monitor.checked(writer),
+                self.monitor.checked(sorry),
+            ) {
+                Ok(()) => gate.switch_now(),
+                Err(why) => sw.waiting = why,
+            }
+        }
+    }
+
+    /// While a switchover runs, the service's writes wait (new connections held, not sent to
+    /// a writer that refuses them), and its report says what it waits for.
+    fn hold_switching(&self, next: &mut Evaluation) {
+        for (service, sw) in &self.switches {
+            if let Some(v) = next.verdicts.get_mut(service) {
+                v.hold_writes = true;
+            }
+            if let Some(r) = next.report_mut(service) {
+                r.waiting = Some(format!("switching over: {}", sw.waiting));
+            }
+        }
+    }
+
+    /// `status`: where a planned switchover of `service` stands, if one ran.
+    pub fn switchover_status(&self, service: &str) -> Option<String> {
+        if let Some(sw) = self.switches.get(service) {
+            return Some(format!("under way: {}", sw.waiting));
+        }
+        if self.gates.get(service).is_some_and(|g| g.switched()) {
+            return Some(
+                "switched over: the sorry server has the writes until `lb-agent switchover \
+                 SERVICE --to WRITER`"
+                    .into(),
+            );
+        }
+        self.switch_failures
+            .get(service)
+            .map(|why| format!("failed: {why}"))
     }
 
     /// `lb-agent failback SERVICE`.
