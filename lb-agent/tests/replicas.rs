@@ -84,7 +84,8 @@ fn switchover(db1: &Host, db2: &Host, to: Option<&str>) -> (bool, String) {
     let mut said = String::new();
     for h in [db1, db2] {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"));
-        cmd.args(["switchover", "mysql-write", "--config"]).arg(&h.config);
+        cmd.args(["switchover", "mysql-write", "--config"])
+            .arg(&h.config);
         if let Some(to) = to {
             cmd.args(["--to", to]);
         }
@@ -264,7 +265,9 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     );
     let switched_out = outage(&log, t);
     assert!(
-        until(Duration::from_secs(20), || follows(rp1, DB2) && follows(rp2, DB2)).is_some(),
+        until(Duration::from_secs(20), || follows(rp1, DB2)
+            && follows(rp2, DB2))
+        .is_some(),
         "replicas after the switchover: rp1 {:?}, rp2 {:?}",
         source_of(rp1),
         source_of(rp2)
@@ -277,7 +280,10 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     );
     for h in [&db1, &db2] {
         let on = maintenance(h, DB1, "on");
-        assert!(on.status.success(), "maintenance of db1 after the switchover: {on:?}");
+        assert!(
+            on.status.success(),
+            "maintenance of db1 after the switchover: {on:?}"
+        );
     }
     std::thread::sleep(Duration::from_secs(1));
     for h in [&db1, &db2] {
@@ -289,14 +295,20 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     let back = until(Duration::from_secs(15), || {
         switchover(&db1, &db2, Some(DB1)).0
     });
-    assert!(back.is_some(), "switch back: {}", switchover(&db1, &db2, Some(DB1)).1);
+    assert!(
+        back.is_some(),
+        "switch back: {}",
+        switchover(&db1, &db2, Some(DB1)).1
+    );
     assert!(
         log.wait_for(1, t, Duration::from_secs(15)).is_some(),
         "no write on db1 after the switch back"
     );
     let switched_back = outage(&log, t);
     assert!(
-        until(Duration::from_secs(20), || follows(rp1, DB1) && follows(rp2, DB1)).is_some(),
+        until(Duration::from_secs(20), || follows(rp1, DB1)
+            && follows(rp2, DB1))
+        .is_some(),
         "replicas after the switch back: rp1 {:?}, rp2 {:?}",
         source_of(rp1),
         source_of(rp2)

@@ -361,11 +361,18 @@ mod tests {
         assert_eq!(g.step(now, h(1, true)), Mode::Sorry);
         assert!(g.switched() && g.switching().is_none());
         for _ in 0..3 {
-            assert_eq!(g.step(now, h(1, true)), Mode::Sorry, "caught up, still held");
+            assert_eq!(
+                g.step(now, h(1, true)),
+                Mode::Sorry,
+                "caught up, still held"
+            );
         }
         assert!(g.waiting().unwrap().contains("switched over"));
         assert!(g.begin_switchover(now).is_err(), "already there");
-        assert!(g.request_switch_back(h(0, true)).is_err(), "the writer is down");
+        assert!(
+            g.request_switch_back(h(0, true)).is_err(),
+            "the writer is down"
+        );
         g.request_switch_back(h(1, true)).unwrap();
         assert_eq!(g.step(now, h(1, true)), Mode::Pool);
         assert!(!g.switched());

@@ -18,8 +18,8 @@ use anyhow::Result;
 use super::{
     follow::Followers,
     monitor::{Change, Monitor, Report},
-    switchover::{self, Switch},
     mysql::{SourceLogin, Target},
+    switchover::{self, Switch},
     verdict::{self, AdoptedSorry, Evaluation, Fenced, Gates, Held, Maintenance, ServiceMode},
 };
 use crate::{
@@ -360,7 +360,11 @@ impl HealthState {
                 sw.fencing = false;
                 match result {
                     Ok(killed) => {
-                        tracing::warn!(service, killed, "switchover: the writer is fenced (clients disconnected, read_only=1); waiting for the sorry server to have all it committed");
+                        tracing::warn!(
+                            service,
+                            killed,
+                            "switchover: the writer is fenced (clients disconnected, read_only=1); waiting for the sorry server to have all it committed"
+                        );
                         sw.fenced_at = Some(now);
                     }
                     Err(e) => sw.failed = Some(format!("could not fence the writer: {e}")),
@@ -495,8 +499,7 @@ impl HealthState {
                 return Err(format!(
                     "{server} has the writes of {}: maintenance would move them unplanned \
                      (switch them over first: `lb-agent switchover {}`)",
-                    vs.name,
-                    vs.name
+                    vs.name, vs.name
                 ));
             }
         }
@@ -828,13 +831,8 @@ impl HealthState {
             }
             let sw = self.switches.get_mut(&service).expect("listed above");
             let failure = sw.failed.clone().or_else(|| {
-                sw.timed_out(now).then(|| {
-                    format!(
-                        "not done within {:?} ({})",
-                        switchover::TIMEOUT,
-                        sw.waiting
-                    )
-                })
+                sw.timed_out(now)
+                    .then(|| format!("not done within {:?} ({})", switchover::TIMEOUT, sw.waiting))
             });
             if let Some(why) = failure {
                 gate.abort_switchover();
@@ -978,7 +976,7 @@ mod tests {
 
     use super::*;
     use crate::health::{
-        monitor::Report,
+        monitor::{Outcome, Report},
         verdict::tests::{mysql, setup},
     };
 
@@ -1011,5 +1009,81 @@ mod tests {
         // The same reads again (no writes anywhere): db1's next check is after db2's.
         feed(&mut h, &cfg, 0, at(300));
         assert!(!h.verdicts()["write"].hold_sorry, "{:?}", h.eval.reports);
+    }
+
+    /// A switchover asks for the fence first and holds the writes; a failed fence ends it
+    /// with the writer made writable again and the reason in `status`.
+    #[test]
+    fn a_failed_switchover_lifts_the_writers_fence() {
+        let (plain, _, _) = setup("caught-up");
+        let t0 = Instant::now();
+        let mut h = HealthState::new(&plain, &AdoptedSorry::new(), t0).unwrap();
+        let refused = h.request_switchover(&plain, "write", None, t0).unwrap_err();
+        assert!(refused.contains("graceful"), "{refused}");
+        // The same service with `graceful = true` (spliced in after the policy's value).
+        let (cfg, _, _) = setup("immediate\"\ngraceful = true\n#");
+        let mut h = HealthState::new(&cfg, &AdoptedSorry::new(), t0).unwrap();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let up = |h: &mut HealthState, check, read_only, source: Option<&str>, ms| {
+            let mut outcome = mysql("0-1-4", read_only, source.is_some());
+            if let Outcome::Up {
+                mysql: Some(st), ..
+            } = &mut outcome
+                && let Some(r) = st.replica.as_mut()
+            {
+                r.source_host = source.unwrap().into();
+                r.received = "0-1-4".into();
+            }
+            h.handle(
+                Event::Check(Box::new(Report {
+                    check,
+                    outcome,
+                    started: at(ms),
+                    at: at(ms),
+                })),
+                at(ms),
+            );
+            h.evaluate(&cfg, at(ms));
+        };
+        // A fresh start is held on the sorry server until db1 is read after db2.
+        up(&mut h, 0, false, None, 100);
+        up(&mut h, 1, false, Some("10.0.0.1"), 200);
+        up(&mut h, 0, false, None, 250);
+        // (graceful: through a handover, which succeeds here)
+        let attempt = h.attempts;
+        h.handle(Event::Handover("write".into(), attempt, Ok(())), at(260));
+        h.evaluate(&cfg, at(260));
+        assert!(!h.verdicts()["write"].hold_sorry, "{:?}", h.eval.reports);
+        h.request_switchover(&cfg, "write", None, at(300)).unwrap();
+        let actions = h.evaluate(&cfg, at(300));
+        assert!(
+            matches!(&actions[..], [Action::SwitchFence { service, .. }] if service == "write"),
+            "{actions:?}"
+        );
+        assert!(
+            h.verdicts()["write"].hold_writes,
+            "the writes wait meanwhile"
+        );
+        assert!(
+            h.switchover_status("write")
+                .unwrap()
+                .starts_with("under way")
+        );
+        assert!(h.evaluate(&cfg, at(350)).is_empty(), "one fence");
+        h.handle(
+            Event::SwitchFenced("write".into(), Err("lock wait timeout".into())),
+            at(400),
+        );
+        let actions = h.evaluate(&cfg, at(400));
+        assert!(
+            matches!(&actions[..], [Action::MakeWritable { target }] if target.addr.ip().to_string() == "10.0.0.1"),
+            "{actions:?}"
+        );
+        assert!(!h.verdicts()["write"].hold_writes && !h.verdicts()["write"].hold_sorry);
+        let said = h.switchover_status("write").unwrap();
+        assert!(
+            said.starts_with("failed") && said.contains("lock wait"),
+            "{said}"
+        );
     }
 }

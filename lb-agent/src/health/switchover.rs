@@ -126,3 +126,121 @@ pub fn ready(sw: &Switch, writer: Option<&Checked>, sorry: Option<&Checked>) -> 
 fn answering(c: Option<&Checked>) -> Option<&MysqlState> {
     c.filter(|c| c.is_up()).and_then(|c| c.mysql.as_ref())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{
+        monitor::{Monitor, Outcome, Report},
+        mysql::Replica,
+        verdict::tests::setup,
+    };
+
+    const DB1: usize = 0;
+    const DB2: usize = 1;
+
+    /// A MySQL state: executed = binary log = `gtids`; `replicating` from db1 with zero lag.
+    fn state(gtids: &str, read_only: bool, replicating: bool) -> Outcome {
+        Outcome::Up {
+            mysql: Some(MysqlState {
+                mariadb: true,
+                read_only,
+                executed: gtids.into(),
+                binlog_pos: gtids.into(),
+                origin: if replicating { "2" } else { "1" }.into(),
+                replica: replicating.then(|| Replica {
+                    source_host: "10.0.0.1".into(),
+                    io_running: true,
+                    sql_running: true,
+                    seconds_behind: Some(0),
+                    received: gtids.into(),
+                    ..Replica::default()
+                }),
+                ..MysqlState::default()
+            }),
+            weight: None,
+        }
+    }
+
+    fn feed(m: &mut Monitor, t0: Instant, check: usize, started_ms: u64, outcome: Outcome) {
+        let started = t0 + Duration::from_millis(started_ms);
+        m.record(Report {
+            check,
+            outcome,
+            started,
+            at: started + Duration::from_millis(20),
+        });
+    }
+
+    #[test]
+    fn refused_unless_the_sorry_server_follows_the_writer_closely_and_cleanly() {
+        let (cfg, mut m, _) = setup("caught-up");
+        let t0 = Instant::now();
+        let vs = &cfg.services[0];
+        let (w, s) = (&vs.reals[0], vs.sorry.as_ref().unwrap());
+        let ask = |m: &Monitor| refusal(m.checked(w), m.checked(s), w.address);
+        feed(&mut m, t0, DB1, 0, state("0-1-10", false, false));
+        feed(&mut m, t0, DB2, 0, state("0-1-10", false, false));
+        assert!(ask(&m).unwrap().contains("replicates from nobody"));
+        // Lagging.
+        let mut lagging = state("0-1-9", false, true);
+        if let Outcome::Up {
+            mysql: Some(st), ..
+        } = &mut lagging
+        {
+            st.replica.as_mut().unwrap().seconds_behind = Some(4);
+        }
+        feed(&mut m, t0, DB2, 100, lagging);
+        assert!(ask(&m).unwrap().contains("not caught up"), "{:?}", ask(&m));
+        // A write of its own (domain 0, server 2's, beyond what db1 has).
+        feed(&mut m, t0, DB2, 200, state("0-2-11", false, true));
+        assert!(ask(&m).unwrap().contains("errant"), "{:?}", ask(&m));
+        // Following, caught up, clean: accepted.
+        feed(&mut m, t0, DB2, 300, state("0-1-10", false, true));
+        assert_eq!(ask(&m), None);
+        // The writer down: a failover's business.
+        for ms in [400, 500] {
+            feed(&mut m, t0, DB1, ms, Outcome::Down("refused".into()));
+        }
+        assert!(ask(&m).unwrap().contains("does not answer"));
+    }
+
+    /// The flip waits for the fence, then a check of the writer after it (read-only: its
+    /// final position), then a check of the sorry server after that one holding all of it.
+    #[test]
+    fn ready_only_once_the_sorry_server_holds_the_fenced_writers_last_position() {
+        let (cfg, mut m, _) = setup("caught-up");
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let vs = &cfg.services[0];
+        let (w, s) = (&vs.reals[0], vs.sorry.as_ref().unwrap());
+        feed(&mut m, t0, DB1, 0, state("0-1-10", false, false));
+        feed(&mut m, t0, DB2, 0, state("0-1-10", false, true));
+        let mut sw = Switch::new(at(50));
+        let ask = |m: &Monitor, sw: &Switch| ready(sw, m.checked(w), m.checked(s));
+        assert!(ask(&m, &sw).unwrap_err().contains("fencing"));
+        sw.fenced_at = Some(at(100));
+        // The writer's last read is from before the fence.
+        assert!(ask(&m, &sw).unwrap_err().contains("after its fence"));
+        // Read after the fence: two more commits made it in before it.
+        feed(&mut m, t0, DB1, 150, state("0-1-12", true, false));
+        assert!(ask(&m, &sw).unwrap_err().contains("sorry server after"));
+        // The sorry server read after the writer, not there yet.
+        let mut behind = state("0-1-11", false, true);
+        if let Outcome::Up {
+            mysql: Some(st), ..
+        } = &mut behind
+        {
+            st.replica.as_mut().unwrap().received = "0-1-12".into();
+        }
+        feed(&mut m, t0, DB2, 200, behind);
+        assert!(ask(&m, &sw).unwrap_err().contains("relay log"));
+        feed(&mut m, t0, DB2, 300, state("0-1-12", false, true));
+        assert_eq!(ask(&m, &sw), Ok(()));
+        // A writer that reads writable after the fence (lifted by someone): not ready.
+        feed(&mut m, t0, DB1, 400, state("0-1-12", false, false));
+        assert!(ask(&m, &sw).unwrap_err().contains("writable"));
+        assert!(!sw.timed_out(at(50) + TIMEOUT - Duration::from_millis(1)));
+        assert!(sw.timed_out(at(50) + TIMEOUT));
+    }
+}
