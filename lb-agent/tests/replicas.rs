@@ -4,9 +4,9 @@
 //! transaction) and one reads through the read VIP, throughout:
 //!
 //! 1. db1's MariaDB SIGKILLed: the writes go to db2 and both replicas are re-pointed to db2;
-//! 2. db1 back: caught-up failback, and the replicas are re-pointed to db1 again;
-//! 2b. maintenance of rp1 (drained, back once caught up); of the writer, refused;
-//! 2c. a planned switchover to db2 under load (the replicas follow db2), maintenance of db1
+//! 2. db1 back: caught-up failback, and the replicas are re-pointed to db1 again; then
+//!    maintenance of rp1 (drained, back once caught up) while the writer's is refused; then
+//!    a planned switchover to db2 under load (the replicas follow db2), maintenance of db1
 //!    while db2 has the writes, and the switch back to db1 (the replicas follow db1);
 //! 3. a write of its own on rp2 (errant), then db1 killed again: rp1 follows db2, rp2 cannot
 //!    follow (it has what db2 lacks) — out of the read pool, `status` and the metric say why,
