@@ -34,8 +34,8 @@ use common::{
     pair::{
         DB1, DB2, Host, READ_VIP, WRITE_VIP, adverts_lost_for, agent, agent_in, agent_stopped_for,
         counted, decision, dir, follows, heal, link_down_for, partition, readers_since, real_state,
-        replicating, second_writer_moments, set_up_full, source_of, start_agent, until, vip_on,
-        write_service,
+        replicating, second_writer_moments, set_up_full, source_of, start_agent, switchover, until,
+        vip_on, write_service,
     },
     sqlclient::{self, Log, missing_on},
     timeline,
@@ -474,6 +474,58 @@ fn the_recipe_test_plan() {
         took: back.map(|_| t.elapsed()),
         ok: back.is_some() && writes.is_some(),
     });
+
+    // 4b. With replicas: a planned switchover to the sorry server under load, and back.
+    if !replicas.is_empty() {
+        std::thread::sleep(Duration::from_secs(1));
+        let t = Instant::now();
+        let (ok, said) = switchover(&db1, &db2, None);
+        let took = log.wait_for(2, t, Duration::from_secs(15));
+        rows.push(Row {
+            step: "switchover to the sorry server",
+            expected: "db1 fenced, writes on db2 once it has all of db1's",
+            happened: format!(
+                "{}; writes on db2: {}",
+                said.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or(""),
+                took.is_some()
+            ),
+            took,
+            ok: ok && took.is_some(),
+        });
+        rows.push(replicas_follow(
+            &replicas,
+            DB2,
+            t,
+            "replicas follow the switchover",
+            "every replica re-pointed to db2 (took: from the request)",
+        ));
+        let t = Instant::now();
+        let asked = until(Duration::from_secs(15), || {
+            switchover(&db1, &db2, Some(DB1)).0
+        });
+        let took = log.wait_for(1, t, Duration::from_secs(20));
+        let violations = log.violations.lock().unwrap().len();
+        rows.push(Row {
+            step: "switch back to the writer",
+            expected: "writes return to db1 once it has db2's",
+            happened: format!(
+                "switch back accepted: {}; writes on db1; returned early {violations} time(s)",
+                asked.is_some()
+            ),
+            took,
+            ok: asked.is_some() && took.is_some() && violations == 0,
+        });
+        rows.push(replicas_follow(
+            &replicas,
+            DB1,
+            t,
+            "replicas follow the switch back",
+            "every replica re-pointed to db1 (took: from the request)",
+        ));
+    }
 
     // 5. Reboot the master: everything in it dies at once; it comes back as it boots.
     std::thread::sleep(Duration::from_secs(1));

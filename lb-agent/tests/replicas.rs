@@ -30,7 +30,7 @@ use common::{
     mariadb::{self, Db},
     pair::{
         DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, follows, readers_since,
-        second_writer_moments, set_up_with_replicas, source_of, status, until,
+        second_writer_moments, set_up_with_replicas, source_of, status, switchover, until,
     },
     sqlclient::{self, Log, missing_on},
 };
@@ -76,34 +76,6 @@ fn maintenance(h: &Host, server: &str, state: &str) -> std::process::Output {
         .arg(&h.config)
         .output()
         .unwrap()
-}
-
-/// `lb-agent switchover mysql-write [--to SERVER]` on the agent that decides the writer
-/// (either may; the other refuses and says so).
-fn switchover(db1: &Host, db2: &Host, to: Option<&str>) -> (bool, String) {
-    let mut said = String::new();
-    for h in [db1, db2] {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"));
-        cmd.args(["switchover", "mysql-write", "--config"])
-            .arg(&h.config);
-        if let Some(to) = to {
-            cmd.args(["--to", to]);
-        }
-        let out = cmd.output().unwrap();
-        said += &format!(
-            "{}: {}{}",
-            h.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            return (true, said);
-        }
-        if !String::from_utf8_lossy(&out.stderr).contains("does not decide") {
-            return (false, said);
-        }
-    }
-    (false, said)
 }
 
 /// The writes' outage around `t`: the longest gap between two acknowledged writes from `t`

@@ -441,6 +441,34 @@ pub fn second_writer_moments(log: &Log, since: Instant) -> Vec<String> {
         .collect()
 }
 
+/// `lb-agent switchover mysql-write [--to SERVER]` on the agent that decides the writer
+/// (either may; the other refuses and says so).
+pub fn switchover(db1: &Host, db2: &Host, to: Option<&str>) -> (bool, String) {
+    let mut said = String::new();
+    for h in [db1, db2] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"));
+        cmd.args(["switchover", "mysql-write", "--config"])
+            .arg(&h.config);
+        if let Some(to) = to {
+            cmd.args(["--to", to]);
+        }
+        let out = cmd.output().unwrap();
+        said += &format!(
+            "{}: {}{}",
+            h.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            return (true, said);
+        }
+        if !String::from_utf8_lossy(&out.stderr).contains("does not decide") {
+            return (false, said);
+        }
+    }
+    (false, said)
+}
+
 /// Polls `cond` (bounded); how long until it held.
 pub fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
