@@ -584,18 +584,24 @@ fn the_recipe_test_plan() {
     // The master host's link down for 5 s, then up: db2 takes over VRRP but cannot tell a
     // dead db1 from an unreachable one, and db1's agent never sees its writer fail. The
     // shared decision keeps one writer: db2 decides nothing until it has waited db1 out, and
-    // db1, back, follows db2's decision (and its gate) before it decides again.
+    // db1, back, follows db2's decision (and its gate) before it decides again. A commit in
+    // db1's semi-sync wait at the cut stays in its binary log when the wait times out, never
+    // acknowledged (without `[quorum]` nothing fences db1 before that): the agents keep db1
+    // out of the writes and say ERRANT, and it is rebuilt as the README says.
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
     link_down_for(&lab, &db1, Duration::from_secs(5));
-    rows.push(back_on_db1(
+    let repaired = repair_errant(&lab, &db1, &db2);
+    let mut row = back_on_db1(
         &lab,
         &log,
         t,
         "master host's link down 5 s",
-        "one writer at a time; writes back on db1 after the link returns",
+        "one writer at a time; errant commit rebuilt; writes back on db1 after the link returns",
         None,
-    ));
+    );
+    row.happened = format!("{repaired}; {}", row.happened);
+    rows.push(row);
 
     // VRRP adverts lost between the hosts for 10 s: both hosts are master and the clients'
     // ARP entries move to db2; every LB forwards by the same decision, so db1 keeps the

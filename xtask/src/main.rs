@@ -256,8 +256,15 @@ fn test(root: &Path) -> Result<()> {
     let deb = package::build(root)?;
     package::lint(&deb)?;
     // Namespace tests share the host's bridge-less network state: run them one at a time.
+    // Every test file runs even after one fails: a CI run reports all its failures.
     run(cargo()
-        .args(["test", "--locked", "--release", "--workspace"])
+        .args([
+            "test",
+            "--locked",
+            "--release",
+            "--workspace",
+            "--no-fail-fast",
+        ])
         .args(["--", "--test-threads=1"]))?;
     // The deployment: units that systemd accepts, a binary that accepts its configuration.
     deploy::check(root)?;

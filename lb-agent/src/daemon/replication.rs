@@ -301,36 +301,20 @@ impl Daemon {
         if !self.decides_writer(now) {
             return;
         }
+        let shared: Vec<String> = shared_services(&self.cfg)
+            .iter()
+            .map(|vs| vs.name.clone())
+            .collect();
+        let errant =
+            lb_agent::health::verdict::errant_writers(&self.cfg, &self.health.monitor, &|s| {
+                shared.iter().any(|n| n == s) && self.uses_sorry(s)
+            });
         let mut reports = Vec::new();
-        for vs in shared_services(&self.cfg) {
-            let Some(sorry) = vs.sorry.as_ref() else {
-                continue;
-            };
-            let using_sorry = self.uses_sorry(&vs.name);
-            let Some(sorry_state) = self.health.monitor.answering(sorry).cloned() else {
-                continue;
-            };
-            // While it replicates from the writer, "ahead" is only replication lag.
-            let replicates = sorry_state
-                .replica
-                .as_ref()
-                .is_some_and(|r| !r.io_stopped || r.sql_running);
-            if !using_sorry || replicates {
-                continue;
-            }
-            for rs in &vs.reals {
-                let Some(st) = self.health.monitor.answering(rs) else {
-                    continue;
-                };
-                let Err(why) = st.errant_against(&sorry_state) else {
-                    continue;
-                };
-                // Once per errant set: the server goes on replicating the sorry server's
-                // writes, so its whole position changes every round.
-                let key = (rs.address, st.errant_part(&sorry_state).unwrap_or_default());
-                if self.fences.errant_reported.insert(key) {
-                    reports.push((vs.name.clone(), format!("{}: {why}", rs.address)));
-                }
+        for e in errant {
+            // Once per errant set: the server goes on replicating the sorry server's
+            // writes, so its whole position changes every round.
+            if self.fences.errant_reported.insert((e.addr, e.gtids)) {
+                reports.push((e.service, format!("{}: {}", e.addr, e.why)));
             }
         }
         for (service, why) in reports {

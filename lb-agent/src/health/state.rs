@@ -462,9 +462,24 @@ impl HealthState {
                 !caught_up
             }
         });
+        let eval = &self.eval;
+        let quarantined = verdict::errant_writers(cfg, monitor, &|s| eval.holds_sorry(s))
+            .into_iter()
+            .map(|e| {
+                (
+                    e.addr,
+                    format!(
+                        "errant transactions {} (the writer of {} is back with what its sorry \
+                         server lacks): out until rebuilt",
+                        e.gtids, e.service
+                    ),
+                )
+            })
+            .collect();
         Held {
             cannot_follow: self.cannot_follow(),
             maintenance: self.maintenance.clone(),
+            quarantined,
         }
     }
 

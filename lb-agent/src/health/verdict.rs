@@ -60,6 +60,59 @@ pub struct Held {
     pub cannot_follow: HashMap<IpAddr, String>,
     /// Servers an operator put in maintenance (`lb-agent maintenance`).
     pub maintenance: HashMap<IpAddr, Maintenance>,
+    /// Old writers back with errant transactions (see `errant_writers`), with why: out of
+    /// every read pool until rebuilt (their writer services keep them out by the failback's
+    /// own errant check).
+    pub quarantined: HashMap<IpAddr, String>,
+}
+
+/// A writer whose binary log holds transactions its sorry server lacks (see
+/// `MysqlState::errant_against`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrantWriter {
+    pub service: String,
+    pub addr: IpAddr,
+    /// The errant GTIDs, in the server's format.
+    pub gtids: String,
+    pub why: String,
+}
+
+/// The writers of services on their sorry server (`on_sorry`) that came back with
+/// transactions the sorry server lacks, judged only once the sorry server no longer
+/// replicates from them (while it does, "ahead" is only replication lag).
+pub fn errant_writers(
+    cfg: &Config,
+    m: &Monitor,
+    on_sorry: &dyn Fn(&str) -> bool,
+) -> Vec<ErrantWriter> {
+    let mut out = Vec::new();
+    for vs in cfg.services.iter().filter(|vs| on_sorry(&vs.name)) {
+        let Some(sorry_state) = vs.sorry.as_ref().and_then(|s| m.answering(s)) else {
+            continue;
+        };
+        let replicates = sorry_state
+            .replica
+            .as_ref()
+            .is_some_and(|r| !r.io_stopped || r.sql_running);
+        if replicates {
+            continue;
+        }
+        for rs in &vs.reals {
+            let Some(st) = m.answering(rs) else {
+                continue;
+            };
+            let Err(why) = st.errant_against(sorry_state) else {
+                continue;
+            };
+            out.push(ErrantWriter {
+                service: vs.name.clone(),
+                addr: rs.address,
+                gtids: st.errant_part(sorry_state).unwrap_or_default(),
+                why,
+            });
+        }
+    }
+    out
 }
 
 /// A server's maintenance, as `lb-agent maintenance SERVER on|off` set it.
@@ -335,6 +388,13 @@ pub fn evaluate(
                 h.usable = false;
                 h.reason = Some(format!("cannot follow the writer: {why}"));
             }
+            // An old writer back with errant transactions serves no reads either.
+            if let Some(why) = held.quarantined.get(&rs.address)
+                && vs.sorry.is_none()
+            {
+                h.usable = false;
+                h.reason = Some(format!("quarantined: {why}"));
+            }
             // Maintenance: out of a writer service (its writes must not come back to it),
             // drained in the others (weight 0: established connections go on).
             if let Some(mt) = held.maintenance.get(&rs.address) {
@@ -578,6 +638,27 @@ address = "10.0.0.2"
         r.feed(500, DB1, mysql("0-1-12", false, false));
         let c = r.m.checked(db1).unwrap();
         assert_eq!(c.read_started(), Some(r.t0 + Duration::from_millis(500)));
+    }
+
+    /// An old writer back with what its sorry server lacks is errant once the sorry server
+    /// no longer replicates from it (before, "ahead" is only lag), and only while the
+    /// service is on the sorry server.
+    #[test]
+    fn an_old_writer_back_ahead_of_the_sorry_server_is_errant() {
+        let mut r = run("caught-up");
+        r.feed(0, DB1, mysql("0-1-12", true, false));
+        // db2 still replicates from db1 (both threads): lag, not errant.
+        r.feed(10, DB2, mysql("0-1-10", false, true));
+        assert!(errant_writers(&r.cfg, &r.m, &|_| true).is_empty());
+        // db2 stopped replicating (it took the writes): 0-1-11 and 0-1-12 are errant.
+        r.feed(20, DB2, mysql("0-1-10", false, false));
+        let e = errant_writers(&r.cfg, &r.m, &|_| true);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].addr.to_string(), "10.0.0.1");
+        assert_eq!(e[0].gtids, "0-1-12");
+        assert!(e[0].why.contains("ERRANT"));
+        // Not on the sorry server: nothing to judge.
+        assert!(errant_writers(&r.cfg, &r.m, &|_| false).is_empty());
     }
 
     #[test]

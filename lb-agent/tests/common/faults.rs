@@ -15,8 +15,8 @@ use std::{
 use super::{
     Lab, mariadb,
     pair::{
-        DB1, Host, WRITE_VIP, counted, replicating, second_writer_moments, start_agent, until,
-        vip_on, write_service,
+        DB1, Host, WRITE_VIP, counted, real_field, replicating, second_writer_moments, start_agent,
+        until, vip_on, write_service,
     },
     sqlclient::{self, Log, missing_on},
 };
@@ -246,9 +246,24 @@ impl Run {
             })
         })
         .ok_or_else(|| format!("db1 has errant transactions {errant:?}; no agent said so"))?;
+        // Quarantined: no reads either (issue 13), with the GTIDs named.
+        let quarantined = poll(Duration::from_secs(10), || {
+            [&self.db1, &self.db2].iter().find_map(|h| {
+                let why = real_field(&self.lab, h, "mysql-read", DB1, "reason");
+                why.contains("quarantined: errant transactions")
+                    .then_some(why)
+            })
+        })
+        .ok_or_else(|| {
+            format!(
+                "db1 has errant transactions {errant:?}; still in the read pool: {:?} / {:?}",
+                real_field(&self.lab, &self.db1, "mysql-read", DB1, "reason"),
+                real_field(&self.lab, &self.db2, "mysql-read", DB1, "reason")
+            )
+        })?;
         let n: u64 = errant.iter().map(|(_, mine, theirs)| mine - theirs).sum();
         println!(
-            "db1: {n} errant transaction(s) {errant:?}; the agents: {said:?}; rebuilding db1 from db2"
+            "db1: {n} errant transaction(s) {errant:?}; the agents: {said:?}; read pool: {quarantined:?}; rebuilding db1 from db2"
         );
         mariadb::rebuild_from(d1, d2);
         self.rebuilt += n;

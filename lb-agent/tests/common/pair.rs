@@ -359,6 +359,12 @@ pub fn status(lab: &Lab, h: &Host) -> serde_json::Value {
 
 /// The state `status` gives real server `addr` in service `service` of host `h`.
 pub fn real_state(lab: &Lab, h: &Host, service: &str, addr: &str) -> String {
+    real_field(lab, h, service, addr, "state")
+}
+
+/// Field `field` (`state`, `reason`, ...) of real server `addr` in service `service`, as
+/// `status` of host `h` says it (empty when absent).
+pub fn real_field(lab: &Lab, h: &Host, service: &str, addr: &str, field: &str) -> String {
     let s = status(lab, h);
     s["services"]
         .as_array()
@@ -367,7 +373,7 @@ pub fn real_state(lab: &Lab, h: &Host, service: &str, addr: &str) -> String {
         .filter(|svc| svc["name"] == service)
         .flat_map(|svc| svc["real_servers"].as_array().cloned().unwrap_or_default())
         .find(|r| r["address"] == addr)
-        .map(|r| r["state"].as_str().unwrap_or("").to_string())
+        .map(|r| r[field].as_str().unwrap_or("").to_string())
         .unwrap_or_default()
 }
 
