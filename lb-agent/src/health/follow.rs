@@ -252,6 +252,23 @@ impl Followers {
                 mine.beyond(&theirs)
             ));
         }
+        // MySQL: what the writer purged from its binary logs must be on the replica already,
+        // or it could never fetch it (the IO thread would stop on error 1236).
+        if !w.state.purged.is_empty() {
+            match Gtids::parse(&w.state.purged) {
+                Ok(purged) if !mine.contains(&purged) => {
+                    return Phase::CannotFollow(format!(
+                        "the writer {writer} has purged {} from its binary logs, which the \
+                         replica lacks: rebuild it from a backup of the writer",
+                        purged.beyond(&mine)
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Phase::Waiting(format!("unreadable purged GTID set: {e}"));
+                }
+            }
+        }
         let repointing_now =
             matches!(before, Phase::Repointing { source, .. } if *source == writer);
         if self
@@ -448,6 +465,39 @@ mod tests {
         let fixed = state("1-1-101,2-2-60", Some((W2, true)));
         run.step(31.0, W2, Some(&writer_later), Some(&fixed));
         assert_eq!(*run.f.phase(ip(R)), Phase::Following);
+    }
+
+    /// MySQL: a replica that lacks what the new writer purged from its binary logs cannot
+    /// fetch it: never re-pointed, out with the reason; one that has it is re-pointed.
+    #[test]
+    fn a_writer_that_purged_what_the_replica_lacks_is_not_followed() {
+        let a = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let b = "4f22ab58-82db-22f2-8f44-d91bb0530673";
+        let mysql = |executed: &str, purged: &str, source: Option<(&str, bool)>| MysqlState {
+            mariadb: false,
+            purged: purged.into(),
+            ..state(executed, source)
+        };
+        // The new writer (W2) has everything, but purged a:1-50 and b:1-20.
+        let writer = mysql(
+            &format!("{a}:1-100,{b}:1-30"),
+            &format!("{a}:1-50,{b}:1-20"),
+            None,
+        );
+        let behind = mysql(&format!("{a}:1-40"), "", Some((W1, false)));
+        let mut run = Run::new();
+        let (repoint, failed) = run.step(0.0, W2, Some(&writer), Some(&behind));
+        assert!(repoint.is_empty());
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(
+            failed[0].1.contains("purged") && failed[0].1.contains(b),
+            "{failed:?}"
+        );
+        // One that has all the purged transactions is re-pointed.
+        let mut run = Run::new();
+        let along = mysql(&format!("{a}:1-90,{b}:1-25"), "", Some((W1, false)));
+        let (repoint, failed) = run.step(0.0, W2, Some(&writer), Some(&along));
+        assert_eq!(repoint.len(), 1, "{failed:?}");
     }
 
     #[test]

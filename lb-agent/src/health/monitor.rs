@@ -20,6 +20,10 @@ use super::{
 use crate::config::{CheckKind, CheckSpec, Config, Real};
 
 /// What one check run found, before hysteresis.
+// Short-lived (one per run, moved into the check's table at once), and it crosses the
+// channel boxed inside `state::Event::Check`: boxing the MySQL state as well would only add
+// an allocation per run.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Up {

@@ -60,6 +60,11 @@ pub struct MysqlState {
     /// `server_uuid`), so that what a writer replicated from it is never taken for errant.
     #[serde(default)]
     pub origin: String,
+    /// What its binary logs no longer hold (MySQL: `gtid_purged`): a replica lacking any of
+    /// it cannot fetch it from this server. Empty on MariaDB, which has no such set (a
+    /// replica asking for a purged position shows as an IO thread that stops: see `follow`).
+    #[serde(default)]
+    pub purged: String,
     /// `None` when it replicates from nobody.
     pub replica: Option<Replica>,
     /// Semi-synchronous replication, as the server reports it (`None`: not available, e.g.
@@ -310,14 +315,16 @@ async fn read_state(conn: &mut Conn, replication: bool) -> mysql_async::Result<M
         let id: Option<u64> = conn.query_first("SELECT @@global.server_id").await?;
         s.origin = id.map(|i| i.to_string()).unwrap_or_default();
     } else {
-        let (sro, exec, uuid): (i64, String, String) = conn
+        let (sro, exec, uuid, purged): (i64, String, String, String) = conn
             .query_first(
-                "SELECT @@global.super_read_only, @@global.gtid_executed, @@global.server_uuid",
+                "SELECT @@global.super_read_only, @@global.gtid_executed, @@global.server_uuid, \
+                 @@global.gtid_purged",
             )
             .await?
             .unwrap_or_default();
         s.super_read_only = sro != 0;
         s.origin = uuid;
+        s.purged = purged;
         s.binlog_pos = exec.clone();
         s.executed = exec;
     }
