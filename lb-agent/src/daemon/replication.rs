@@ -52,6 +52,26 @@ impl Daemon {
             // decision; the local checks' view can differ, e.g. on a new leader whose
             // writer has not caught up yet).
             let holds_sorry = self.uses_sorry(&vs.name);
+            // Only on a decision this agent's data plane follows: with `[quorum]` the
+            // committed one; with `[pair]` the pair's, once current. A leader that has not
+            // heard its peer yet (just started, or back) knows neither: its start-up view
+            // ("held on the sorry server until the writer proves itself") is not where the
+            // writes are, and stopping the sorry server's replication on it would leave the
+            // writer committing with no semi-sync replica (seen: 149 acknowledged writes on
+            // db1 alone when it died 4 s later).
+            let epoch = match (&self.quorum, &self.pair) {
+                (Some(q), _) => match q.state.followed(now, &vs.name) {
+                    Some(d) if d.sorry == holds_sorry => d.epoch,
+                    _ => continue,
+                },
+                (None, Some(p)) => match p.shared.decision(&vs.name) {
+                    Some(d) if p.shared.current(now) && d.epoch > 0 && d.sorry == holds_sorry => {
+                        d.epoch
+                    }
+                    _ => continue,
+                },
+                (None, None) => 0,
+            };
             // Writers that answer while the sorry server has the writes: sessions cut off
             // mid-transaction would block replication into them (every 3 s).
             if holds_sorry
@@ -70,14 +90,6 @@ impl Daemon {
                     }
                 }
             }
-            // With `[quorum]`, only once the data plane follows the committed decision.
-            let epoch = match &self.quorum {
-                Some(q) => match q.state.followed(now, &vs.name) {
-                    Some(d) if d.sorry == holds_sorry => d.epoch,
-                    _ => continue,
-                },
-                None => 0,
-            };
             let Some(replica) = self
                 .health
                 .monitor
