@@ -175,14 +175,7 @@ impl Gate {
         if !self.switched {
             return Err("the service was not switched over to its sorry server".into());
         }
-        if h.usable < h.quorum {
-            return Err(format!(
-                "only {} of the {} real server(s) the quorum needs pass their checks",
-                h.usable, h.quorum
-            ));
-        }
-        self.requested = true;
-        Ok(())
+        self.request_back(h)
     }
 
     /// `lb-agent failback SERVICE`.
@@ -190,6 +183,12 @@ impl Gate {
         if self.mode == Mode::Pool {
             return Err("the service is not on its sorry server".into());
         }
+        self.request_back(h)
+    }
+
+    /// The way back from the sorry server, asked for by an operator: carried out at the next
+    /// step, if the quorum still holds then.
+    fn request_back(&mut self, h: Health) -> Result<(), String> {
         if h.usable < h.quorum {
             return Err(format!(
                 "only {} of the {} real server(s) the quorum needs pass their checks",

@@ -141,6 +141,11 @@ impl Checked {
         self.tracker.is_up()
     }
 
+    /// The MySQL state the latest run read, while the check passes.
+    pub fn answering(&self) -> Option<&MysqlState> {
+        self.mysql.as_ref().filter(|_| self.is_up())
+    }
+
     /// When the run that read `mysql` started: what it read is at least that recent. Not the
     /// latest run's start: a failed run (still up, within `fall`) keeps the older state, and
     /// dating that state by the failed run would make it look newer than it is.
@@ -208,9 +213,7 @@ impl Monitor {
 
     /// The MySQL state of `rs` as its latest check read it, when that check passed.
     pub fn answering(&self, rs: &Real) -> Option<&MysqlState> {
-        self.checked(rs)
-            .filter(|c| c.is_up())
-            .and_then(|c| c.mysql.as_ref())
+        self.checked(rs)?.answering()
     }
 
     /// Where and as whom the MySQL check of `rs` logs in.

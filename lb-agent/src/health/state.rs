@@ -772,18 +772,11 @@ impl HealthState {
                 vs.address
             ));
         }
-        let usable = self
-            .eval
-            .reports
-            .iter()
-            .find(|r| r.name == service)
-            .map_or(0, |r| r.reals.iter().filter(|r| r.usable).count() as u32);
+        let health = self.operator_health(vs);
         let gate = self.gates.get_mut(service).ok_or("no failback gate")?;
         match to {
             Some(addr) if addr == writer.address => {
-                gate.request_switch_back(crate::balancer::failback::Health::new(
-                    usable, vs.quorum, true,
-                ))?;
+                gate.request_switch_back(health)?;
                 Ok(format!(
                     "{service}: switching back to {addr}: the sorry server read-only until \
                      {addr} has all it took, then the writes go to {addr}"
@@ -918,18 +911,26 @@ impl HealthState {
 
     /// `lb-agent failback SERVICE`.
     pub fn request_failback(&mut self, cfg: &Config, service: &str) -> Result<(), String> {
-        let (Some(gate), Some(vs)) = (self.gates.get_mut(service), cfg.service(service)) else {
+        let Some(vs) = cfg.service(service) else {
             return Err(format!("no virtual server named {service:?}"));
         };
+        let health = self.operator_health(vs);
+        let Some(gate) = self.gates.get_mut(service) else {
+            return Err(format!("no virtual server named {service:?}"));
+        };
+        gate.request_failback(health)
+    }
+
+    /// What an operator's way back from the sorry server is judged on: the real servers of
+    /// `vs` usable in the last evaluation, against its quorum.
+    fn operator_health(&self, vs: &Service) -> crate::balancer::failback::Health {
         let usable = self
             .eval
             .reports
             .iter()
-            .find(|r| r.name == service)
+            .find(|r| r.name == vs.name)
             .map_or(0, |r| r.reals.iter().filter(|r| r.usable).count() as u32);
-        gate.request_failback(crate::balancer::failback::Health::new(
-            usable, vs.quorum, true,
-        ))
+        crate::balancer::failback::Health::new(usable, vs.quorum, true)
     }
 }
 

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{gtid::Gtids, monitor::Checked, mysql::MysqlState};
+use super::monitor::Checked;
 
 /// How long a switchover may take from the request to the flip.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,12 +60,12 @@ pub fn refusal(
     sorry: Option<&Checked>,
     writer_addr: std::net::IpAddr,
 ) -> Option<String> {
-    let Some(w) = answering(writer) else {
+    let Some(w) = writer.and_then(Checked::answering) else {
         return Some(format!(
             "the writer {writer_addr} does not answer its check (a failover, not a switchover)"
         ));
     };
-    let Some(s) = answering(sorry) else {
+    let Some(s) = sorry.and_then(Checked::answering) else {
         return Some("the sorry server does not answer its MySQL check".into());
     };
     let Some(r) = s.replica.as_ref() else {
@@ -80,19 +80,14 @@ pub fn refusal(
     if let Err(why) = s.replica_within(Duration::ZERO) {
         return Some(format!("the sorry server is not caught up: {why}"));
     }
-    match (Gtids::parse(&s.binlog_pos), Gtids::parse(&w.executed)) {
-        (Ok(mine), Ok(theirs)) => {
-            let mine = mine.without_origin(&w.origin);
-            if !theirs.contains(&mine) {
-                return Some(format!(
-                    "the sorry server has {} that the writer lacks (errant transactions)",
-                    mine.beyond(&theirs)
-                ));
-            }
-        }
-        (Err(e), _) | (_, Err(e)) => return Some(format!("unreadable GTID position: {e}")),
+    // The errant question of a returning writer, asked the other way round.
+    match s.errant_part(w) {
+        Ok(errant) if errant.is_empty() => None,
+        Ok(errant) => Some(format!(
+            "the sorry server has {errant} that the writer lacks (errant transactions)"
+        )),
+        Err(e) => Some(format!("unreadable GTID position: {e}")),
     }
-    None
 }
 
 /// Whether the flip is safe now: the writer read after its fence (read-only, its final
@@ -101,9 +96,9 @@ pub fn refusal(
 pub fn ready(sw: &Switch, writer: Option<&Checked>, sorry: Option<&Checked>) -> Result<(), String> {
     let fenced_at = sw.fenced_at.ok_or("fencing the writer")?;
     let w = writer.ok_or("the writer is not checked")?;
-    let (Some(w_state), Some(w_read)) = (
-        answering(Some(w)),
-        w.read_started().filter(|t| *t >= fenced_at),
+    let (Some(w_state), true) = (
+        w.answering(),
+        w.read_started().is_some_and(|t| t >= fenced_at),
     ) else {
         return Err("waiting for a check of the writer after its fence".into());
     };
@@ -111,10 +106,11 @@ pub fn ready(sw: &Switch, writer: Option<&Checked>, sorry: Option<&Checked>) -> 
         return Err("the writer still reads writable".into());
     }
     let s = sorry.ok_or("the sorry server is not checked")?;
+    // After the writer's read ended (the same run that read its final position).
     let (Some(s_state), true) = (
-        answering(Some(s)),
+        s.answering(),
         s.read_started()
-            .is_some_and(|t| w.up_at.is_some_and(|w_end| t >= w_end) && t >= w_read),
+            .is_some_and(|t| w.up_at.is_some_and(|w_end| t >= w_end)),
     ) else {
         return Err("waiting for a check of the sorry server after the writer's".into());
     };
@@ -123,16 +119,12 @@ pub fn ready(sw: &Switch, writer: Option<&Checked>, sorry: Option<&Checked>) -> 
         .map_err(|e| format!("the sorry server: {e}"))
 }
 
-fn answering(c: Option<&Checked>) -> Option<&MysqlState> {
-    c.filter(|c| c.is_up()).and_then(|c| c.mysql.as_ref())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::health::{
         monitor::{Monitor, Outcome, Report},
-        mysql::Replica,
+        mysql::{MysqlState, Replica},
         verdict::tests::setup,
     };
 
