@@ -3,7 +3,8 @@
 //! `replicas`. Two clients write through the write VIP (a row and a counter increment per
 //! transaction) and one reads through the read VIP, throughout:
 //!
-//! 1. db1's MariaDB SIGKILLed: the writes go to db2 and both replicas are re-pointed to db2;
+//! 1. db1's MariaDB SIGKILLed, rp1's SQL thread stopped (relay log not applied): the writes
+//!    go to db2 and both replicas are re-pointed to db2;
 //! 2. db1 back: caught-up failback, and the replicas are re-pointed to db1 again; then
 //!    maintenance of rp1 (drained, back once caught up) while the writer's is refused; then
 //!    a planned switchover to db2 under load (the replicas follow db2), maintenance of db1
@@ -11,7 +12,10 @@
 //! 3. a write of its own on rp2 (errant), then db1 killed again: rp1 follows db2, rp2 cannot
 //!    follow (it has what db2 lacks) — out of the read pool, `status` and the metric say why,
 //!    nobody touches it;
-//! 4. db1 back: rp1 follows db1 again, rp2 stays out.
+//! 4. db1 back: rp1 follows db1 again, rp2 stays out;
+//! 5. db1 killed again, back with a transaction db2 lacks (an old writer ahead): quarantined
+//!    — no writes, no reads, the GTID named — until rebuilt from db2, then the writes and
+//!    rp1 come back to it.
 //!
 //! After each: who replicates from whom (asked of the servers themselves), what `status`
 //! says. At the end, with the writers stopped and replication settled: every acknowledged
@@ -31,6 +35,7 @@ use common::{
     pair::{
         DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, follows, readers_since,
         second_writer_moments, set_up_with_replicas, source_of, status, switchover, until,
+        write_service,
     },
     sqlclient::{self, Log, missing_on},
 };
@@ -127,7 +132,21 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
         "the replicas are not seen following db1"
     );
 
-    // 1. The writer's MariaDB killed: writes on db2, replicas re-pointed to db2.
+    // 1. The writer's MariaDB killed: writes on db2, replicas re-pointed to db2. rp1's SQL
+    //    thread was stopped 2 s before (a long query or an operator holds it): its relay log
+    //    holds db1's writes it has not applied. Re-pointed, it discards that relay log
+    //    (CHANGE MASTER) and fetches what it lacks from db2, which has every acknowledged
+    //    write (semi-sync): nothing is lost, nothing applied twice.
+    rp1.sql("STOP SLAVE SQL_THREAD");
+    std::thread::sleep(Duration::from_secs(2));
+    let applied = mariadb::seqs(&rp1.sql("SELECT @@gtid_slave_pos"));
+    let written = mariadb::seqs(&db1.db.sql("SELECT @@gtid_binlog_pos"));
+    let behind = written.get(&1).copied().unwrap_or(0) - applied.get(&1).copied().unwrap_or(0);
+    assert!(
+        behind > 0 && source_of(rp1) == (DB1.to_string(), true, false),
+        "rp1 is not behind with its SQL thread stopped: {applied:?} vs db1 {written:?}, {:?}",
+        source_of(rp1)
+    );
     let t = Instant::now();
     marks.push(("db1 killed", t));
     lab.kill(db1.db.pid);
@@ -147,7 +166,8 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
         phase(&lab, &db1, rp2.addr.as_str())
     );
     figures.push(format!(
-        "writer killed: replicas follow db2 {:.2} s after the writes moved; writes' outage {:.2} s",
+        "writer killed (rp1's SQL thread stopped, {behind} transactions behind): replicas \
+         follow db2 {:.2} s after the writes moved; writes' outage {:.2} s",
         moved.unwrap().as_secs_f64(),
         outage(&log, t).as_secs_f64()
     ));
@@ -348,6 +368,85 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
         source_of(rp1)
     );
     assert_eq!(phase(&lab, &db1, rp2.addr.as_str()).0, "cannot-follow");
+
+    // 5. An old writer that comes back ahead: db1 killed a third time commits a transaction
+    //    of its own while nobody can reach it (as the unacknowledged tail a writer commits
+    //    after its replica is gone would be) and returns. Quarantined: no writes back, no
+    //    reads, the GTID named; rp1 stays on db2. Then the operator's repair (README: Errant
+    //    transactions, a rebuild from db2): the writes come back once it has caught up.
+    let t = Instant::now();
+    marks.push(("db1 killed a third time", t));
+    lab.kill(db1.db.pid);
+    assert!(
+        log.wait_for(2, t, Duration::from_secs(15)).is_some(),
+        "no write on db2"
+    );
+    assert!(
+        until(Duration::from_secs(20), || follows(rp1, DB2)).is_some(),
+        "rp1 does not follow db2: {:?}",
+        source_of(rp1)
+    );
+    lab.mariadb_start(&mut db1.db, &["--skip-networking", "--skip-slave-start"]);
+    db1.db
+        .sql("INSERT INTO app.w (id, server) VALUES (999999998, 1)");
+    let ahead = mariadb::errant(&db1.db, &db2.db);
+    assert!(!ahead.is_empty(), "db1 is not ahead of db2");
+    let errant_gtid = format!("1-1-{}", ahead[0].1);
+    lab.stop(db1.db.pid);
+    let t = Instant::now();
+    marks.push(("db1 back ahead", t));
+    lab.mariadb_start(&mut db1.db, &[]);
+    let said = until(Duration::from_secs(20), || {
+        write_service(&lab, &db1, "failback_waiting")
+            .as_str()
+            .is_some_and(|w| w.contains("ERRANT"))
+            && read_pool_reason(&lab, &db1, DB1)
+                .is_some_and(|r| r.contains("quarantined: errant transactions"))
+    });
+    let why = read_pool_reason(&lab, &db1, DB1).unwrap_or_default();
+    assert!(
+        said.is_some(),
+        "db1 back ahead ({ahead:?}): failback {}, read pool {why:?}",
+        write_service(&lab, &db1, "failback_waiting")
+    );
+    assert!(why.contains(&errant_gtid), "{errant_gtid} not named: {why}");
+    let t_q = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let acked_on_db1 = log
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|a| a.at > t_q && a.server == 1);
+    assert!(!acked_on_db1, "writes on the quarantined db1");
+    assert!(
+        !readers_since(&log, t_q).contains(&1),
+        "the quarantined db1 serves reads"
+    );
+    assert!(follows(rp1, DB2), "rp1 left db2: {:?}", source_of(rp1));
+    figures.push(format!(
+        "old writer back ahead ({errant_gtid}): quarantined {:.2} s after its start, no \
+         writes or reads for 3 s",
+        said.unwrap().as_secs_f64()
+    ));
+    mariadb::rebuild_from(&db1.db, &db2.db);
+    let t = Instant::now();
+    marks.push(("db1 rebuilt", t));
+    let back = log.wait_for(1, t, Duration::from_secs(30));
+    assert!(
+        back.is_some(),
+        "the writes did not come back to the rebuilt db1: {}",
+        write_service(&lab, &db1, "failback_waiting")
+    );
+    assert!(
+        until(Duration::from_secs(25), || follows(rp1, DB1)).is_some(),
+        "rp1 after the rebuilt db1's failback: {:?}",
+        source_of(rp1)
+    );
+    figures.push(format!(
+        "db1 rebuilt: the writes back on it {:.2} s later, rp1 follows it",
+        t.elapsed().as_secs_f64()
+    ));
 
     // The end: every acknowledged write on db1, db2 and rp1; counter = rows; checksums.
     log.stop.store(true, Ordering::Relaxed);
