@@ -7,7 +7,8 @@
 //!    go to db2 and both replicas are re-pointed to db2;
 //! 2. db1 back: caught-up failback, and the replicas are re-pointed to db1 again; then
 //!    maintenance of rp1 (drained, back once caught up) while the writer's is refused; then
-//!    a planned switchover to db2 under load (the replicas follow db2), maintenance of db1
+//!    a planned switchover to db2 under load (the replicas follow db2), db1's agent
+//!    restarted meanwhile (the VRRP master moves: the writes stay switched over), maintenance of db1
 //!    while db2 has the writes, and the switch back to db1 (the replicas follow db1);
 //! 3. a write of its own on rp2 (errant), then db1 killed again: rp1 follows db2, rp2 cannot
 //!    follow (it has what db2 lacks) — out of the read pool, `status` and the metric say why,
@@ -34,7 +35,7 @@ use common::{
     mariadb::{self, Db},
     pair::{
         DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, follows, readers_since,
-        second_writer_moments, set_up_with_replicas, source_of, status, switchover, until,
+        second_writer_moments, set_up_with_replicas, source_of, status, switchover, until, vip_on,
         write_service,
     },
     sqlclient::{self, Log, missing_on},
@@ -123,13 +124,21 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
         "reads from {:?}",
         readers_since(&log, t)
     );
+    // (A start-up that held the writes on db2 for longer than the lab's 2 s settling time
+    // has re-pointed the replicas to db2, and back to db1 since.)
     assert!(
-        until(Duration::from_secs(10), || {
-            phase(&lab, &db1, rp1.addr.as_str()).0 == "following"
+        until(Duration::from_secs(20), || {
+            follows(rp1, DB1)
+                && follows(rp2, DB1)
+                && phase(&lab, &db1, rp1.addr.as_str()).0 == "following"
                 && phase(&lab, &db1, rp2.addr.as_str()).0 == "following"
         })
         .is_some(),
-        "the replicas are not seen following db1"
+        "the replicas are not seen following db1: rp1 {:?} {:?}, rp2 {:?} {:?}",
+        source_of(rp1),
+        phase(&lab, &db1, rp1.addr.as_str()),
+        source_of(rp2),
+        phase(&lab, &db1, rp2.addr.as_str())
     );
 
     // 1. The writer's MariaDB killed: writes on db2, replicas re-pointed to db2. rp1's SQL
@@ -264,12 +273,75 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
         source_of(rp1),
         source_of(rp2)
     );
+    // The switchover is part of the shared decision: db2's agent, which would decide if
+    // db1's went away, holds the writes as switched over too (not as a failure its
+    // caught-up policy would end).
+    assert!(
+        until(Duration::from_secs(5), || write_service(
+            &lab,
+            &db2,
+            "failback_waiting"
+        )
+        .as_str()
+        .is_some_and(|w| w.contains("switched over")))
+        .is_some(),
+        "db2's agent: {}",
+        write_service(&lab, &db2, "failback_waiting")
+    );
     let refused = switchover(&db1, &db2, None);
     assert!(
         !refused.0 && refused.1.contains("on the sorry server already"),
         "a second switchover: {}",
         refused.1
     );
+    // The VRRP master moves while switched over: db1's agent stopped (db2's decides), then
+    //    started again (it preempts and decides again). The writes stay on db2 throughout:
+    //    neither agent's caught-up policy hands them back to db1.
+    let t_moved = Instant::now();
+    marks.push(("db1's agent restarted", t_moved));
+    lab.stop(db1.agent.take().expect("db1's agent runs"));
+    assert!(
+        until(Duration::from_secs(10), || vip_on(&lab, "db2", WRITE_VIP)).is_some(),
+        "db2 did not take the write VIP"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        write_service(&lab, &db2, "failback_waiting")
+            .as_str()
+            .is_some_and(|w| w.contains("switched over")),
+        "db2's agent, deciding: {}",
+        write_service(&lab, &db2, "failback_waiting")
+    );
+    common::pair::start_agent(&mut lab, &mut db1);
+    assert!(
+        until(Duration::from_secs(20), || vip_on(&lab, "db1", WRITE_VIP)
+            && write_service(&lab, &db1, "failback_waiting")
+                .as_str()
+                .is_some_and(|w| w.contains("switched over")))
+        .is_some(),
+        "db1's agent back: VIP on db1 {}, {}",
+        vip_on(&lab, "db1", WRITE_VIP),
+        write_service(&lab, &db1, "failback_waiting")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let on_db1 = log
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.at > t_moved && a.server == 1)
+        .count();
+    assert_eq!(on_db1, 0, "writes on db1 while switched over");
+    assert!(
+        log.wait_for(2, Instant::now(), Duration::from_secs(5))
+            .is_some(),
+        "no writes on db2 after the VRRP master moved back"
+    );
+    figures.push(format!(
+        "switched over, db1's agent restarted (VRRP master to db2 and back): writes stayed \
+         on db2 ({:.1} s)",
+        t_moved.elapsed().as_secs_f64()
+    ));
     for h in [&db1, &db2] {
         let on = maintenance(h, DB1, "on");
         assert!(

@@ -105,6 +105,15 @@ impl Gate {
         }
     }
 
+    /// A gate that starts on the sorry server by a switchover another agent made (the
+    /// shared decision says so): it stays there until switched back, as on that agent.
+    pub fn switched_over(policy: Failback, delay: Duration) -> Gate {
+        Gate {
+            switched: true,
+            ..Gate::held(policy, delay)
+        }
+    }
+
     pub fn policy(&self) -> Failback {
         self.policy
     }
@@ -385,6 +394,25 @@ mod tests {
         assert_eq!(g.step(now, h(0, false)), Mode::Sorry);
         assert!(!g.switched() && g.switching().is_none());
         assert_eq!(g.step(now, h(1, true)), Mode::Pool, "caught-up fails back");
+    }
+
+    /// An agent that takes over the decision of a switched-over service (VRRP moved) holds
+    /// it as the switching agent did: its caught-up policy does not hand the writes back.
+    #[test]
+    fn a_gate_inherited_from_a_switchover_holds_until_switched_back() {
+        let now = Instant::now();
+        let mut g = Gate::switched_over(Failback::CaughtUp, Duration::ZERO);
+        for _ in 0..3 {
+            assert_eq!(
+                g.step(now, h(1, true)),
+                Mode::Sorry,
+                "caught up, still held"
+            );
+        }
+        assert!(g.switched() && g.waiting().unwrap().contains("switched over"));
+        g.request_switch_back(h(1, true)).unwrap();
+        assert_eq!(g.step(now, h(1, true)), Mode::Pool);
+        assert!(!g.switched());
     }
 
     #[test]

@@ -10,7 +10,10 @@ use anyhow::Result;
 use lb_agent::{
     balancer::desired::Verdicts,
     config::{Config, Service},
-    decision::{quorum::Quorum, shared::Effect},
+    decision::{
+        quorum::Quorum,
+        shared::{Effect, Placement},
+    },
     health::risk,
 };
 
@@ -77,12 +80,16 @@ impl Daemon {
     /// reporting a change that may lose transactions; every agent logs when its decisions
     /// stop or start being current (rule 5 of `decision::shared`).
     pub(super) fn decide(&mut self, now: Instant) {
-        let proposals: Vec<(String, bool)> = self
+        let proposals: Vec<(String, Placement)> = self
             .shared_services()
             .iter()
             .map(|vs| {
                 let local = self.health.verdicts().get(&vs.name);
-                (vs.name.clone(), local.is_some_and(|v| v.hold_sorry))
+                let want = Placement {
+                    sorry: local.is_some_and(|v| v.hold_sorry),
+                    switched: self.health.switched(&vs.name),
+                };
+                (vs.name.clone(), want)
             })
             .collect();
         if self.quorum.is_some() {
@@ -104,13 +111,14 @@ impl Daemon {
             }
         }
         let mut moved = Vec::new();
-        for (service, sorry) in proposals {
-            if let Some(Effect::Follow { decision, .. }) = pair.shared.propose(now, &service, sorry)
+        for (service, want) in proposals {
+            if let Some(Effect::Follow { decision, .. }) = pair.shared.propose(now, &service, want)
             {
                 tracing::warn!(
                     service,
                     epoch = decision.epoch,
                     sorry = decision.sorry,
+                    switched = decision.switched,
                     "writer decision: {}",
                     if decision.sorry {
                         "the sorry server takes the writes"
@@ -222,7 +230,7 @@ impl Daemon {
                 sorry = decision.sorry,
                 "writer decision received"
             );
-            self.health.inherit(&self.cfg, &service, decision.sorry);
+            self.health.inherit(&self.cfg, &service, decision);
         }
         // Hearing the peer is what makes the decisions current again.
         self.renew_lease()?;

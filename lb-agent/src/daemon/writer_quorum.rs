@@ -17,7 +17,7 @@ pub(super) const RETRY_WRITABLE: Duration = Duration::from_secs(3);
 
 use anyhow::Result;
 use lb_agent::{
-    decision::quorum::{Effect, Round},
+    decision::quorum::{Effect, Placement, Round},
     health::{mysql::Target, runner, state::Action},
 };
 
@@ -99,7 +99,7 @@ impl Daemon {
                         sorry = decision.sorry,
                         "writer decision committed"
                     );
-                    self.health.inherit(&self.cfg, &service, decision.sorry);
+                    self.health.inherit(&self.cfg, &service, decision);
                 }
             }
         }
@@ -340,14 +340,14 @@ impl Daemon {
 
     /// The leader's proposals (rule 3), and the changes it made reported when they may
     /// lose transactions.
-    pub(super) fn decide_in_quorum(&mut self, now: Instant, proposals: Vec<(String, bool)>) {
+    pub(super) fn decide_in_quorum(&mut self, now: Instant, proposals: Vec<(String, Placement)>) {
         let Some(q) = &mut self.quorum else {
             return;
         };
         log_current(q, now);
         let held: HashMap<String, String> = proposals
             .iter()
-            .filter(|(_, sorry)| *sorry)
+            .filter(|(_, want)| want.sorry)
             .filter_map(|(service, _)| {
                 Some((service.clone(), self.no_move_to_sorry(now, service)?))
             })
@@ -356,7 +356,8 @@ impl Daemon {
             return;
         };
         let mut moved = Vec::new();
-        for (service, sorry) in proposals {
+        for (service, want) in proposals {
+            let sorry = want.sorry;
             let before = q.state.committed(&service).map(|c| c.stored.sorry);
             // A new move to the sorry server that cannot help (see `no_move_to_sorry`):
             // the committed decision stands. A change under way goes on.
@@ -377,7 +378,7 @@ impl Daemon {
             if why.is_some() {
                 continue;
             }
-            let Some(p) = q.state.propose(now, &service, sorry) else {
+            let Some(p) = q.state.propose(now, &service, want) else {
                 continue;
             };
             tracing::warn!(

@@ -42,7 +42,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use super::shared::Decision;
+pub use super::shared::{Decision, Placement};
 
 /// A decision as etcd holds it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,6 +53,20 @@ pub struct Stored {
     pub settling: bool,
     /// The agent that wrote it.
     pub by: String,
+    /// On the sorry server by an operator's switchover (see `shared::Decision`); absent in
+    /// what older agents wrote.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switched: bool,
+}
+
+impl Stored {
+    fn decision(&self) -> Decision {
+        Decision {
+            epoch: self.epoch,
+            sorry: self.sorry,
+            switched: self.switched,
+        }
+    }
 }
 
 /// A committed decision and its key's revision (for the compare-and-swap).
@@ -191,10 +205,7 @@ impl Quorum {
         let s = self.following.get(service)?;
         let committed = self.seen.decisions.get(service)?;
         let fresh = committed.stored == *s && !s.settling;
-        fresh.then_some(Decision {
-            epoch: s.epoch,
-            sorry: s.sorry,
-        })
+        fresh.then(|| s.decision())
     }
 
     /// The decision this agent last followed for `service`, settled or not, current or not
@@ -258,10 +269,7 @@ impl Quorum {
             {
                 effects.push(Effect::Follow {
                     service: service.clone(),
-                    decision: Decision {
-                        epoch: c.stored.epoch,
-                        sorry: c.stored.sorry,
-                    },
+                    decision: c.stored.decision(),
                 });
             }
         }
@@ -271,7 +279,14 @@ impl Quorum {
 
     /// The leader's checks say where `service`'s writes should go. Returns the write that
     /// moves the decision one step (rule 3), if one is due.
-    pub fn propose(&mut self, now: Instant, service: &str, sorry: bool) -> Option<Proposal> {
+    pub fn propose(
+        &mut self,
+        now: Instant,
+        service: &str,
+        want: impl Into<Placement>,
+    ) -> Option<Proposal> {
+        let want = want.into();
+        let sorry = want.sorry;
         if !self.leading(now) {
             return None;
         }
@@ -302,6 +317,7 @@ impl Quorum {
                 sorry,
                 settling: true,
                 by: self.me.clone(),
+                switched: sorry && want.switched,
             },
         };
         let mod_revision = committed.map_or(0, |c| c.mod_revision);
@@ -453,7 +469,11 @@ mod tests {
     }
 
     fn decision(epoch: u64, sorry: bool) -> Option<Decision> {
-        Some(Decision { epoch, sorry })
+        Some(Decision {
+            epoch,
+            sorry,
+            switched: false,
+        })
     }
 
     #[test]
@@ -550,7 +570,8 @@ mod tests {
                 service: W.into(),
                 decision: Decision {
                     epoch: 2,
-                    sorry: true
+                    sorry: true,
+                    switched: false,
                 }
             }]
         );
@@ -612,6 +633,7 @@ mod tests {
                     sorry: true,
                     settling: false,
                     by: "db2".into(),
+                    switched: false,
                 },
                 mod_revision: 0,
             },

@@ -46,6 +46,29 @@ pub struct Decision {
     pub epoch: u64,
     /// The writes go to the sorry server.
     pub sorry: bool,
+    /// ... because an operator switched the service over (`lb-agent switchover`): it stays
+    /// there until switched back, whatever its failback policy — also on an agent that
+    /// becomes leader meanwhile. Left out of the wire when false (older agents' views).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switched: bool,
+}
+
+/// Where a leader's checks want a service's writes: what it proposes (a plain `bool` is
+/// "on the sorry server or not", not switched over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Placement {
+    pub sorry: bool,
+    /// On the sorry server by an operator's switchover (meaningful with `sorry` only).
+    pub switched: bool,
+}
+
+impl From<bool> for Placement {
+    fn from(sorry: bool) -> Placement {
+        Placement {
+            sorry,
+            switched: false,
+        }
+    }
 }
 
 /// What one agent tells the others.
@@ -145,17 +168,26 @@ impl Shared {
     /// The leader's checks say where `service`'s writes should go. Returns the effect when
     /// that makes a new decision (a new epoch); nothing when not leading, not synced, or
     /// unchanged.
-    pub fn propose(&mut self, now: Instant, service: &str, sorry: bool) -> Option<Effect> {
+    /// A change of `switched` alone makes none: it changes only with a move (a switchover
+    /// moves the writes, switching back moves them back).
+    pub fn propose(
+        &mut self,
+        now: Instant,
+        service: &str,
+        want: impl Into<Placement>,
+    ) -> Option<Effect> {
+        let want = want.into();
         if !self.leader || !self.synced(now) {
             return None;
         }
         let current = self.decisions.get(service).copied().unwrap_or_default();
-        if current.epoch != 0 && current.sorry == sorry {
+        if current.epoch != 0 && current.sorry == want.sorry {
             return None;
         }
         let next = Decision {
             epoch: self.max_epoch() + 1,
-            sorry,
+            sorry: want.sorry,
+            switched: want.sorry && want.switched,
         };
         Some(self.set(service, next))
     }
@@ -183,6 +215,11 @@ impl Shared {
                 let next = Decision {
                     epoch: self.max_epoch().max(theirs.epoch) + 1,
                     sorry: true,
+                    switched: if theirs.sorry {
+                        theirs.switched
+                    } else {
+                        ours.switched
+                    },
                 };
                 effects.push(self.set(service, next));
             } else if theirs.epoch < ours.epoch {
@@ -305,7 +342,11 @@ mod tests {
     }
 
     fn sorry(epoch: u64, sorry: bool) -> Decision {
-        Decision { epoch, sorry }
+        Decision {
+            epoch,
+            sorry,
+            switched: false,
+        }
     }
 
     #[test]
@@ -331,6 +372,56 @@ mod tests {
         // A follower's own opinion changes nothing.
         assert_eq!(p.b.propose(p.now, W, false), None);
         assert_eq!(p.b.decision(W), Some(sorry(2, true)));
+    }
+
+    /// A switchover is part of the decision: the follower (and so a leader it becomes)
+    /// holds the writes on the sorry server as switched over, not as a failure its failback
+    /// policy would end; switching back ends it. A view without the field (an older agent)
+    /// reads as not switched, and a false one is not on the wire.
+    #[test]
+    fn a_switchover_is_carried_to_the_next_leader() {
+        let mut p = Pair::led_by_db1();
+        p.at(500);
+        let want = Placement {
+            sorry: true,
+            switched: true,
+        };
+        p.a.propose(p.now, W, want).unwrap();
+        let (_, eb) = p.exchange();
+        let switched = Decision {
+            epoch: 2,
+            sorry: true,
+            switched: true,
+        };
+        assert_eq!(
+            eb,
+            vec![Effect::Follow {
+                service: W.into(),
+                decision: switched
+            }]
+        );
+        // db1 goes away; db2 leads from the switched decision and proposes what its gate
+        // (inherited from it) holds: nothing changes.
+        p.at(1_000);
+        p.a.set_leader(p.now, false);
+        p.b.set_leader(p.now, true);
+        p.exchange();
+        assert_eq!(p.b.propose(p.now, W, want), None);
+        assert_eq!(p.b.decision(W), Some(switched));
+        // Switched back by the operator on db2: the writes return, not switched any more.
+        p.at(2_000);
+        assert!(p.b.propose(p.now, W, false).is_some());
+        p.exchange();
+        assert_eq!(p.a.decision(W), Some(sorry(3, false)));
+        // The wire: `switched` only when true; absent reads as false.
+        let json = serde_json::to_string(&switched).unwrap();
+        assert_eq!(json, r#"{"epoch":2,"sorry":true,"switched":true}"#);
+        assert_eq!(
+            serde_json::to_string(&sorry(3, true)).unwrap(),
+            r#"{"epoch":3,"sorry":true}"#
+        );
+        let old: Decision = serde_json::from_str(r#"{"epoch":3,"sorry":true}"#).unwrap();
+        assert_eq!(old, sorry(3, true));
     }
 
     /// The link flap of the issue: the leader (db1) is cut off, db2 takes over, sends the

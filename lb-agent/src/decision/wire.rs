@@ -122,6 +122,7 @@ mod tests {
                 Decision {
                     epoch: 7,
                     sorry: true,
+                    switched: false,
                 },
             )]
             .into_iter()

@@ -25,6 +25,7 @@ use super::{
 use crate::{
     balancer::desired::Verdicts,
     config::{Config, Real, Service},
+    decision::shared::Decision,
 };
 
 /// After a failed handover, when to try again: doubling from the first to the last, since
@@ -258,17 +259,19 @@ impl HealthState {
     /// starts from it — held on the sorry server (the writer must prove it has caught up
     /// before it gets the writes back) or in the pool — instead of from this agent's own
     /// view, which may never have seen the writer fail.
-    pub fn inherit(&mut self, cfg: &Config, service: &str, sorry: bool) {
+    pub fn inherit(&mut self, cfg: &Config, service: &str, decision: Decision) {
+        use crate::balancer::failback::Gate;
         let Some(vs) = cfg.service(service) else {
             return;
         };
-        if self.eval.holds_sorry(service) == sorry {
+        let sorry = decision.sorry;
+        if self.eval.holds_sorry(service) == sorry && self.switched(service) == decision.switched {
             return;
         }
-        let gate = if sorry {
-            crate::balancer::failback::Gate::held(vs.failback, vs.failback_delay)
-        } else {
-            crate::balancer::failback::Gate::new(vs.failback, vs.failback_delay)
+        let gate = match (sorry, decision.switched) {
+            (true, true) => Gate::switched_over(vs.failback, vs.failback_delay),
+            (true, false) => Gate::held(vs.failback, vs.failback_delay),
+            (false, _) => Gate::new(vs.failback, vs.failback_delay),
         };
         self.gates.insert(service.to_string(), gate);
         self.handovers.insert(service.to_string(), Handover::Idle);
@@ -278,8 +281,15 @@ impl HealthState {
         tracing::info!(
             service,
             sorry,
+            switched = decision.switched,
             "failback gate taken from the shared writer decision"
         );
+    }
+
+    /// `service` is on its sorry server by an operator's switchover (until switched back):
+    /// what a leader's decision carries to the other agents.
+    pub fn switched(&self, service: &str) -> bool {
+        self.gates.get(service).is_some_and(|g| g.switched())
     }
 
     /// One event; returns the flip (if a check's up/down changed) and whether anything
@@ -434,6 +444,9 @@ impl HealthState {
                     v.hold_sorry = true;
                 }
                 continue;
+            }
+            if (vs.fence || vs.graceful) && on_sorry && !handing_over {
+                self.adopt_fences(vs);
             }
             if vs.fence && on_sorry && !handing_over {
                 self.fence_step(vs, &mut actions);
@@ -700,6 +713,30 @@ impl HealthState {
             attempt,
             sorry,
             writers,
+        }
+    }
+
+    /// A writer found read-only while the sorry server holds the writes is fenced already —
+    /// by the other agent (this one took the decision over from it), by this agent before a
+    /// restart, by a switchover, or by its own configuration (`read_only=ON` at start): the
+    /// fence is taken as this agent's, so that the writer counts for the failback and the
+    /// handover lifts it. Without this, an agent that did not set the fence itself judged
+    /// the writer "read_only=1: not writable" and never handed the writes back.
+    fn adopt_fences(&mut self, vs: &Service) {
+        for rs in &vs.reals {
+            let read_only = self
+                .monitor
+                .checked(rs)
+                .filter(|c| c.is_up())
+                .and_then(|c| c.mysql.as_ref())
+                .is_some_and(|m| !m.writable());
+            if read_only && !self.fencing.contains(&rs.address) && self.fenced.insert(rs.address) {
+                tracing::info!(
+                    service = %vs.name,
+                    server = %rs.address,
+                    "the writer is read-only while the sorry server has the writes: taken as this agent's fence (the handover back lifts it)"
+                );
+            }
         }
     }
 
@@ -1100,6 +1137,54 @@ mod tests {
         assert!(
             said.starts_with("failed") && said.contains("lock wait"),
             "{said}"
+        );
+    }
+
+    /// An agent that did not fence the writer itself (it took the decision over, or it
+    /// restarted) finds it read-only while the sorry server has the writes: that fence is
+    /// taken as its own, the writer counts for the failback, and the handover lifts it —
+    /// instead of "read_only=1: not writable" for ever.
+    #[test]
+    fn a_writer_found_read_only_on_the_sorry_server_is_handed_back() {
+        let (cfg, _, _) = setup("immediate\"\ngraceful = true\n#");
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut h = HealthState::new(&cfg, &AdoptedSorry::new(), t0).unwrap();
+        let up = |h: &mut HealthState, check, read_only, source: Option<&str>, ms| {
+            let mut outcome = mysql("0-1-4", read_only, source.is_some());
+            if let Outcome::Up {
+                mysql: Some(st), ..
+            } = &mut outcome
+                && let Some(r) = st.replica.as_mut()
+            {
+                r.source_host = source.unwrap().into();
+                r.received = "0-1-4".into();
+            }
+            h.handle(
+                Event::Check(Box::new(Report {
+                    check,
+                    outcome,
+                    started: at(ms),
+                    at: at(ms),
+                })),
+                at(ms),
+            );
+            h.evaluate(&cfg, at(ms))
+        };
+        // db1 answers read-only: unusable, the writes go to the sorry server (once drained).
+        up(&mut h, 1, false, Some("10.0.0.1"), 100);
+        up(&mut h, 0, true, None, 200);
+        up(&mut h, 1, false, Some("10.0.0.1"), 250);
+        assert!(h.verdicts()["write"].hold_sorry);
+        assert!(h.fenced.contains(&"10.0.0.1".parse().unwrap()));
+        let actions = up(&mut h, 0, true, None, 300);
+        let handover = actions.iter().find_map(|a| match a {
+            Action::Handover { writers, .. } => Some(writers.clone()),
+            _ => None,
+        });
+        assert!(
+            matches!(&handover.as_deref(), Some([(_, true)])),
+            "a handover that lifts the writer's fence: {actions:?}"
         );
     }
 }
