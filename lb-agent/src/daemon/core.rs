@@ -255,7 +255,8 @@ impl Daemon {
                     continue;
                 }
                 if let Some(vs) = self.cfg.service(&svc.name) {
-                    self.notifier.quorum(vs, svc.using_sorry);
+                    let switched = self.health.switched(&svc.name);
+                    self.notifier.quorum(vs, svc.using_sorry, switched);
                 }
             }
         }

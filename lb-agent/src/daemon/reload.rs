@@ -8,7 +8,6 @@ use anyhow::{Result, bail};
 use lb_agent::{
     config::Config,
     health::{runner, state::Event as HealthEvent, state::HealthState},
-    notify::Notifier,
 };
 use tokio::sync::mpsc;
 
@@ -45,7 +44,7 @@ impl Daemon {
         self.verdicts = verdicts;
         self.health_tx = tx;
         self.planner = planner;
-        self.notifier = Notifier::new(&cfg);
+        self.notifier.reload(&cfg);
         for w in &cfg.warnings {
             tracing::warn!("{w}");
         }

@@ -7,7 +7,7 @@
 
 pub mod mail;
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use crate::{
     config::{Config, Service},
@@ -18,13 +18,22 @@ use crate::{
 /// What fires on which event; one mailer, rebuilt with each configuration.
 pub struct Notifier {
     mailer: Option<mail::Mailer>,
+    /// Services on their sorry server by an operator's switchover: they did not lose their
+    /// quorum, so neither `quorum_down` nor (on the way back) `quorum_up` runs for them.
+    switched_over: HashSet<String>,
 }
 
 impl Notifier {
     pub fn new(cfg: &Config) -> Notifier {
         Notifier {
             mailer: cfg.mail.as_ref().map(mail::Mailer::new),
+            switched_over: HashSet::new(),
         }
+    }
+
+    /// A reloaded configuration: its mailer; what was switched over stays known.
+    pub fn reload(&mut self, cfg: &Config) {
+        self.mailer = cfg.mail.as_ref().map(mail::Mailer::new);
     }
 
     /// notify_master / notify_backup / notify_fault, and e-mail with `smtp_alert`.
@@ -97,8 +106,36 @@ impl Notifier {
         }
     }
 
-    /// quorum_down when a service moves to its sorry server, quorum_up when it leaves it.
-    pub fn quorum(&self, vs: &Service, using_sorry: bool) {
+    /// quorum_down when a service moves to its sorry server, quorum_up when it leaves it;
+    /// a move by an operator's switchover (`switched`) and its way back are logged, and
+    /// e-mailed with `smtp_alert`, but run neither.
+    pub fn quorum(&mut self, vs: &Service, using_sorry: bool, switched: bool) {
+        let planned = if using_sorry && switched {
+            self.switched_over.insert(vs.name.clone());
+            Some((
+                "switched over by an operator: the sorry server takes the traffic",
+                "SWITCHED OVER",
+            ))
+        } else if !using_sorry && self.switched_over.remove(&vs.name) {
+            Some((
+                "switched back by an operator: back on its real servers",
+                "SWITCHED BACK",
+            ))
+        } else {
+            None
+        };
+        if let Some((text, subject)) = planned {
+            tracing::warn!(service = %vs.name, "{text}");
+            if vs.smtp_alert
+                && let Some(m) = &self.mailer
+            {
+                m.send(
+                    format!("=> {} {subject} <=", vs.name),
+                    format!("{} {text}", vs.name),
+                );
+            }
+            return;
+        }
         let (what, script, text, subject) = if using_sorry {
             (
                 "quorum_down",
@@ -235,6 +272,52 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(std::fs::read_to_string(&mark).unwrap().trim(), "master");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A switchover is not a lost quorum: neither it nor its way back runs `quorum_down` /
+    /// `quorum_up`; a failover afterwards does.
+    #[tokio::test]
+    async fn a_switchover_runs_no_quorum_script() {
+        let dir = std::env::temp_dir().join(format!("lbt{}-notify-q", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("ran");
+        let text = format!(
+            r#"
+[dataplane]
+interface = "eth0"
+[[virtual_server]]
+name = "write"
+address = "10.0.0.100"
+port = 3306
+quorum_down = "echo down >> {log}"
+quorum_up = "echo up >> {log}"
+[[virtual_server.real_server]]
+address = "10.0.0.1"
+[virtual_server.sorry_server]
+address = "10.0.0.2"
+"#,
+            log = log.display()
+        );
+        let cfg = Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let vs = cfg.service("write").unwrap();
+        let mut n = Notifier::new(&cfg);
+        n.quorum(vs, true, true);
+        n.quorum(vs, false, false);
+        n.quorum(vs, true, false);
+        let ran = async || {
+            for _ in 0..100 {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if !text.is_empty() {
+                    // Any other script would have run by now too.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    return std::fs::read_to_string(&log).unwrap_or_default();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            String::new()
+        };
+        assert_eq!(ran().await.trim(), "down", "only the failover's");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
