@@ -11,7 +11,10 @@
 //!   available, or fallen back after a timeout): what it committed since may never reach the
 //!   sorry server;
 //! - the old writer does not answer (hung or unreachable, not refusing connections): if it
-//!   still runs it may go on committing for clients that reach it, and nobody can fence it.
+//!   still runs it may go on committing for clients that reach it, and nobody can fence it;
+//! - one of the service's replicas acknowledges semi-synchronous commits: the writer waits
+//!   for one acknowledgement, from any replica (MariaDB and MySQL cannot name which), so a
+//!   commit acknowledged by that replica alone may be missing on the sorry server.
 //!
 //! Failing back without `caught-up` hands the writes to a server that may lack the sorry
 //! server's.
@@ -52,6 +55,21 @@ pub fn failover(m: &Monitor, vs: &Service, quorum: bool) -> Option<String> {
                 "{}: replication is asynchronous (semi-sync off)",
                 rs.address
             )),
+        }
+    }
+    for replica in &vs.replicas {
+        let acks = m
+            .checks
+            .iter()
+            .filter(|c| c.addr == *replica)
+            .filter_map(|c| c.answering())
+            .any(|s| s.semisync.as_ref().is_some_and(|ss| ss.replica_enabled));
+        if acks {
+            why.push(format!(
+                "replica {replica} acknowledges semi-synchronous commits \
+                 (rpl_semi_sync_slave_enabled=ON): a commit it alone acknowledged may be \
+                 missing on the sorry server"
+            ));
         }
     }
     (!why.is_empty()).then(|| {
@@ -142,5 +160,84 @@ mod tests {
         assert_eq!(failback(vs), None, "caught-up checks");
         let (cfg, _, _) = setup("immediate");
         assert!(failback(&cfg.services[0]).unwrap().contains("immediate"));
+    }
+
+    /// A replica that acknowledges semi-sync commits makes every failover a risk: the
+    /// writer's one awaited acknowledgement may have been its.
+    #[test]
+    fn a_replica_that_acknowledges_semi_sync_commits_is_a_risk() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lbt{}-risk", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "x").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let check = format!(
+            "check = {{ type = \"mysql\", user = \"lb\", password_file = \"{}\" }}",
+            pw.display()
+        );
+        let text = format!(
+            r#"
+[dataplane]
+interface = "eth0"
+[[virtual_server]]
+name = "write"
+address = "10.0.0.100"
+port = 3306
+role = "writer"
+replicas = ["10.0.0.3"]
+[[virtual_server.real_server]]
+address = "10.0.0.1"
+{check}
+[virtual_server.sorry_server]
+address = "10.0.0.2"
+{check}
+[virtual_server.replication]
+user = "repl"
+password_file = "{pw}"
+[[virtual_server]]
+name = "read"
+address = "10.0.0.101"
+port = 3306
+[[virtual_server.real_server]]
+address = "10.0.0.3"
+{check}
+"#,
+            pw = pw.display()
+        );
+        let cfg = crate::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let mut m = Monitor::new(&cfg).unwrap();
+        let replica = m
+            .checks
+            .iter()
+            .position(|c| c.addr.to_string() == "10.0.0.3")
+            .unwrap();
+        let feed = |m: &mut Monitor, check, o: Outcome| {
+            let at = Instant::now();
+            m.record(Report {
+                check,
+                outcome: o,
+                started: at,
+                at,
+            });
+        };
+        feed(&mut m, 0, with_semisync(true, 2));
+        let mut acking = with_semisync(false, 0);
+        if let Outcome::Up { mysql: Some(s), .. } = &mut acking {
+            s.semisync.as_mut().unwrap().enabled = false;
+        }
+        feed(&mut m, replica, acking.clone());
+        let vs = cfg.service("write").unwrap();
+        let why = failover(&m, vs, false).unwrap();
+        assert!(
+            why.contains("replica 10.0.0.3 acknowledges") && !why.contains("10.0.0.1"),
+            "{why}"
+        );
+        if let Outcome::Up { mysql: Some(s), .. } = &mut acking {
+            s.semisync.as_mut().unwrap().replica_enabled = false;
+        }
+        feed(&mut m, replica, acking);
+        assert_eq!(failover(&m, vs, false), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
