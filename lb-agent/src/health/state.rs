@@ -911,7 +911,16 @@ impl HealthState {
                 self.monitor.checked(sorry),
             ) {
                 Ok(()) => gate.switch_now(),
-                Err(why) => sw.waiting = why,
+                Err(why) => {
+                    if why == switchover::NOT_WRITABLE
+                        && !sw.lifting
+                        && let Some(target) = self.monitor.mysql_target(sorry)
+                    {
+                        sw.lifting = true;
+                        actions.push(Action::MakeWritable { target });
+                    }
+                    sw.waiting = why;
+                }
             }
         }
     }
@@ -1138,6 +1147,63 @@ mod tests {
             said.starts_with("failed") && said.contains("lock wait"),
             "{said}"
         );
+    }
+
+    /// The switchover's target reads read-only when it has everything: it is made writable
+    /// (once) before the flip — the writes must not meet a read-only server.
+    #[test]
+    fn a_switchover_lifts_a_read_only_targets_fence_before_the_flip() {
+        let (cfg, _, _) = setup("immediate\"\ngraceful = true\n#");
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut h = HealthState::new(&cfg, &AdoptedSorry::new(), t0).unwrap();
+        let up = |h: &mut HealthState, check, read_only, source: Option<&str>, ms| {
+            let mut outcome = mysql("0-1-4", read_only, source.is_some());
+            if let Outcome::Up {
+                mysql: Some(st), ..
+            } = &mut outcome
+                && let Some(r) = st.replica.as_mut()
+            {
+                r.source_host = source.unwrap().into();
+                r.received = "0-1-4".into();
+            }
+            h.handle(
+                Event::Check(Box::new(Report {
+                    check,
+                    outcome,
+                    started: at(ms),
+                    at: at(ms),
+                })),
+                at(ms),
+            );
+            h.evaluate(&cfg, at(ms))
+        };
+        up(&mut h, 0, false, None, 100);
+        up(&mut h, 1, false, Some("10.0.0.1"), 200);
+        up(&mut h, 0, false, None, 250);
+        let attempt = h.attempts;
+        h.handle(Event::Handover("write".into(), attempt, Ok(())), at(260));
+        h.evaluate(&cfg, at(260));
+        assert!(!h.verdicts()["write"].hold_sorry);
+        h.request_switchover(&cfg, "write", None, at(300)).unwrap();
+        h.evaluate(&cfg, at(300));
+        h.handle(Event::SwitchFenced("write".into(), Ok(1)), at(310));
+        up(&mut h, 0, true, None, 400);
+        let lift = |a: &Vec<Action>| {
+            a.iter()
+                .filter(|a| matches!(a, Action::MakeWritable { target } if target.addr.ip().to_string() == "10.0.0.2"))
+                .count()
+        };
+        let actions = up(&mut h, 1, true, Some("10.0.0.1"), 500);
+        assert_eq!(lift(&actions), 1, "{actions:?}");
+        assert!(
+            !h.verdicts()["write"].hold_sorry,
+            "no flip onto a read-only server"
+        );
+        let again = up(&mut h, 1, true, Some("10.0.0.1"), 600);
+        assert_eq!(lift(&again), 0, "lifted once");
+        up(&mut h, 1, false, Some("10.0.0.1"), 700);
+        assert!(h.verdicts()["write"].hold_sorry, "{:?}", h.eval.reports);
     }
 
     /// An agent that did not fence the writer itself (it took the decision over, or it

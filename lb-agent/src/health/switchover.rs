@@ -6,8 +6,8 @@
 //! the data plane (new connections are held, not refused); a check of the writer that
 //! started after the fence gives its final binary-log position; once a check of the sorry
 //! server that started after that read finds every transaction of it executed (relay log
-//! applied, both threads running), the gate flips and the sorry server, writable all along
-//! in the recipe's layout, takes the writes. At most the transactions in flight at the fence
+//! applied, both threads running), the gate flips and the sorry server takes the writes —
+//! writable all along in the recipe's layout; a read-only one is made writable first. At most the transactions in flight at the fence
 //! fail; none acknowledged is lost. Out of time (`TIMEOUT`), the writer's fence is lifted and
 //! the writes stay where they were.
 //!
@@ -33,6 +33,9 @@ pub struct Switch {
     pub failed: Option<String>,
     /// What it waits for now, for `status`.
     pub waiting: String,
+    /// The sorry server read read-only when everything else was ready: lifted once (the
+    /// target must take the writes; `read_only` would refuse them).
+    pub lifting: bool,
 }
 
 impl Switch {
@@ -43,6 +46,7 @@ impl Switch {
             fencing: false,
             failed: None,
             waiting: "fencing the writer".into(),
+            lifting: false,
         }
     }
 
@@ -116,8 +120,16 @@ pub fn ready(sw: &Switch, writer: Option<&Checked>, sorry: Option<&Checked>) -> 
     };
     s_state
         .caught_up_with(&w_state.binlog_pos)
-        .map_err(|e| format!("the sorry server: {e}"))
+        .map_err(|e| format!("the sorry server: {e}"))?;
+    if !s_state.writable() {
+        return Err(NOT_WRITABLE.into());
+    }
+    Ok(())
 }
+
+/// What `ready` says when only the sorry server's `read_only` stands in the way: the
+/// caller lifts it (once) and waits for a check that reads it writable.
+pub const NOT_WRITABLE: &str = "the sorry server has everything but reads read-only: lifting it";
 
 #[cfg(test)]
 mod tests {
@@ -227,6 +239,9 @@ mod tests {
         }
         feed(&mut m, t0, DB2, 200, behind);
         assert!(ask(&m, &sw).unwrap_err().contains("relay log"));
+        // Everything there, but read-only: the caller lifts it and waits for a read.
+        feed(&mut m, t0, DB2, 250, state("0-1-12", true, true));
+        assert_eq!(ask(&m, &sw), Err(NOT_WRITABLE.to_string()));
         feed(&mut m, t0, DB2, 300, state("0-1-12", false, true));
         assert_eq!(ask(&m, &sw), Ok(()));
         // A writer that reads writable after the fence (lifted by someone): not ready.
