@@ -97,6 +97,12 @@ pub enum Action {
         source: std::net::SocketAddr,
         login: super::mysql::SourceLogin,
     },
+    /// Run check `check` now, besides its schedule (a switchover's reads: see
+    /// `switch_step`).
+    CheckNow {
+        check: usize,
+        probe: super::monitor::Probe,
+    },
 }
 
 /// A service's handover back from its sorry server (with `graceful` or `fence`).
@@ -905,6 +911,26 @@ impl HealthState {
             }
             // The handover back lifts the fence of a writer it knows fenced.
             self.fenced.insert(writer.address);
+            // The reads the flip waits for, now rather than at the checks' next runs.
+            if let Some(fenced_at) = sw.fenced_at {
+                let writer_read = self
+                    .monitor
+                    .checked(writer)
+                    .and_then(|c| c.read_started())
+                    .is_some_and(|t| t >= fenced_at);
+                let (ask, asked) = if writer_read {
+                    (sorry, &mut sw.asked_sorry)
+                } else {
+                    (writer, &mut sw.asked_writer)
+                };
+                if !*asked && let Some(check) = self.monitor.check_for(ask) {
+                    *asked = true;
+                    actions.push(Action::CheckNow {
+                        check,
+                        probe: self.monitor.checks[check].probe.clone(),
+                    });
+                }
+            }
             match switchover::ready(
                 sw,
                 self.monitor.checked(writer),
@@ -1188,7 +1214,22 @@ mod tests {
         h.request_switchover(&cfg, "write", None, at(300)).unwrap();
         h.evaluate(&cfg, at(300));
         h.handle(Event::SwitchFenced("write".into(), Ok(1)), at(310));
-        up(&mut h, 0, true, None, 400);
+        // The two reads the flip waits for are asked for at once, each once.
+        let asked = |a: &Vec<Action>| -> Vec<usize> {
+            a.iter()
+                .filter_map(|a| match a {
+                    Action::CheckNow { check, .. } => Some(*check),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(asked(&h.evaluate(&cfg, at(310))), [0], "the writer's");
+        assert_eq!(asked(&h.evaluate(&cfg, at(320))), [] as [usize; 0]);
+        assert_eq!(
+            asked(&up(&mut h, 0, true, None, 400)),
+            [1],
+            "the sorry server's"
+        );
         let lift = |a: &Vec<Action>| {
             a.iter()
                 .filter(|a| matches!(a, Action::MakeWritable { target } if target.addr.ip().to_string() == "10.0.0.2"))

@@ -36,6 +36,11 @@ pub struct Switch {
     /// The sorry server read read-only when everything else was ready: lifted once (the
     /// target must take the writes; `read_only` would refuse them).
     pub lifting: bool,
+    /// The two reads the flip waits for were asked for at once (not left to the checks'
+    /// schedule, an interval each): the writer's after the fence, the sorry server's after
+    /// that.
+    pub asked_writer: bool,
+    pub asked_sorry: bool,
 }
 
 impl Switch {
@@ -47,6 +52,8 @@ impl Switch {
             failed: None,
             waiting: "fencing the writer".into(),
             lifting: false,
+            asked_writer: false,
+            asked_sorry: false,
         }
     }
 
