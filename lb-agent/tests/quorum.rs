@@ -5,7 +5,8 @@
 //! counter increment.
 //!
 //! First the agents start with etcd down (they start, hold the writes, and say "no quorum",
-//! naming the endpoints), then etcd starts and the writes flow. Then, back to back, each
+//! naming the endpoints), then etcd starts and the writes flow; a maintenance word said to
+//! one agent holds on the other (through etcd). Then, back to back, each
 //! undone before the next: partitions between the hosts with the witness on db2's side, on
 //! db1's side, and isolated; the witness down with db2 cut off; the writer host isolated;
 //! one etcd member killed; the first issue's faults again (adverts lost, the master's agent
@@ -22,8 +23,8 @@ use common::{
     Lab,
     faults::{Run, kill_writer_then_restart},
     pair::{
-        WRITE_VIP, adverts_lost_for, agent_stopped_for, heal, partition, set_up_with, status,
-        until, vip_on, write_service,
+        DB2, Host, WRITE_VIP, adverts_lost_for, agent_stopped_for, heal, maintenance, partition,
+        real_field, set_up_with, status, until, vip_on, write_service,
     },
 };
 
@@ -97,6 +98,34 @@ fn faults_with_quorum(all: bool) {
     let (mut run, writers) = Run::start(lab, db1, db2);
     let first_epoch = epoch(&run, false);
     assert!(first_epoch >= 1, "a decision was committed");
+    // Maintenance words go through etcd too: db2 drained by a word to db1's agent, held by
+    // db2's (its read pool); ended by a word to db2's agent, ended on db1's.
+    let read_reason = |r: &Run, h: &Host| real_field(&r.lab, h, "mysql-read", DB2, "reason");
+    let on = maintenance(&run.db1, DB2, "on");
+    assert!(on.status.success(), "{on:?}");
+    let held = until(Duration::from_secs(10), || {
+        read_reason(&run, &run.db2).contains("maintenance")
+    });
+    assert!(
+        held.is_some(),
+        "db2's agent: {:?}",
+        read_reason(&run, &run.db2)
+    );
+    let off = maintenance(&run.db2, DB2, "off");
+    assert!(off.status.success(), "{off:?}");
+    let ended = until(Duration::from_secs(10), || {
+        !read_reason(&run, &run.db1).contains("maintenance")
+    });
+    assert!(
+        ended.is_some(),
+        "db1's agent: {:?}",
+        read_reason(&run, &run.db1)
+    );
+    println!(
+        "maintenance through etcd: held by the other agent after {:.2} s, ended after {:.2} s",
+        held.unwrap().as_secs_f64(),
+        ended.unwrap().as_secs_f64()
+    );
     let mut outcomes = Vec::new();
 
     // (a) Partitions between the DB hosts, the clients reaching both. A transaction in

@@ -34,9 +34,9 @@ use common::{
     Lab,
     mariadb::{self, Db},
     pair::{
-        DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, follows, readers_since,
-        second_writer_moments, set_up_with_replicas, source_of, status, switchover, until, vip_on,
-        write_service,
+        DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, follows, maintenance, readers_since,
+        real_field, second_writer_moments, set_up_with_replicas, source_of, status, switchover,
+        until, vip_on, write_service,
     },
     sqlclient::{self, Log, missing_on},
 };
@@ -73,15 +73,6 @@ fn read_pool_reason(lab: &Lab, h: &Host, addr: &str) -> Option<String> {
                 .find(|r| r["address"] == addr)
                 .and_then(|r| r["reason"].as_str().map(str::to_string))
         })
-}
-
-/// `lb-agent maintenance SERVER on|off` against host `h`'s agent.
-fn maintenance(h: &Host, server: &str, state: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
-        .args(["maintenance", server, state, "--config"])
-        .arg(&h.config)
-        .output()
-        .unwrap()
 }
 
 /// The writes' outage around `t`: the longest gap between two acknowledged writes from `t`
@@ -205,9 +196,9 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     ));
 
     // 2b. Maintenance (the recipe's "change a big table on one server at a time"): rp1
-    //     drained on both agents, its replication stopped as a long ALTER would hold it,
-    //     started again, maintenance off: back only once it has caught up. The writer's
-    //     maintenance is refused.
+    //     drained — said to db1's agent, held by both — its replication stopped as a long
+    //     ALTER would hold it, started again, maintenance off — said to db2's agent — back
+    //     only once it has caught up. The writer's maintenance is refused.
     marks.push(("maintenance", Instant::now()));
     let refused = maintenance(&db1, "10.1.1.113", "on");
     assert!(
@@ -215,10 +206,16 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
             && String::from_utf8_lossy(&refused.stderr).contains("has the writes"),
         "maintenance of the writer: {refused:?}"
     );
-    for h in [&db1, &db2] {
-        let on = maintenance(h, rp1.addr.as_str(), "on");
-        assert!(on.status.success(), "{on:?}");
-    }
+    let on = maintenance(&db1, rp1.addr.as_str(), "on");
+    assert!(on.status.success(), "{on:?}");
+    let shared = until(Duration::from_secs(5), || {
+        read_pool_reason(&lab, &db2, rp1.addr.as_str()).is_some_and(|r| r.contains("maintenance"))
+    });
+    assert!(
+        shared.is_some(),
+        "db2's agent does not hold rp1's maintenance: {:?}",
+        read_pool_reason(&lab, &db2, rp1.addr.as_str())
+    );
     std::thread::sleep(Duration::from_millis(500));
     let t_drained = Instant::now();
     rp1.sql("STOP SLAVE SQL_THREAD");
@@ -233,10 +230,8 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     );
     rp1.sql("START SLAVE SQL_THREAD");
     let t_off = Instant::now();
-    for h in [&db1, &db2] {
-        let off = maintenance(h, rp1.addr.as_str(), "off");
-        assert!(off.status.success(), "{off:?}");
-    }
+    let off = maintenance(&db2, rp1.addr.as_str(), "off");
+    assert!(off.status.success(), "{off:?}");
     let back_in = until(Duration::from_secs(15), || {
         readers_since(&log, t_off).contains(&3)
     });
@@ -248,8 +243,21 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
         follows(rp1, DB1),
         "rp1 was re-pointed during its maintenance"
     );
+    assert!(
+        until(Duration::from_secs(5), || read_pool_reason(
+            &lab,
+            &db1,
+            rp1.addr.as_str()
+        )
+        .is_none())
+        .is_some(),
+        "db1's agent still holds rp1 out: {:?}",
+        read_pool_reason(&lab, &db1, rp1.addr.as_str())
+    );
     figures.push(format!(
-        "maintenance of rp1: no read from it for 3 s; back {:.2} s after `off`",
+        "maintenance of rp1 (on said to db1's agent, held by db2's after {:.2} s; off said to \
+         db2's): no read from it for 3 s; back {:.2} s after `off`",
+        shared.unwrap().as_secs_f64(),
         back_in.unwrap().as_secs_f64()
     ));
 
@@ -342,18 +350,28 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
          on db2 ({:.1} s)",
         t_moved.elapsed().as_secs_f64()
     ));
-    for h in [&db1, &db2] {
-        let on = maintenance(h, DB1, "on");
-        assert!(
-            on.status.success(),
-            "maintenance of db1 after the switchover: {on:?}"
-        );
-    }
+    // db1's maintenance, said to db2's agent: db1's (which decides) holds it too.
+    let on = maintenance(&db2, DB1, "on");
+    assert!(
+        on.status.success(),
+        "maintenance of db1 after the switchover: {on:?}"
+    );
+    assert!(
+        until(Duration::from_secs(5), || real_field(
+            &lab,
+            &db1,
+            "mysql-write",
+            DB1,
+            "reason"
+        )
+        .contains("maintenance"))
+        .is_some(),
+        "db1's agent does not hold db1's maintenance: {:?}",
+        real_field(&lab, &db1, "mysql-write", DB1, "reason")
+    );
     std::thread::sleep(Duration::from_secs(1));
-    for h in [&db1, &db2] {
-        let off = maintenance(h, DB1, "off");
-        assert!(off.status.success(), "{off:?}");
-    }
+    let off = maintenance(&db1, DB1, "off");
+    assert!(off.status.success(), "{off:?}");
     let t = Instant::now();
     marks.push(("switch back", t));
     let back = until(Duration::from_secs(15), || {

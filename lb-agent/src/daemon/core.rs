@@ -45,6 +45,8 @@ pub struct Daemon {
     pub quorum: Option<super::quorum::QuorumLink>,
     /// The self-fence and the deferred writes of `[quorum]`.
     pub fences: super::writer_quorum::Fences,
+    /// The operators' maintenance words, shared with the other agent(s).
+    pub maintenance: lb_agent::decision::maintenance::Marks,
     /// The verdicts the maps follow (health, with the pair's decisions; see `writer`).
     pub verdicts: Verdicts,
     /// Whether the loop stood still (`super::stall`).
@@ -157,26 +159,7 @@ impl Daemon {
             }
             // The event loop takes it (a reload replaces the health channel it owns).
             Request::Reload => Reply::Error("reload: not through this path".into()),
-            Request::Maintenance { server, on } => {
-                let on_sorry: HashSet<String> = self
-                    .state
-                    .services
-                    .iter()
-                    .filter(|s| s.using_sorry)
-                    .map(|s| s.name.clone())
-                    .collect();
-                match self
-                    .health
-                    .set_maintenance(&self.cfg, &on_sorry, server, on)
-                {
-                    Ok(said) => {
-                        tracing::warn!(server = %server, on, "{said}");
-                        self.health_step().await?;
-                        Reply::Ok(said)
-                    }
-                    Err(e) => Reply::Error(e),
-                }
-            }
+            Request::Maintenance { server, on } => self.on_maintenance_request(server, on).await?,
             Request::PrepareRestart => {
                 self.restart_prepared_until = Some(Instant::now() + super::RESTART_WINDOW);
                 tracing::info!(

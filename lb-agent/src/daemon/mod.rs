@@ -7,6 +7,7 @@
 mod attach;
 mod core;
 mod lock;
+mod maintenance;
 mod neighbours;
 mod pair;
 mod quorum;
@@ -176,8 +177,10 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         )?),
         None => None,
     };
+    let maintenance = lb_agent::decision::maintenance::Marks::new(agent_name(&cfg));
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
+        maintenance,
         notifier: Notifier::new(&cfg),
         cfg,
         link,

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use lb_agent::{
     config::Pair,
     decision::{
+        maintenance::MarkSet,
         shared::{Effect, Shared},
         wire,
     },
@@ -86,27 +87,33 @@ impl PairLink {
         })
     }
 
-    /// One datagram: verified, decoded, applied.
-    pub fn receive(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) -> Vec<Effect> {
+    /// One datagram: verified, decoded, applied; the decisions' effects, and the peer's
+    /// maintenance words (for the daemon to merge).
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        from: SocketAddr,
+    ) -> (Vec<Effect>, MarkSet) {
         if !self.peers.iter().any(|p| p.ip() == from.ip()) {
             *self.discards.entry("not_a_peer").or_default() += 1;
-            return vec![];
+            return Default::default();
         }
         match wire::decode(bytes, &self.key) {
-            Ok(view) => self.shared.on_view(now, &view),
+            Ok(view) => (self.shared.on_view(now, &view), view.maintenance),
             Err(e) => {
                 *self.discards.entry(e.name()).or_default() += 1;
-                vec![]
+                Default::default()
             }
         }
     }
 
-    /// Sends our view to every peer if it is due.
-    /// Sends this agent's view when due; whether it did.
-    pub fn send_due(&mut self, now: Instant) -> bool {
-        let Some(view) = self.shared.poll_send(now) else {
+    /// Sends this agent's view, with its maintenance words, when due; whether it did.
+    pub fn send_due(&mut self, now: Instant, maintenance: &MarkSet) -> bool {
+        let Some(mut view) = self.shared.poll_send(now) else {
             return false;
         };
+        view.maintenance = maintenance.clone();
         let bytes = wire::encode(&view, &self.key);
         for p in &self.peers {
             // Best effort: the next period repeats it.

@@ -9,7 +9,9 @@
 //!
 //! Keys, under the prefix: `leader` (the deciding agent's name, under its lease),
 //! `decision/<service>` (`decision::quorum::Stored` as JSON, no lease: it outlives its
-//! writer), `agents/<name>` (the epochs an agent's data plane follows, under its lease).
+//! writer), `agents/<name>` (the epochs an agent's data plane follows, under its lease),
+//! `maintenance/<name>` (the operators' maintenance words the agent holds, under its lease:
+//! see `decision::maintenance`).
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -20,7 +22,10 @@ use etcd_client::{
 };
 use lb_agent::{
     config::Quorum as QuorumConfig,
-    decision::quorum::{Committed, Observation, Proposal, Quorum, Round, Stored},
+    decision::{
+        maintenance::MarkSet,
+        quorum::{Committed, Observation, Proposal, Quorum, Round, Stored},
+    },
 };
 use tokio::sync::mpsc;
 
@@ -31,6 +36,8 @@ pub enum Command {
     Propose(Proposal),
     /// What this agent's data plane follows now.
     Acknowledge(BTreeMap<String, u64>),
+    /// The maintenance words this agent holds now.
+    Maintenance(MarkSet),
     /// Shutting down: give the leader key up and revoke the lease, so that the other agent
     /// takes over at once instead of after the TTL.
     Resign(tokio::sync::oneshot::Sender<()>),
@@ -113,6 +120,12 @@ impl QuorumLink {
         }
     }
 
+    /// Publishes the maintenance words this agent holds (after a change).
+    pub fn publish_maintenance(&self, marks: &MarkSet) {
+        // A full queue drops it: the next change, or the peer's own copy, carries it.
+        let _ = self.commands.try_send(Command::Maintenance(marks.clone()));
+    }
+
     /// Bounded: the agent stops even when etcd does not answer.
     pub async fn resign(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -156,6 +169,8 @@ struct Session {
     watch: Option<WatchStream>,
     /// Whether the acknowledgements must be written again (a new lease lost the old key).
     acks_written: bool,
+    /// The same for the maintenance words.
+    marks_written: bool,
 }
 
 async fn run(
@@ -168,6 +183,7 @@ async fn run(
 ) {
     let mut s = Session::default();
     let mut acks: BTreeMap<String, u64> = BTreeMap::new();
+    let mut marks = MarkSet::new();
     let mut proposals: Vec<Proposal> = Vec::new();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -179,6 +195,7 @@ async fn run(
                 None => return,
                 Some(Command::Propose(p)) => proposals.push(p),
                 Some(Command::Acknowledge(a)) => { acks = a; s.acks_written = false; }
+                Some(Command::Maintenance(m)) => { marks = m; s.marks_written = false; }
                 Some(Command::Resign(done)) => {
                     let _ = tokio::time::timeout(period, resign(&mut s, &keys, &me)).await;
                     let _ = done.send(());
@@ -198,6 +215,10 @@ async fn run(
                 Command::Acknowledge(a) => {
                     acks = a;
                     s.acks_written = false;
+                }
+                Command::Maintenance(m) => {
+                    marks = m;
+                    s.marks_written = false;
                 }
                 Command::Resign(done) => {
                     let _ = tokio::time::timeout(period, resign(&mut s, &keys, &me)).await;
@@ -219,7 +240,16 @@ async fn run(
             let endpoint = cfg.endpoints[s.at % cfg.endpoints.len()].clone();
             result = tokio::time::timeout(
                 left,
-                round(&cfg, &tls, &mut s, &keys, &me, &acks, &mine, &reports),
+                round(
+                    &cfg,
+                    &tls,
+                    &mut s,
+                    &keys,
+                    &me,
+                    (&acks, &marks),
+                    &mine,
+                    &reports,
+                ),
             )
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {left:?}")));
@@ -287,6 +317,9 @@ impl Keys {
     fn agent(&self, name: &str) -> String {
         format!("{}agents/{name}", self.prefix)
     }
+    fn maintenance(&self, name: &str) -> String {
+        format!("{}maintenance/{name}", self.prefix)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -296,7 +329,7 @@ async fn round(
     s: &mut Session,
     keys: &Keys,
     me: &str,
-    acks: &BTreeMap<String, u64>,
+    (acks, marks): (&BTreeMap<String, u64>, &MarkSet),
     proposals: &[Proposal],
     reports: &mpsc::Sender<Report>,
 ) -> Result<Observation, String> {
@@ -364,6 +397,7 @@ async fn round(
                 .id();
             s.lease = Some(id);
             s.acks_written = false;
+            s.marks_written = false;
             id
         }
     };
@@ -386,6 +420,21 @@ async fn round(
             .await
             .map_err(|err| e("publishing the acknowledgements", err))?;
         s.acks_written = true;
+    }
+    // 3b. Its maintenance words (none said: no key).
+    if !s.marks_written {
+        if !marks.is_empty() {
+            let value = serde_json::to_vec(marks).unwrap_or_default();
+            client
+                .put(
+                    keys.maintenance(me),
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+                .await
+                .map_err(|err| e("publishing the maintenance words", err))?;
+        }
+        s.marks_written = true;
     }
     // 4. The leader key, when nobody holds it.
     client
@@ -459,6 +508,11 @@ fn observe(keys: &Keys, kvs: &[etcd_client::KeyValue]) -> Observation {
         } else if let Some(agent) = key.strip_prefix(&format!("{}agents/", keys.prefix)) {
             let acks = serde_json::from_slice(kv.value()).unwrap_or_default();
             seen.agents.insert(agent.to_string(), acks);
+        } else if let Some(agent) = key.strip_prefix(&format!("{}maintenance/", keys.prefix)) {
+            // Unreadable: nobody's words (the agent writes them again with its next change).
+            if let Ok(marks) = serde_json::from_slice(kv.value()) {
+                seen.maintenance.insert(agent.to_string(), marks);
+            }
         }
     }
     seen

@@ -222,7 +222,8 @@ impl Daemon {
         let Some(pair) = &mut self.pair else {
             return Ok(());
         };
-        for e in pair.receive(now, &bytes, from) {
+        let (effects, marks) = pair.receive(now, &bytes, from);
+        for e in effects {
             let Effect::Follow { service, decision } = e;
             tracing::info!(
                 service,
@@ -232,6 +233,7 @@ impl Daemon {
             );
             self.health.inherit(&self.cfg, &service, decision);
         }
+        self.take_maintenance_words(&marks);
         // Hearing the peer is what makes the decisions current again.
         self.renew_lease()?;
         self.health_step().await
@@ -279,7 +281,8 @@ impl Daemon {
 
     /// Sends the view when due, and with it renews the lease (every period of the pair).
     pub(super) fn send_pair(&mut self, now: Instant) -> Result<()> {
-        if self.pair.as_mut().is_some_and(|p| p.send_due(now)) {
+        let marks = self.maintenance.all();
+        if self.pair.as_mut().is_some_and(|p| p.send_due(now, marks)) {
             self.renew_lease()?;
         }
         Ok(())

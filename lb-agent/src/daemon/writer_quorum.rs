@@ -83,6 +83,16 @@ impl Daemon {
                     q.failing = 0;
                     q.rounds += 1;
                 }
+                // The other agents' maintenance words, merged below.
+                let words: Vec<_> = match &round {
+                    Round::Seen { seen, .. } => seen
+                        .maintenance
+                        .iter()
+                        .filter(|(agent, _)| agent.as_str() != q.state.me())
+                        .map(|(_, marks)| marks.clone())
+                        .collect(),
+                    Round::Failed(_) => vec![],
+                };
                 let before = q.state.leader().map(str::to_string);
                 let effects = q.state.on_round(round);
                 if q.state.leader() != before.as_deref() {
@@ -100,6 +110,9 @@ impl Daemon {
                         "writer decision committed"
                     );
                     self.health.inherit(&self.cfg, &service, decision);
+                }
+                for marks in &words {
+                    self.take_maintenance_words(marks);
                 }
             }
         }

@@ -2,8 +2,9 @@
 //! the decision and its rules without I/O, `wire` its authenticated datagram. One agent —
 //! the VRRP master of the service's address — decides; the others follow, in their data
 //! planes too; the decision, with its epoch and the failback gate it implies, moves with the
-//! master role.
+//! master role. `maintenance` shares the operators' maintenance words the same ways.
 
+pub mod maintenance;
 pub mod quorum;
 pub mod shared;
 pub mod wire;

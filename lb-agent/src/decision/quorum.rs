@@ -85,6 +85,8 @@ pub struct Observation {
     pub decisions: BTreeMap<String, Committed>,
     /// Every agent registered (its lease alive): the epochs it acknowledged, by service.
     pub agents: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Every agent's maintenance words (see `decision::maintenance`), under its lease.
+    pub maintenance: BTreeMap<String, super::maintenance::MarkSet>,
 }
 
 /// A round's outcome: the observation, with the moment its lease renewal was sent.
@@ -407,6 +409,7 @@ mod tests {
                 leader: self.leader.clone(),
                 decisions: self.decisions.clone(),
                 agents: self.agents.clone(),
+                maintenance: Default::default(),
             }
         }
 

@@ -80,6 +80,10 @@ pub struct View {
     pub leader: bool,
     /// By service name.
     pub decisions: BTreeMap<String, Decision>,
+    /// The operators' maintenance words this agent holds (see `maintenance`), carried
+    /// here for the daemon; absent from older agents' views.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub maintenance: super::maintenance::MarkSet,
 }
 
 /// What the daemon must do after an event.
@@ -253,7 +257,13 @@ impl Shared {
             from: self.me.clone(),
             leader: self.leader,
             decisions: self.decisions.clone(),
+            maintenance: Default::default(),
         })
+    }
+
+    /// Something else in the view changed (a maintenance word): send it at once.
+    pub fn send_soon(&mut self) {
+        self.send_now = true;
     }
 
     /// When `poll_send` next has something (a time already past when it has now).
@@ -520,6 +530,7 @@ mod tests {
             from: from.into(),
             leader,
             decisions: [(W.to_string(), d)].into_iter().collect(),
+            maintenance: Default::default(),
         }
     }
 
@@ -544,6 +555,7 @@ mod tests {
                 from: "db2".into(),
                 leader: false,
                 decisions: BTreeMap::new(),
+                maintenance: Default::default(),
             },
         );
         assert!(fresh.poll_send(t).is_some());

@@ -555,6 +555,21 @@ impl HealthState {
         })
     }
 
+    /// Another agent's operator word (see `decision::maintenance`): taken as said here,
+    /// without this agent's refusals (they were that agent's to make). Returns what changed.
+    pub fn maintenance_from_peer(&mut self, server: IpAddr, on: bool) -> Option<String> {
+        if on {
+            let was = self.maintenance.insert(server, Maintenance::On);
+            (was != Some(Maintenance::On)).then(|| format!("{server}: in maintenance (drained)"))
+        } else {
+            let mt = self.maintenance.get_mut(&server)?;
+            (*mt == Maintenance::On).then(|| {
+                *mt = Maintenance::Returning;
+                format!("{server}: maintenance ended; back once it replicates with no lag")
+            })
+        }
+    }
+
     /// Whether `server` is in maintenance (its re-pointing waits).
     pub fn in_maintenance(&self, server: IpAddr) -> bool {
         self.maintenance.contains_key(&server)

@@ -475,6 +475,15 @@ pub fn switchover(db1: &Host, db2: &Host, to: Option<&str>) -> (bool, String) {
     (false, said)
 }
 
+/// `lb-agent maintenance SERVER on|off` against host `h`'s agent.
+pub fn maintenance(h: &Host, server: &str, state: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(["maintenance", server, state, "--config"])
+        .arg(&h.config)
+        .output()
+        .unwrap()
+}
+
 /// Polls `cond` (bounded); how long until it held.
 pub fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
