@@ -166,12 +166,7 @@ mod tests {
     /// writer's one awaited acknowledgement may have been its.
     #[test]
     fn a_replica_that_acknowledges_semi_sync_commits_is_a_risk() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("lbt{}-risk", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pw = dir.join("pw");
-        std::fs::write(&pw, "x").unwrap();
-        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let pw = crate::health::verdict::tests::password_file("risk");
         let check = format!(
             "check = {{ type = \"mysql\", user = \"lb\", password_file = \"{}\" }}",
             pw.display()
@@ -238,6 +233,6 @@ address = "10.0.0.3"
         }
         feed(&mut m, replica, acking);
         assert_eq!(failover(&m, vs, false), None);
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(pw.parent().unwrap());
     }
 }

@@ -1083,6 +1083,37 @@ mod tests {
         verdict::tests::{mysql, setup},
     };
 
+    /// A passing MySQL check of `check` at `at` (`read_only`; replicating from `source`,
+    /// caught up, when given), then an evaluation: its actions.
+    fn mysql_up(
+        h: &mut HealthState,
+        cfg: &Config,
+        check: usize,
+        read_only: bool,
+        source: Option<&str>,
+        at: Instant,
+    ) -> Vec<Action> {
+        let mut outcome = mysql("0-1-4", read_only, source.is_some());
+        if let Outcome::Up {
+            mysql: Some(st), ..
+        } = &mut outcome
+            && let Some(r) = st.replica.as_mut()
+        {
+            r.source_host = source.unwrap_or_default().into();
+            r.received = "0-1-4".into();
+        }
+        h.handle(
+            Event::Check(Box::new(Report {
+                check,
+                outcome,
+                started: at,
+                at,
+            })),
+            at,
+        );
+        h.evaluate(cfg, at)
+    }
+
     /// As the daemon does: handle, and evaluate when told to.
     fn feed(h: &mut HealthState, cfg: &Config, check: usize, at: Instant) {
         let (_, changed) = h.handle(
@@ -1128,25 +1159,7 @@ mod tests {
         let mut h = HealthState::new(&cfg, &AdoptedSorry::new(), t0).unwrap();
         let at = |ms| t0 + Duration::from_millis(ms);
         let up = |h: &mut HealthState, check, read_only, source: Option<&str>, ms| {
-            let mut outcome = mysql("0-1-4", read_only, source.is_some());
-            if let Outcome::Up {
-                mysql: Some(st), ..
-            } = &mut outcome
-                && let Some(r) = st.replica.as_mut()
-            {
-                r.source_host = source.unwrap().into();
-                r.received = "0-1-4".into();
-            }
-            h.handle(
-                Event::Check(Box::new(Report {
-                    check,
-                    outcome,
-                    started: at(ms),
-                    at: at(ms),
-                })),
-                at(ms),
-            );
-            h.evaluate(&cfg, at(ms));
+            mysql_up(h, &cfg, check, read_only, source, at(ms));
         };
         // A fresh start is held on the sorry server until db1 is read after db2.
         up(&mut h, 0, false, None, 100);
@@ -1199,25 +1212,7 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut h = HealthState::new(&cfg, &AdoptedSorry::new(), t0).unwrap();
         let up = |h: &mut HealthState, check, read_only, source: Option<&str>, ms| {
-            let mut outcome = mysql("0-1-4", read_only, source.is_some());
-            if let Outcome::Up {
-                mysql: Some(st), ..
-            } = &mut outcome
-                && let Some(r) = st.replica.as_mut()
-            {
-                r.source_host = source.unwrap().into();
-                r.received = "0-1-4".into();
-            }
-            h.handle(
-                Event::Check(Box::new(Report {
-                    check,
-                    outcome,
-                    started: at(ms),
-                    at: at(ms),
-                })),
-                at(ms),
-            );
-            h.evaluate(&cfg, at(ms))
+            mysql_up(h, &cfg, check, read_only, source, at(ms))
         };
         up(&mut h, 0, false, None, 100);
         up(&mut h, 1, false, Some("10.0.0.1"), 200);
@@ -1273,25 +1268,7 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut h = HealthState::new(&cfg, &AdoptedSorry::new(), t0).unwrap();
         let up = |h: &mut HealthState, check, read_only, source: Option<&str>, ms| {
-            let mut outcome = mysql("0-1-4", read_only, source.is_some());
-            if let Outcome::Up {
-                mysql: Some(st), ..
-            } = &mut outcome
-                && let Some(r) = st.replica.as_mut()
-            {
-                r.source_host = source.unwrap().into();
-                r.received = "0-1-4".into();
-            }
-            h.handle(
-                Event::Check(Box::new(Report {
-                    check,
-                    outcome,
-                    started: at(ms),
-                    at: at(ms),
-                })),
-                at(ms),
-            );
-            h.evaluate(&cfg, at(ms))
+            mysql_up(h, &cfg, check, read_only, source, at(ms))
         };
         // db1 answers read-only: unusable, the writes go to the sorry server (once drained).
         up(&mut h, 1, false, Some("10.0.0.1"), 100);

@@ -519,12 +519,18 @@ pub(crate) mod tests {
 
     /// A write VIP as the recipe has it: db1 the writer, db2 the sorry server, both checked
     /// with MySQL, failback `caught-up`, fall 2 and rise 2.
-    pub(crate) fn setup(failback: &str) -> (Config, Monitor, Gates) {
-        let dir = std::env::temp_dir().join(format!("lbt{}-verdict", std::process::id()));
+    /// A password file the checks accept (owner-only), under `lbt<pid>-<name>`.
+    pub(crate) fn password_file(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lbt{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pw = dir.join("pw");
         std::fs::write(&pw, "x").unwrap();
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        pw
+    }
+
+    pub(crate) fn setup(failback: &str) -> (Config, Monitor, Gates) {
+        let pw = password_file("verdict");
         let check = format!(
             "check = {{ type = \"mysql\", user = \"lb\", password_file = \"{}\", rise = 2, fall = 2 }}",
             pw.display()
