@@ -17,6 +17,9 @@ impl Daemon {
         server: IpAddr,
         on: bool,
     ) -> Result<Reply> {
+        if let Err(e) = self.maintenance.may_say(Instant::now()) {
+            return Ok(Reply::Error(e));
+        }
         let on_sorry: HashSet<String> = self
             .state
             .services

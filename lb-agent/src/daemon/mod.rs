@@ -177,7 +177,8 @@ async fn serve(config_path: &Path, cfg: Config) -> Result<()> {
         )?),
         None => None,
     };
-    let maintenance = lb_agent::decision::maintenance::Marks::new(agent_name(&cfg));
+    let maintenance =
+        lb_agent::decision::maintenance::Marks::new(agent_name(&cfg), std::time::Instant::now());
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
         maintenance,

@@ -84,6 +84,7 @@ impl Daemon {
                     q.rounds += 1;
                 }
                 // The other agents' maintenance words, merged below.
+                let seen_round = matches!(round, Round::Seen { .. });
                 let words: Vec<_> = match &round {
                     Round::Seen { seen, .. } => seen
                         .maintenance
@@ -110,6 +111,9 @@ impl Daemon {
                         "writer decision committed"
                     );
                     self.health.inherit(&self.cfg, &service, decision);
+                }
+                if seen_round {
+                    self.maintenance.heard();
                 }
                 for marks in &words {
                     self.take_maintenance_words(marks);
