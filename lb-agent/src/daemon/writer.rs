@@ -12,7 +12,7 @@ use lb_agent::{
     config::{Config, Service},
     decision::{
         quorum::Quorum,
-        shared::{Effect, Placement},
+        shared::{Decision, Effect, Placement},
     },
     health::risk,
 };
@@ -73,7 +73,32 @@ impl Daemon {
                 "this agent follows"
             }
         );
+        if leading {
+            let held: Vec<(String, Decision)> = self
+                .shared_services()
+                .iter()
+                .filter_map(|vs| {
+                    let d = self.pair.as_ref()?.shared.decision(&vs.name)?;
+                    (d.epoch > 0).then(|| (vs.name.clone(), d))
+                })
+                .collect();
+            self.gates_from_decisions(held);
+        }
         true
+    }
+
+    /// A new leader's failback gates start from the decisions it followed, not from what
+    /// its own checks made of them meanwhile: a follower's gate moves by its own view (it
+    /// only holds, never acts), and a gate that went to the sorry server while this agent
+    /// was cut off from the writer — a link down that has since healed — would otherwise
+    /// move the writes at once when it leads, without a fence or a drain, away from a
+    /// writer that is committing (the lab's link-down then adverts-lost steps: one counter
+    /// increment lost). From the decision, its own checks move the gate again only by the
+    /// failover's rules (the quorum lost now, the sorry server drained after that).
+    pub(super) fn gates_from_decisions(&mut self, held: Vec<(String, Decision)>) {
+        for (service, d) in held {
+            self.health.inherit(&self.cfg, &service, d);
+        }
     }
 
     /// The leader turns its checks' verdicts into decisions (a new epoch when one changes),

@@ -17,7 +17,7 @@ pub(super) const RETRY_WRITABLE: Duration = Duration::from_secs(3);
 
 use anyhow::Result;
 use lb_agent::{
-    decision::quorum::{Effect, Placement, Round},
+    decision::quorum::{Decision, Effect, Placement, Round},
     health::{mysql::Target, runner, state::Action},
 };
 
@@ -96,6 +96,8 @@ impl Daemon {
                 };
                 let before = q.state.leader().map(str::to_string);
                 let effects = q.state.on_round(round);
+                let now_leads = q.state.leader() == Some(q.state.me())
+                    && before.as_deref() != Some(q.state.me());
                 if q.state.leader() != before.as_deref() {
                     tracing::info!(
                         leader = q.state.leader().unwrap_or("none"),
@@ -111,6 +113,18 @@ impl Daemon {
                         "writer decision committed"
                     );
                     self.health.inherit(&self.cfg, &service, decision);
+                }
+                if now_leads {
+                    // As with `[pair]`: the new leader's gates start from the decisions.
+                    let held: Vec<(String, Decision)> = shared_services(&self.cfg)
+                        .iter()
+                        .map(|vs| vs.name.clone())
+                        .filter_map(|name| {
+                            let s = self.quorum.as_ref()?.state.last_followed(&name)?;
+                            (s.epoch > 0).then_some((name, s.decision()))
+                        })
+                        .collect();
+                    self.gates_from_decisions(held);
                 }
                 if seen_round {
                     self.maintenance.heard();

@@ -60,7 +60,7 @@ pub struct Stored {
 }
 
 impl Stored {
-    fn decision(&self) -> Decision {
+    pub fn decision(&self) -> Decision {
         Decision {
             epoch: self.epoch,
             sorry: self.sorry,
