@@ -74,15 +74,7 @@ impl Daemon {
             }
         );
         if leading {
-            let held: Vec<(String, Decision)> = self
-                .shared_services()
-                .iter()
-                .filter_map(|vs| {
-                    let d = self.pair.as_ref()?.shared.decision(&vs.name)?;
-                    (d.epoch > 0).then(|| (vs.name.clone(), d))
-                })
-                .collect();
-            self.gates_from_decisions(held);
+            self.gates_from_decisions();
         }
         true
     }
@@ -95,7 +87,19 @@ impl Daemon {
     /// writer that is committing (the lab's link-down then adverts-lost steps: one counter
     /// increment lost). From the decision, its own checks move the gate again only by the
     /// failover's rules (the quorum lost now, the sorry server drained after that).
-    pub(super) fn gates_from_decisions(&mut self, held: Vec<(String, Decision)>) {
+    pub(super) fn gates_from_decisions(&mut self) {
+        let held: Vec<(String, Decision)> = self
+            .shared_services()
+            .iter()
+            .filter_map(|vs| {
+                let d = match (&self.pair, &self.quorum) {
+                    (Some(p), _) => p.shared.decision(&vs.name)?,
+                    (_, Some(q)) => q.state.last_followed(&vs.name)?.decision(),
+                    (None, None) => return None,
+                };
+                (d.epoch > 0).then_some((vs.name.clone(), d))
+            })
+            .collect();
         for (service, d) in held {
             self.health.inherit(&self.cfg, &service, d);
         }

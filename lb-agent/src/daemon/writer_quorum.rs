@@ -17,7 +17,7 @@ pub(super) const RETRY_WRITABLE: Duration = Duration::from_secs(3);
 
 use anyhow::Result;
 use lb_agent::{
-    decision::quorum::{Decision, Effect, Placement, Round},
+    decision::quorum::{Effect, Placement, Round},
     health::{mysql::Target, runner, state::Action},
 };
 
@@ -83,16 +83,16 @@ impl Daemon {
                     q.failing = 0;
                     q.rounds += 1;
                 }
-                // The other agents' maintenance words, merged below.
-                let seen_round = matches!(round, Round::Seen { .. });
-                let words: Vec<_> = match &round {
-                    Round::Seen { seen, .. } => seen
-                        .maintenance
-                        .iter()
-                        .filter(|(agent, _)| agent.as_str() != q.state.me())
-                        .map(|(_, marks)| marks.clone())
-                        .collect(),
-                    Round::Failed(_) => vec![],
+                // The other agents' maintenance words (a round seen: heard), merged below.
+                let words: Option<Vec<_>> = match &round {
+                    Round::Seen { seen, .. } => Some(
+                        seen.maintenance
+                            .iter()
+                            .filter(|(agent, _)| agent.as_str() != q.state.me())
+                            .map(|(_, marks)| marks.clone())
+                            .collect(),
+                    ),
+                    Round::Failed(_) => None,
                 };
                 let before = q.state.leader().map(str::to_string);
                 let effects = q.state.on_round(round);
@@ -116,21 +116,13 @@ impl Daemon {
                 }
                 if now_leads {
                     // As with `[pair]`: the new leader's gates start from the decisions.
-                    let held: Vec<(String, Decision)> = shared_services(&self.cfg)
-                        .iter()
-                        .map(|vs| vs.name.clone())
-                        .filter_map(|name| {
-                            let s = self.quorum.as_ref()?.state.last_followed(&name)?;
-                            (s.epoch > 0).then_some((name, s.decision()))
-                        })
-                        .collect();
-                    self.gates_from_decisions(held);
+                    self.gates_from_decisions();
                 }
-                if seen_round {
+                if let Some(words) = words {
                     self.maintenance.heard();
-                }
-                for marks in &words {
-                    self.take_maintenance_words(marks);
+                    for marks in &words {
+                        self.take_maintenance_words(marks);
+                    }
                 }
             }
         }

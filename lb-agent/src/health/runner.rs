@@ -33,40 +33,34 @@ pub fn spawn_checks(m: &Monitor, tx: &mpsc::Sender<Event>) {
                 if tx.is_closed() {
                     return;
                 }
-                run_check(i, probe.clone(), &tx);
+                tokio::spawn(check_once(i, probe.clone(), tx.clone()));
             }
         });
     }
 }
 
-/// One run of check `check`, in its own task; its report arrives on `tx` like a scheduled
-/// one (the monitor orders runs by their start, so an extra run is never taken for a
-/// newer one than it is).
-fn run_check(check: usize, probe: super::monitor::Probe, tx: &mpsc::Sender<Event>) {
-    let tx = tx.clone();
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let outcome = probe.run().await;
-        let _ = tx
-            .send(Event::Check(Box::new(Report {
-                check,
-                outcome,
-                started,
-                at: Instant::now(),
-            })))
-            .await;
-    });
+/// One run of check `check`; its report arrives on `tx`, a scheduled run's or one asked for
+/// (`Action::CheckNow`) alike (the monitor orders runs by their start, so an extra run is
+/// never taken for a newer one than it is).
+async fn check_once(check: usize, probe: super::monitor::Probe, tx: mpsc::Sender<Event>) {
+    let started = Instant::now();
+    let outcome = probe.run().await;
+    let _ = tx
+        .send(Event::Check(Box::new(Report {
+            check,
+            outcome,
+            started,
+            at: Instant::now(),
+        })))
+        .await;
 }
 
 /// Runs `action` in the background; its result (if it has one) comes back on `tx`.
 pub fn spawn(action: Action, tx: &mpsc::Sender<Event>) {
-    if let Action::CheckNow { check, probe } = action {
-        return run_check(check, probe, tx);
-    }
     let tx = tx.clone();
     tokio::spawn(async move {
         match action {
-            Action::CheckNow { .. } => {}
+            Action::CheckNow { check, probe } => check_once(check, probe, tx).await,
             Action::Fence { target } => {
                 let r = mysql::set_read_only(&target, true).await;
                 let _ = tx.send(Event::Fence(target.addr.ip(), r)).await;

@@ -745,12 +745,7 @@ impl HealthState {
     /// the writer "read_only=1: not writable" and never handed the writes back.
     fn adopt_fences(&mut self, vs: &Service) {
         for rs in &vs.reals {
-            let read_only = self
-                .monitor
-                .checked(rs)
-                .filter(|c| c.is_up())
-                .and_then(|c| c.mysql.as_ref())
-                .is_some_and(|m| !m.writable());
+            let read_only = self.monitor.answering(rs).is_some_and(|m| !m.writable());
             if read_only && !self.fencing.contains(&rs.address) && self.fenced.insert(rs.address) {
                 tracing::info!(
                     service = %vs.name,
@@ -765,10 +760,7 @@ impl HealthState {
     /// the writes.
     fn fence_step(&mut self, vs: &Service, actions: &mut Vec<Action>) {
         for rs in &vs.reals {
-            let Some(c) = self.monitor.checked(rs) else {
-                continue;
-            };
-            let writable = c.is_up() && c.mysql.as_ref().is_some_and(|m| m.writable());
+            let writable = self.monitor.answering(rs).is_some_and(|m| m.writable());
             if !writable || self.fencing.contains(&rs.address) {
                 continue;
             }

@@ -517,8 +517,6 @@ pub(crate) mod tests {
         assert!(Maintenance::caught_up(None));
     }
 
-    /// A write VIP as the recipe has it: db1 the writer, db2 the sorry server, both checked
-    /// with MySQL, failback `caught-up`, fall 2 and rise 2.
     /// A password file the checks accept (owner-only), under `lbt<pid>-<name>`.
     pub(crate) fn password_file(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("lbt{}-{name}", std::process::id()));
@@ -529,6 +527,8 @@ pub(crate) mod tests {
         pw
     }
 
+    /// A write VIP as the recipe has it: db1 the writer, db2 the sorry server, both checked
+    /// with MySQL, failback `caught-up`, fall 2 and rise 2.
     pub(crate) fn setup(failback: &str) -> (Config, Monitor, Gates) {
         let pw = password_file("verdict");
         let check = format!(

@@ -110,49 +110,35 @@ impl Notifier {
     /// a move by an operator's switchover (`switched`) and its way back are logged, and
     /// e-mailed with `smtp_alert`, but run neither.
     pub fn quorum(&mut self, vs: &Service, using_sorry: bool, switched: bool) {
-        let planned = if using_sorry && switched {
+        // (script, log text, mail subject); a planned move runs no script.
+        let (script, text, subject) = if using_sorry && switched {
             self.switched_over.insert(vs.name.clone());
-            Some((
+            (
+                None,
                 "switched over by an operator: the sorry server takes the traffic",
                 "SWITCHED OVER",
-            ))
+            )
         } else if !using_sorry && self.switched_over.remove(&vs.name) {
-            Some((
+            (
+                None,
                 "switched back by an operator: back on its real servers",
                 "SWITCHED BACK",
-            ))
-        } else {
-            None
-        };
-        if let Some((text, subject)) = planned {
-            tracing::warn!(service = %vs.name, "{text}");
-            if vs.smtp_alert
-                && let Some(m) = &self.mailer
-            {
-                m.send(
-                    format!("=> {} {subject} <=", vs.name),
-                    format!("{} {text}", vs.name),
-                );
-            }
-            return;
-        }
-        let (what, script, text, subject) = if using_sorry {
+            )
+        } else if using_sorry {
             (
-                "quorum_down",
-                &vs.quorum_down,
+                Some(("quorum_down", &vs.quorum_down)),
                 "lost its quorum: the sorry server takes the traffic",
                 "QUORUM DOWN",
             )
         } else {
             (
-                "quorum_up",
-                &vs.quorum_up,
+                Some(("quorum_up", &vs.quorum_up)),
                 "is back on its real servers",
                 "QUORUM UP",
             )
         };
         tracing::warn!(service = %vs.name, "{text}");
-        if let Some(command) = script {
+        if let Some((what, Some(command))) = script {
             spawn_script(what, command.clone());
         }
         if vs.smtp_alert
