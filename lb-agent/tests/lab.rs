@@ -32,10 +32,10 @@ use std::{
 use common::{
     Lab, mariadb,
     pair::{
-        DB1, DB2, Host, READ_VIP, WRITE_VIP, adverts_lost_for, agent, agent_in, agent_stopped_for,
-        counted, decision, dir, follows, heal, link_down_for, partition, readers_since, real_state,
-        replicating, second_writer_moments, set_up_full, source_of, start_agent, switchover, until,
-        vip_on, write_service,
+        CATCH_UP, DB1, DB2, Host, READ_VIP, WRITE_VIP, adverts_lost_for, agent, agent_in,
+        agent_stopped_for, counted, decision, dir, failback_waiting, follows, heal, link_down_for,
+        partition, readers_since, real_state, replicating, second_writer_moments, set_up_full,
+        source_of, start_agent, switchover, until, vip_on, write_service,
     },
     sqlclient::{self, Log, missing_on},
     timeline,
@@ -92,7 +92,11 @@ fn back_on_db1(
     let back = until(Duration::from_secs(20), || {
         vip_on(lab, "db1", WRITE_VIP) && !vip_on(lab, "db2", WRITE_VIP)
     })
-    .and_then(|_| log.wait_for(1, undone, Duration::from_secs(20)));
+    .and_then(|_| log.wait_for(1, undone, CATCH_UP));
+    let waiting = match back {
+        Some(_) => String::new(),
+        None => format!(" (waiting: {})", failback_waiting(lab, &["db1", "db2"])),
+    };
     std::thread::sleep(Duration::from_secs(2));
     let twice = second_writer_moments(log, t);
     let (held, before) = match meanwhile {
@@ -103,7 +107,7 @@ fn back_on_db1(
         step,
         expected,
         happened: format!(
-            "{before}VIPs and writes back on db1: {}; second-writer moments: {}",
+            "{before}VIPs and writes back on db1: {}{waiting}; second-writer moments: {}",
             back.is_some(),
             twice.len()
         ),
@@ -457,12 +461,18 @@ fn the_recipe_test_plan() {
     // 3. Start MySQL on the master again: it replicates what db2 took, then gets the writes.
     let t = Instant::now();
     lab.mariadb_start(&mut db1.db, &[]);
-    let took = log.wait_for(1, t, Duration::from_secs(20));
+    let took = log.wait_for(1, t, CATCH_UP);
     let violations = log.violations.lock().unwrap().len();
     rows.push(Row {
         step: "start MySQL on the master",
         expected: "writes return to db1 once it has db2's (caught-up)",
-        happened: format!("writes on db1; returned early {violations} time(s)"),
+        happened: match took {
+            Some(_) => format!("writes on db1; returned early {violations} time(s)"),
+            None => format!(
+                "no writes on db1 (waiting: {}); returned early {violations} time(s)",
+                failback_waiting(&lab, &["db2"])
+            ),
+        },
         took,
         ok: took.is_some() && violations == 0,
     });
@@ -588,16 +598,22 @@ fn the_recipe_test_plan() {
     lab.mariadb_start(&mut db1.db, &[]);
     start_agent(&mut lab, &mut db1);
     let t_boot = Instant::now();
+    // The booted writer replicates what db2 took while it was down before it gets the
+    // writes back (caught-up).
     let returned = until(Duration::from_secs(15), || vip_on(&lab, "db1", WRITE_VIP))
-        .and_then(|_| log.wait_for(1, t_boot, Duration::from_secs(20)));
+        .and_then(|_| log.wait_for(1, t_boot, CATCH_UP));
     let violations = log.violations.lock().unwrap().len();
     rows.push(Row {
         step: "reboot the master",
         expected: "db2 takes over; after the boot VIPs and writes return",
         happened: format!(
-            "db2 served writes after {}, VIPs on db2: {on_db2}; back on db1: {}",
+            "db2 served writes after {}, VIPs on db2: {on_db2}; back on db1: {}{}",
             took_over.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
-            returned.is_some()
+            returned.is_some(),
+            match returned {
+                Some(_) => String::new(),
+                None => format!(" (waiting: {})", failback_waiting(&lab, &["db1", "db2"])),
+            }
         ),
         took: returned.map(|_| t.elapsed()),
         ok: took_over.is_some() && on_db2 && returned.is_some() && violations == 0,

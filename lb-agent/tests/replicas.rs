@@ -34,9 +34,9 @@ use common::{
     Lab,
     mariadb::{self, Db},
     pair::{
-        DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, follows, maintenance, readers_since,
-        real_field, second_writer_moments, set_up_with_replicas, source_of, status, switchover,
-        until, vip_on, write_service,
+        CATCH_UP, DB1, DB2, Host, READ_VIP, WRITE_VIP, counted, follows, maintenance,
+        readers_since, real_field, second_writer_moments, set_up_with_replicas, source_of, status,
+        switchover, until, vip_on, write_service,
     },
     sqlclient::{self, Log, missing_on},
 };
@@ -177,7 +177,7 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     marks.push(("db1 started", t));
     lab.mariadb_start(&mut db1.db, &[]);
     assert!(
-        log.wait_for(1, t, Duration::from_secs(30)).is_some(),
+        log.wait_for(1, t, CATCH_UP).is_some(),
         "the writes did not come back to db1"
     );
     let back = until(Duration::from_secs(25), || {
@@ -451,7 +451,7 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     let t = Instant::now();
     marks.push(("db1 started again", t));
     lab.mariadb_start(&mut db1.db, &[]);
-    assert!(log.wait_for(1, t, Duration::from_secs(30)).is_some());
+    assert!(log.wait_for(1, t, CATCH_UP).is_some());
     assert!(
         until(Duration::from_secs(25), || follows(rp1, DB1)).is_some(),
         "rp1 after the second failback: {:?}",
@@ -522,7 +522,7 @@ fn replicas_follow_every_writer_change_and_an_errant_one_is_kept_out() {
     mariadb::rebuild_from(&db1.db, &db2.db);
     let t = Instant::now();
     marks.push(("db1 rebuilt", t));
-    let back = log.wait_for(1, t, Duration::from_secs(30));
+    let back = log.wait_for(1, t, CATCH_UP);
     assert!(
         back.is_some(),
         "the writes did not come back to the rebuilt db1: {}",

@@ -492,4 +492,18 @@ fn keep_logs(dir: &std::path::Path) {
         }
     }
     eprintln!("--- logs kept in {}", to.display());
+    // A full disk loses log lines without a word (and stalls MariaDB's binary log).
+    eprintln!(
+        "--- free in {}: {}",
+        dir.display(),
+        free_space(dir).map_or("unknown".into(), |b| format!("{} MiB", b >> 20))
+    );
+}
+
+/// Bytes free for root on the file system holding `path`.
+fn free_space(path: &std::path::Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bfree * st.f_frsize)
 }

@@ -25,6 +25,14 @@ use super::{
 pub const DB1: &str = "10.1.1.113";
 pub const DB2: &str = "10.1.1.75";
 pub const WRITE_VIP: &str = "10.1.1.176";
+
+/// How long a writer that was away may take to get the writes back: it first replicates
+/// what the other server took meanwhile, while the clients go on writing there, and its one
+/// SQL thread (one fsync per transaction) applies barely faster than the other server's
+/// group commits on a slow disk. About 1 s on the development VM; 24 s after the reboot on a
+/// CI machine. A bound for a failback that never comes, not a figure: the tables print how
+/// long it took, and `failback_waiting` says what it waits for.
+pub const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
 pub const READ_VIP: &str = "10.1.1.177";
 
 /// One LB + MariaDB host.
@@ -37,10 +45,7 @@ pub struct Host {
 
 impl Host {
     pub fn socket(&self, lab: &Lab) -> String {
-        dir(lab)
-            .join(format!("{}.sock", self.name))
-            .to_string_lossy()
-            .into_owned()
+        socket_of(lab, self.name)
     }
     pub fn log(&self, lab: &Lab) -> String {
         dir(lab)
@@ -349,12 +354,44 @@ pub fn vip_on(lab: &Lab, host: &str, vip: &str) -> bool {
         .contains(&format!("inet {vip}/"))
 }
 
+/// The control socket of the agent of host `name`.
+pub fn socket_of(lab: &Lab, name: &str) -> String {
+    dir(lab)
+        .join(format!("{name}.sock"))
+        .to_string_lossy()
+        .into_owned()
+}
+
 pub fn status(lab: &Lab, h: &Host) -> serde_json::Value {
+    status_of(lab, h.name)
+}
+
+fn status_of(lab: &Lab, name: &str) -> serde_json::Value {
     lb_agent::control::ask(
-        std::path::Path::new(&h.socket(lab)),
+        std::path::Path::new(&socket_of(lab, name)),
         &lb_agent::control::Request::Status,
     )
     .unwrap_or_default()
+}
+
+/// What the agents of hosts `names` say the write service waits for before the writes go
+/// back (`failback_waiting`), for a step whose writes did not come back: "db1: ...; db2: ...".
+pub fn failback_waiting(lab: &Lab, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            let s = status_of(lab, name);
+            let waiting = s["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|svc| svc["name"] == "mysql-write")
+                .map(|svc| svc["failback_waiting"].to_string())
+                .unwrap_or_else(|| "no status".into());
+            format!("{name}: {waiting}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The state `status` gives real server `addr` in service `service` of host `h`.
