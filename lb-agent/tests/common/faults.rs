@@ -15,8 +15,8 @@ use std::{
 use super::{
     Lab, mariadb,
     pair::{
-        DB1, Host, WRITE_VIP, counted, real_field, replicating, second_writer_moments, start_agent,
-        until, vip_on, write_service,
+        CATCH_UP, DB1, Host, WRITE_VIP, counted, failback_waiting, real_field, replicating,
+        second_writer_moments, start_agent, until, vip_on, write_service,
     },
     sqlclient::{self, Log, missing_on},
 };
@@ -156,14 +156,18 @@ impl Run {
             failed.push(e);
         }
         let undone = Instant::now();
-        let back = until(Duration::from_secs(30), || {
+        // db1 may first replicate what db2 took meanwhile, under both clients' load.
+        let back = until(CATCH_UP, || {
             vip_on(&self.lab, "db1", WRITE_VIP)
                 && !vip_on(&self.lab, "db2", WRITE_VIP)
                 && self.acked_on_db1_since(undone, false)
                 && self.acked_on_db1_since(undone, true)
         });
         if back.is_none() {
-            failed.push("writes of both clients not back on db1 within 30 s".into());
+            failed.push(format!(
+                "writes of both clients not back on db1 within {CATCH_UP:?} (waiting: {})",
+                failback_waiting(&self.lab, &["db1", "db2"])
+            ));
         }
         std::thread::sleep(Duration::from_secs(1));
         failed.extend(self.one_writer_held(t));
