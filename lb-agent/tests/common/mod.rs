@@ -486,7 +486,20 @@ fn keep_logs(dir: &std::path::Path) {
         let name = format!("{parent}-{}", p.file_name().unwrap().to_string_lossy());
         let _ = std::fs::write(to.join(name), &text);
         let tail: Vec<&str> = text.lines().rev().take(25).collect();
-        eprintln!("--- {} (last {} lines)", p.display(), tail.len());
+        // Its size and age: a log that stopped early (CI once showed two agents silent for
+        // their last minute, though they acted) is told from one cut short here.
+        let age = std::fs::metadata(&p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or("?".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+        eprintln!(
+            "--- {} (last {} lines of {}, {} bytes, last written {age} ago)",
+            p.display(),
+            tail.len(),
+            text.lines().count(),
+            text.len()
+        );
         for l in tail.iter().rev() {
             eprintln!("{l}");
         }
