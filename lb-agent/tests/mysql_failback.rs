@@ -218,7 +218,7 @@ fn a_busy_writer_gets_the_writes_back() {
     std::thread::sleep(Duration::from_secs(2));
     let restarted = Instant::now();
     lab.mariadb_start(&mut db1, &["--slave-run-triggers-for-rbr=YES"]);
-    let back = log.wait_for(1, restarted, Duration::from_secs(60));
+    let back = log.wait_for(1, restarted, common::pair::CATCH_UP);
     let busy = db1.sql("SELECT @@slave_run_triggers_for_rbr");
     assert_eq!(
         busy.trim(),

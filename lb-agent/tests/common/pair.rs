@@ -25,6 +25,7 @@ use super::{
 pub const DB1: &str = "10.1.1.113";
 pub const DB2: &str = "10.1.1.75";
 pub const WRITE_VIP: &str = "10.1.1.176";
+pub const READ_VIP: &str = "10.1.1.177";
 
 /// How long a writer that was away may take to get the writes back: it first replicates
 /// what the other server took meanwhile, while the clients go on writing there, and its one
@@ -33,7 +34,6 @@ pub const WRITE_VIP: &str = "10.1.1.176";
 /// CI machine. A bound for a failback that never comes, not a figure: the tables print how
 /// long it took, and `failback_waiting` says what it waits for.
 pub const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
-pub const READ_VIP: &str = "10.1.1.177";
 
 /// One LB + MariaDB host.
 pub struct Host {
@@ -380,15 +380,10 @@ pub fn failback_waiting(lab: &Lab, names: &[&str]) -> String {
     names
         .iter()
         .map(|name| {
-            let s = status_of(lab, name);
-            let waiting = s["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|svc| svc["name"] == "mysql-write")
-                .map(|svc| svc["failback_waiting"].to_string())
-                .unwrap_or_else(|| "no status".into());
-            format!("{name}: {waiting}")
+            format!(
+                "{name}: {}",
+                write_service_of(lab, name, "failback_waiting")
+            )
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -417,7 +412,11 @@ pub fn real_field(lab: &Lab, h: &Host, service: &str, addr: &str, field: &str) -
 /// What `status` of host `h` says of the write service: field `field` (`decision`,
 /// `writer_risks`, ...).
 pub fn write_service(lab: &Lab, h: &Host, field: &str) -> serde_json::Value {
-    let s = status(lab, h);
+    write_service_of(lab, h.name, field)
+}
+
+fn write_service_of(lab: &Lab, name: &str, field: &str) -> serde_json::Value {
+    let s = status_of(lab, name);
     s["services"]
         .as_array()
         .into_iter()
